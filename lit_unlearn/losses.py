@@ -1,0 +1,518 @@
+"""Unlearning objectives as pure tensor functions: log-probs in, a scalar loss out.
+
+Every loss here is MINIMISED. The maths follows Wang et al., "Rethinking LLM Unlearning Objectives: A Gradient
+Perspective and Go Beyond" (ICLR 2025, arXiv 2502.19301, "the G-effect paper") and its public code
+(tmlr-group/G-effect, ``dataloader.py``), with NPO (Zhang et al. 2024), SimNPO (Fan et al. 2024), DPO (Rafailov et
+al. 2023) and RMU (Li et al. 2024) in the form used by TOFU / OpenUnlearning. Notation: ``p_i = p(y_i | x, y_<i; θ)``
+is the probability of answer token i, ``ce_i = -log p_i``, ``p_o,i`` the same under the frozen reference model θ_o,
+``sg[.]`` stop-gradient.
+
+Inputs are the ``(logps, mask)`` pair returned by :func:`token_logps`: shape ``(B, T-1)``, ``logps`` float32, ``mask``
+bool and False on prompt and padding positions. No function here runs a model or reads a batch dict.
+
+Averaging levels are part of each objective and are kept exactly (β values are only comparable with published ones
+that way): token mean over the whole micro-batch for NLL/GA/WGA/TNPO/WTNPO, per-sequence log-prob SUM inside logσ for
+NPO/DPO, per-sequence MEAN for SimNPO.
+
+A masked position never contributes a value or a gradient. This matters because cross-entropy at an ignored label is 0,
+so ``exp(-ce) = 1`` there: an unmasked weighted loss would count every prompt token with the largest possible weight.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+"""Label value of prompt and padding tokens; the same value as ``lit_unlearn.data.formatting.IGNORE_INDEX`` (PyTorch's
+``CrossEntropyLoss`` default). Repeated here so that this module depends on torch only."""
+
+__all__ = [
+    "IGNORE_INDEX",
+    "dpo",
+    "gradient_ascent",
+    "kl_divergence",
+    "mean_token_nll",
+    "nll",
+    "npo",
+    "rmu",
+    "sequence_logps",
+    "simnpo",
+    "tnpo",
+    "tnpo_weights",
+    "token_logps",
+    "wga",
+    "wga_weights",
+    "wtnpo",
+    "wtnpo_weights",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Half-precision tensors to float32; float32 and float64 unchanged (float64 keeps gradcheck exact)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _check_pair(logps: Tensor, mask: Tensor, name: str = "logps") -> None:
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (as returned by token_logps), got dtype {mask.dtype}.")
+    if logps.shape != mask.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(logps.shape)} but mask has shape {tuple(mask.shape)}; pass the (B, T-1) pair "
+            "returned by token_logps for the same batch."
+        )
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over the True entries of ``mask``; masked entries contribute neither value nor gradient."""
+    count = mask.sum()
+    # One host sync per call; it buys a clear error instead of a silent NaN (0/0) loss.
+    if not bool(count):
+        raise ValueError(
+            "mask has no True entry: every label of the batch is -100, so there is no answer token to average over. "
+            "Check the label masking (an answer truncated away by max_length?) or drop empty examples."
+        )
+    # where(), not multiplication: a NaN/inf at a masked position must not leak into the value or the gradient.
+    return torch.where(mask, values, 0.0).sum() / count
+
+
+def _check_beta(beta: float, name: str, allow_zero: bool) -> None:
+    if not (beta > 0 or (allow_zero and beta == 0)):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {beta}.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# log-probabilities
+
+
+def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probability of every label token under the model, with the causal shift and -100 masking applied.
+
+    Naive equivalent: ``log_softmax(logits[:, :-1].float(), -1).gather(-1, labels[:, 1:, None])[..., 0]`` with the
+    -100 positions set to 0. This version gathers the label logit and subtracts ``logsumexp`` instead, so it never
+    materialises a full (B, T, V) log-softmax next to the float32 copy of the logits (at most one such copy, and none
+    when the logits are already float32).
+
+    Args:
+        logits: ``(B, T, V)`` next-token logits, any float dtype (bf16 is upcast: the log-softmax runs in float32).
+        labels: ``(B, T)`` integer token ids aligned with the inputs, ``-100`` on prompt and padding positions.
+
+    Returns:
+        ``(logps, mask)``, both ``(B, T-1)``: ``logps[b, t] = log p(labels[b, t+1] | inputs[b, :t+1])`` in float32
+        (float64 if the logits are float64), exactly 0.0 where the shifted label is -100; ``mask`` is bool, False there.
+
+    Raises:
+        ValueError: if the shapes do not match or the labels are not integers.
+    """
+    if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
+        raise ValueError(
+            f"expected logits (B, T, V) and labels (B, T) with the same B and T, got logits {tuple(logits.shape)} "
+            f"and labels {tuple(labels.shape)}."
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer token ids, got dtype {labels.dtype}.")
+    labels = labels[:, 1:]  # (B, T-1): the token predicted at each position
+    mask = labels != IGNORE_INDEX  # (B, T-1)
+    # gather needs a valid index everywhere; the dummy id 0 at masked positions is discarded below.
+    index = labels.masked_fill(~mask, 0).unsqueeze(-1)  # (B, T-1, 1)
+    logits = _upcast(logits[:, :-1, :])  # (B, T-1, V), the only float32 copy
+    label_logit = logits.gather(-1, index).squeeze(-1)  # (B, T-1)
+    logps = label_logit - torch.logsumexp(logits, dim=-1)  # (B, T-1)
+    return torch.where(mask, logps, 0.0), mask
+
+
+def sequence_logps(logps: Tensor, mask: Tensor) -> Tensor:
+    """Log-probability of each answer, ``log p(y | x) = Σ_i log p_i`` over the unmasked tokens.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+
+    Returns:
+        ``(B,)`` per-sequence sums; 0.0 for a row without answer tokens (log of an empty product).
+    """
+    _check_pair(logps, mask)
+    return torch.where(mask, _upcast(logps), 0.0).sum(dim=-1)  # (B,)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# risk / retain terms
+
+
+def nll(logps: Tensor, mask: Tensor) -> Tensor:
+    """Mean negative log-likelihood over all answer tokens of the batch: the risk ``R`` of the G-effect paper.
+
+    ``R = mean_tokens(ce_i) = -(1/N) Σ_{valid i} log p_i`` with N the number of valid tokens in the whole batch, the
+    semantics of HF ``outputs.loss``. Used as the fine-tuning loss, the GD retain term and the PO/IdK forget loss
+    (on refusal answers). Limiting case: 0 when every answer token has probability 1.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+
+    Returns:
+        Scalar tensor.
+
+    Raises:
+        ValueError: if ``mask`` has no True entry (no answer token left after masking).
+    """
+    _check_pair(logps, mask)
+    return -_masked_mean(_upcast(logps), mask)
+
+
+mean_token_nll = nll
+"""Alias of :func:`nll`: the risk ``R(D; θ)`` whose gradient the G-effect dots with the objective's gradient."""
+
+
+def kl_divergence(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
+    """KL retain regulariser: forward ``KL(p_θo(·|ctx) ‖ p_θ(·|ctx))`` over the vocabulary, mean over answer positions.
+
+    G-effect paper (KL regularisation, "a robust retention aid"; code ``*_kl`` losses), TOFU's ``KL`` objective:
+    ``L_KL = (1/N) Σ_{valid t} Σ_v p_o(v|t) (log p_o(v|t) - log p_θ(v|t))`` with the logits shifted like
+    :func:`token_logps` and N the number of positions whose shifted label is not -100. The paper's code and
+    OpenUnlearning's ``compute_kl_divergence`` both average ``F.kl_div(..., reduction="batchmean")`` over ALL flattened
+    positions instead (question and padding included); restricting to answer positions makes the value independent of
+    prompt length and padding. Limiting case: 0 (with zero gradient) when ``logits == ref_logits`` at every answer
+    position. Computed in float32 (float64 inputs stay float64).
+
+    Args:
+        logits: ``(B, T, V)`` logits of the model being unlearned.
+        ref_logits: ``(B, T, V)`` logits of the frozen reference model on the same inputs (no gradient flows to them).
+        labels: ``(B, T)`` labels, -100 on prompt and padding.
+
+    Returns:
+        Scalar tensor, ≥ 0.
+
+    Raises:
+        ValueError: on shape mismatch or when no position has a label.
+    """
+    if logits.shape != ref_logits.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape; run both models "
+            "on the same batch."
+        )
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits (B, T, V) and labels (B, T), got logits {tuple(logits.shape)} and labels "
+            f"{tuple(labels.shape)}."
+        )
+    mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+    if not bool(mask.any()):
+        raise ValueError("labels are -100 everywhere: no answer position to average the KL term over.")
+    # Select the answer positions first: the float32 log-softmaxes are then (N, V), not (B, T-1, V).
+    logq = F.log_softmax(_upcast(logits[:, :-1][mask]), dim=-1)  # (N, V)
+    logp_ref = F.log_softmax(_upcast(ref_logits[:, :-1][mask].detach()), dim=-1)  # (N, V)
+    p_ref = logp_ref.exp()
+    # xlogy gives 0·log 0 = 0 for vocabulary entries the reference rules out (-inf logits), where p·(log p - log q)
+    # would be NaN.
+    kl = (torch.special.xlogy(p_ref, p_ref) - p_ref * logq).sum(dim=-1)  # (N,)
+    return kl.mean()
+
+
+def rmu(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """RMU representation loss (Li et al. 2024, studied in the G-effect paper): squared distance to a target activation.
+
+    ``L = (1/N) Σ_{valid t} (1/D) Σ_d (h_t,d - target_t,d)^2``. Forget term: ``target = c·u``, a fixed random control
+    vector of shape ``(D,)``. Retain term: ``target`` = the frozen reference model's hidden states ``(B, T-1, D)``. The
+    caller aligns ``hidden[:, :-1]`` with the shifted mask, as the paper's code pairs ``hidden_states[l][:, :-1]`` with
+    ``labels[:, 1:] != -100``. Limiting case: 0 when the hidden states equal the target at every answer position.
+
+    Args:
+        hidden: ``(B, T-1, D)`` hidden states of the model being unlearned (any float dtype; math in float32).
+        target: broadcastable to ``hidden``: ``(D,)`` control vector or ``(B, T-1, D)`` reference states. Treated as a
+            constant (detached): it is a target, never something to move.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+
+    Returns:
+        Scalar tensor.
+
+    Raises:
+        ValueError: on shape mismatch or an all-False mask.
+    """
+    if hidden.ndim != 3 or hidden.shape[:2] != mask.shape:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} must be (B, T-1, D) matching mask {tuple(mask.shape)}; pass "
+            "hidden_states[layer][:, :-1] together with the mask from token_logps."
+        )
+    try:
+        torch.broadcast_shapes(target.shape, hidden.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"target {tuple(target.shape)} does not broadcast to hidden {tuple(hidden.shape)}; use a (D,) control "
+            "vector or (B, T-1, D) reference hidden states."
+        ) from err
+    sq = (_upcast(hidden) - _upcast(target.detach())).pow(2).mean(dim=-1)  # (B, T-1)
+    _check_pair(sq, mask, "hidden")
+    return _masked_mean(sq, mask)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# forget objectives
+
+
+def gradient_ascent(logps: Tensor, mask: Tensor) -> Tensor:
+    """Gradient ascent (GA): ``L_GA = -R(D_u; θ)``, the G-effect paper's baseline (code: ``loss = -outputs.loss``).
+
+    ``L_GA = -mean_tokens(ce_i) = (1/N) Σ_{valid i} log p_i``. Its gradient ``(1/N) Σ_i ∇p_i / p_i`` carries the
+    "inverse confidence" 1/p_i that the paper blames for excessive unlearning. Limiting case: the special case w ≡ 1 of
+    every weighted objective below (WGA β=0, TNPO β=0, NPO β→0 up to a constant factor).
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+
+    Returns:
+        Scalar tensor (≤ 0).
+
+    Raises:
+        ValueError: if ``mask`` has no True entry.
+    """
+    return -nll(logps, mask)
+
+
+def wga_weights(logps: Tensor, beta: float) -> Tensor:
+    """Per-token WGA weights ``sg[p_i^β] = exp(β log p_i)``, detached.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs.
+        beta: exponent β ≥ 0 (paper code default 5, OpenUnlearning 1).
+
+    Returns:
+        ``(B, T-1)`` weights in (0, 1]; 1 everywhere when β = 0. Values at masked positions are meaningless (there
+        log p = 0, so the weight is 1): always apply the mask.
+    """
+    _check_beta(beta, "beta", allow_zero=True)
+    # Detached: WGA reweights GA's gradient, it does not differentiate through the weight (paper's sg[.]).
+    # exp(β·log p) rather than p**β: exact in log space, no underflow to 0**β issues, never overflows since log p ≤ 0.
+    return torch.exp(beta * _upcast(logps.detach()))
+
+
+def wga(logps: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """Weighted gradient ascent (WGA), proposed in the G-effect paper (code: ``wga`` in ``dataloader.py``).
+
+    ``L_WGA = -mean_tokens(sg[p_i^β] · ce_i) = (1/N) Σ_{valid i} sg[p_i^β] log p_i``; the weight is the per-token
+    probability (not the sequence probability). Gradient ``(1/N) Σ_i p_i^(β-1) ∇p_i``: β = 1 cancels GA's inverse
+    confidence. Limiting case: β = 0 is exactly :func:`gradient_ascent`.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+        beta: confidence exponent β ≥ 0 (paper code default 5, OpenUnlearning 1).
+
+    Returns:
+        Scalar tensor (≤ 0).
+
+    Raises:
+        ValueError: if ``beta < 0`` or ``mask`` has no True entry.
+    """
+    _check_pair(logps, mask)
+    logps = _upcast(logps)
+    return _masked_mean(wga_weights(logps, beta) * logps, mask)
+
+
+def npo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """Negative preference optimisation (Zhang et al. 2024), analysed in the G-effect paper as a weighted GA.
+
+    ``L_NPO = -(2/β) · mean_seq logσ(-β · (log π(y|x) - log π_o(y|x)))`` with per-sequence log-prob SUMS, i.e.
+    ``-(2/β) mean_seq logσ(-β (Σ_i ce_o,i - Σ_i ce_i))`` since ``Σ ce_o - Σ ce = log π - log π_o``.
+    Its gradient is GA's with a per-sequence weight ``w = 2 p^β / (p^β + p_o^β)``, p = π(y|x):
+    ``∂L/∂log p_i = w_b / B`` for every valid token i of sequence b. Limiting case: β → 0 gives ``w → 1``, i.e. the GA
+    direction (with per-sequence instead of per-token normalisation).
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs of the model being unlearned.
+        ref_logps: ``(B, T-1)`` token log-probs of the frozen reference model (detached here).
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+        beta: inverse temperature β > 0 (OpenUnlearning 0.1, paper code 0.5).
+
+    Returns:
+        Scalar tensor (> 0).
+    """
+    _check_pair(logps, mask)
+    _check_pair(ref_logps, mask, "ref_logps")
+    _check_beta(beta, "beta", allow_zero=False)
+    # The reference model is frozen: no gradient may reach it even if the caller forgot no_grad.
+    log_ratio = sequence_logps(logps, mask) - sequence_logps(ref_logps.detach(), mask)  # (B,)
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def simnpo(logps: Tensor, mask: Tensor, beta: float, delta: float = 0.0) -> Tensor:
+    """SimNPO (Fan et al. 2024): reference-free, length-normalised NPO, in OpenUnlearning's form.
+
+    ``L_SimNPO = -(2/β) · mean_seq logσ(β · (mean_i ce_i - δ))`` where ``mean_i ce_i = -(1/|y|) log π(y|x)`` is the
+    per-sequence MEAN token NLL. Minimising it raises every answer's mean NLL. Limiting case: as β → 0 the loss is
+    ``(2/β) log 2 - mean_seq(mean_i ce_i - δ) + O(β)``, i.e. sequence-averaged gradient ascent.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+        beta: inverse temperature β > 0 (OpenUnlearning default 4.5).
+        delta: reward margin δ (default 0).
+
+    Returns:
+        Scalar tensor (> 0).
+
+    Raises:
+        ValueError: if ``beta <= 0`` or a sequence has no answer token (its mean NLL is undefined).
+    """
+    _check_pair(logps, mask)
+    _check_beta(beta, "beta", allow_zero=False)
+    lengths = mask.sum(dim=-1)  # (B,)
+    if not bool((lengths > 0).all()):
+        empty = torch.nonzero(lengths == 0).flatten().tolist()
+        raise ValueError(
+            f"SimNPO averages the NLL per sequence, but rows {empty} have no answer token (all labels -100); "
+            "drop those examples or raise max_length."
+        )
+    mean_ce = -sequence_logps(logps, mask) / lengths  # (B,)
+    return -(2.0 / beta) * F.logsigmoid(beta * (mean_ce - delta)).mean()
+
+
+def tnpo_weights(logps: Tensor, ref_logps: Tensor, beta: float, eps: float = 0.0) -> Tensor:
+    """Per-token TNPO weights ``w_i = 2 p_i^β / (p_i^β + p_o,i^β + eps)``, detached.
+
+    Computed in log space, ``w_i = 2 exp(β log p_i - logsumexp(β log p_i, β log p_o,i, log eps))``, which for eps = 0
+    is ``2 σ(β (log p_i - log p_o,i))``: finite for any log-probs, including -1e4.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs of the model being unlearned.
+        ref_logps: ``(B, T-1)`` token log-probs of the frozen reference model.
+        beta: β ≥ 0 (paper code default 4); β = 0 gives w ≡ 1 when eps = 0.
+        eps: extra denominator term; the paper's code uses 1e-5, which matters when ``p^β`` is that small. Default 0
+            (the exact token-wise NPO gradient).
+
+    Returns:
+        ``(B, T-1)`` weights in (0, 2).
+    """
+    return _tnpo_log_weights(logps, ref_logps, beta, 0.0, eps).exp()
+
+
+def _tnpo_log_weights(logps: Tensor, ref_logps: Tensor, beta: float, alpha: float, eps: float) -> Tensor:
+    """``log(2 p^(β+α) / (p^β + p_o^β + eps))``, detached; shared by TNPO (α = 0) and WTNPO."""
+    _check_beta(beta, "beta", allow_zero=True)
+    _check_beta(alpha, "alpha", allow_zero=True)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}.")
+    if logps.shape != ref_logps.shape:
+        raise ValueError(f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} differ in shape.")
+    # Detached: the weight only rescales each token's GA gradient (paper's sg[.]); the reference is frozen anyway.
+    lp = _upcast(logps.detach())
+    lq = _upcast(ref_logps.detach())
+    log_denom = torch.logaddexp(beta * lp, beta * lq)  # log(p^β + p_o^β)
+    if eps > 0:
+        log_denom = torch.logaddexp(log_denom, torch.full_like(log_denom, math.log(eps)))
+    return math.log(2.0) + (beta + alpha) * lp - log_denom
+
+
+def tnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, eps: float = 0.0) -> Tensor:
+    """Token-wise NPO (TNPO), proposed in the G-effect paper (code: ``tnpo`` / ``ins_npo``).
+
+    ``L_TNPO = -mean_tokens(sg[w_i] · ce_i)``, ``w_i = 2 p_i^β / (p_i^β + p_o,i^β)``: NPO's weight applied per token.
+    With eps = 0 its gradient equals that of token-wise NPO ``-(2/β) mean_tokens logσ(-β (log p_i - log p_o,i))``
+    exactly (both are ``w_i / N`` per valid token); the loss VALUES differ. Limiting case: β = 0 (eps = 0) is
+    :func:`gradient_ascent`.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs of the model being unlearned.
+        ref_logps: ``(B, T-1)`` token log-probs of the frozen reference model.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+        beta: β ≥ 0 (paper code default 4).
+        eps: denominator term (paper code 1e-5; default 0).
+
+    Returns:
+        Scalar tensor (≤ 0).
+    """
+    _check_pair(logps, mask)
+    _check_pair(ref_logps, mask, "ref_logps")
+    logps = _upcast(logps)
+    return _masked_mean(tnpo_weights(logps, ref_logps, beta, eps) * logps, mask)
+
+
+def wtnpo_weights(logps: Tensor, ref_logps: Tensor, beta: float, alpha: float, eps: float = 0.0) -> Tensor:
+    """Per-token WTNPO weights ``w_i = 2 p_i^(β+α) / (p_i^β + p_o,i^β + eps)`` = TNPO weight · ``p_i^α``, detached.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs of the model being unlearned.
+        ref_logps: ``(B, T-1)`` token log-probs of the frozen reference model.
+        beta: β ≥ 0 (paper code default 4).
+        alpha: confidence exponent α ≥ 0 (paper code default 1.5); α = 0 gives the TNPO weights.
+        eps: denominator term (paper code 1e-5; default 0).
+
+    Returns:
+        ``(B, T-1)`` weights in (0, 2).
+    """
+    return _tnpo_log_weights(logps, ref_logps, beta, alpha, eps).exp()
+
+
+def wtnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, alpha: float, eps: float = 0.0) -> Tensor:
+    """Weighted token-wise NPO (WTNPO), proposed in the G-effect paper: TNPO times WGA's confidence weight.
+
+    ``L_WTNPO = -mean_tokens(sg[w_i] · ce_i)``, ``w_i = 2 p_i^(β+α) / (p_i^β + p_o,i^β)``. Limiting cases: α = 0 is
+    :func:`tnpo`; β = 0 (eps = 0) is :func:`wga` with exponent α.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs of the model being unlearned.
+        ref_logps: ``(B, T-1)`` token log-probs of the frozen reference model.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+        beta: β ≥ 0 (paper code default 4).
+        alpha: α ≥ 0 (paper code default 1.5).
+        eps: denominator term (paper code 1e-5; default 0).
+
+    Returns:
+        Scalar tensor (≤ 0).
+    """
+    _check_pair(logps, mask)
+    _check_pair(ref_logps, mask, "ref_logps")
+    logps = _upcast(logps)
+    return _masked_mean(wtnpo_weights(logps, ref_logps, beta, alpha, eps) * logps, mask)
+
+
+def dpo(
+    chosen_logps: Tensor,
+    chosen_ref_logps: Tensor,
+    chosen_mask: Tensor,
+    rejected_logps: Tensor,
+    rejected_ref_logps: Tensor,
+    rejected_mask: Tensor,
+    beta: float,
+) -> Tensor:
+    """DPO (Rafailov et al. 2023) as used for unlearning (IdkDPO): prefer a refusal over the forget answer.
+
+    ``L = -(2/β) · mean logσ(β · [(log π - log π_o)(y_w) - (log π - log π_o)(y_l)])`` with per-sequence log-prob SUMS;
+    the 2/β scaling is OpenUnlearning's (``compute_dpo_loss``), which makes NPO the ``y_w``-free special case. For
+    IdkDPO, chosen ``y_w`` = the refusal answer, rejected ``y_l`` = the forget answer, same question. Limiting case: at
+    θ = θ_o the loss is ``(2/β) log 2``.
+
+    Args:
+        chosen_logps: ``(B, T_w-1)`` token log-probs of the preferred answers under the model.
+        chosen_ref_logps: same under the frozen reference model (detached here).
+        chosen_mask: ``(B, T_w-1)`` bool mask of the preferred answers.
+        rejected_logps: ``(B, T_l-1)`` token log-probs of the answers to forget.
+        rejected_ref_logps: same under the reference model (detached here).
+        rejected_mask: ``(B, T_l-1)`` bool mask of the answers to forget.
+        beta: β > 0 (OpenUnlearning default 0.1).
+
+    Returns:
+        Scalar tensor (> 0).
+    """
+    _check_pair(chosen_logps, chosen_mask, "chosen_logps")
+    _check_pair(chosen_ref_logps, chosen_mask, "chosen_ref_logps")
+    _check_pair(rejected_logps, rejected_mask, "rejected_logps")
+    _check_pair(rejected_ref_logps, rejected_mask, "rejected_ref_logps")
+    _check_beta(beta, "beta", allow_zero=False)
+    if chosen_mask.shape[0] != rejected_mask.shape[0]:
+        raise ValueError(
+            f"chosen batch has {chosen_mask.shape[0]} rows but rejected has {rejected_mask.shape[0]}; DPO pairs row b "
+            "of one with row b of the other."
+        )
+    chosen = sequence_logps(chosen_logps, chosen_mask) - sequence_logps(chosen_ref_logps.detach(), chosen_mask)
+    rejected = sequence_logps(rejected_logps, rejected_mask) - sequence_logps(
+        rejected_ref_logps.detach(), rejected_mask
+    )  # (B,)
+    return -(2.0 / beta) * F.logsigmoid(beta * (chosen - rejected)).mean()
