@@ -39,3 +39,11 @@ def pad_sequences(
     if out_labels is not None:
         out["labels"] = out_labels
     return out
+
+
+def pad_to_width(tensor: Tensor, width: int, value: int) -> Tensor:
+    """Right-pad a (B, T) tensor with ``value`` to (B, width)."""
+    missing = width - tensor.shape[1]
+    if missing < 0:
+        raise ValueError(f"Cannot pad a tensor of width {tensor.shape[1]} down to {width}.")
+    return torch.nn.functional.pad(tensor, (0, missing), value=value)

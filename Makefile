@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine: `make quickstart` (the main job) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# A CPU build keeps the install small; pass TORCH_SPEC='torch' (or a CUDA wheel) on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+LIT_UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
+export LIT_UNLEARN_TOFU_DIR
+OUTPUT_DIR ?= outputs/quickstart
+
+.PHONY: install quickstart test test-slow lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(VENV)/bin/lit-unlearn quickstart --output-dir $(OUTPUT_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check lit_unlearn callbacks tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs runs .pytest_cache
