@@ -68,6 +68,11 @@ def _check_pair(logps: Tensor, mask: Tensor, name: str = "logps") -> None:
         )
 
 
+def _clean(logps: Tensor, mask: Tensor) -> Tensor:
+    """``logps`` upcast, with masked positions replaced by 0 so that nothing there (even NaN) reaches a weight."""
+    return torch.where(mask, _upcast(logps), 0.0)
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` over the True entries of ``mask``; masked entries contribute neither value nor gradient."""
     count = mask.sum()
@@ -138,7 +143,7 @@ def sequence_logps(logps: Tensor, mask: Tensor) -> Tensor:
         ``(B,)`` per-sequence sums; 0.0 for a row without answer tokens (log of an empty product).
     """
     _check_pair(logps, mask)
-    return torch.where(mask, _upcast(logps), 0.0).sum(dim=-1)  # (B,)
+    return _clean(logps, mask).sum(dim=-1)  # (B,)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,7 +168,7 @@ def nll(logps: Tensor, mask: Tensor) -> Tensor:
         ValueError: if ``mask`` has no True entry (no answer token left after masking).
     """
     _check_pair(logps, mask)
-    return -_masked_mean(_upcast(logps), mask)
+    return -_masked_mean(_clean(logps, mask), mask)
 
 
 mean_token_nll = nll
@@ -312,7 +317,7 @@ def wga(logps: Tensor, mask: Tensor, beta: float) -> Tensor:
         ValueError: if ``beta < 0`` or ``mask`` has no True entry.
     """
     _check_pair(logps, mask)
-    logps = _upcast(logps)
+    logps = _clean(logps, mask)
     return _masked_mean(wga_weights(logps, beta) * logps, mask)
 
 
@@ -430,7 +435,7 @@ def tnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, eps: float
     """
     _check_pair(logps, mask)
     _check_pair(ref_logps, mask, "ref_logps")
-    logps = _upcast(logps)
+    logps, ref_logps = _clean(logps, mask), _clean(ref_logps, mask)
     return _masked_mean(tnpo_weights(logps, ref_logps, beta, eps) * logps, mask)
 
 
@@ -469,7 +474,7 @@ def wtnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, alpha: fl
     """
     _check_pair(logps, mask)
     _check_pair(ref_logps, mask, "ref_logps")
-    logps = _upcast(logps)
+    logps, ref_logps = _clean(logps, mask), _clean(ref_logps, mask)
     return _masked_mean(wtnpo_weights(logps, ref_logps, beta, alpha, eps) * logps, mask)
 
 
