@@ -1,0 +1,41 @@
+"""TOFU metrics in torchmetrics style: functional math in ``lit_unlearn.metrics.functional``, thin ``Metric`` classes
+here. Metrics receive numbers or strings (average NLLs, token ids, log-probs, generated text), never models."""
+
+from lit_unlearn.metrics.functional import (
+    MODEL_UTILITY_COMPONENTS,
+    answer_probability,
+    exact_memorization,
+    extraction_strength,
+    forget_quality,
+    membership_auc,
+    min_k_scores,
+    model_utility,
+    privleak,
+    rouge_l_recall,
+    truth_ratio,
+)
+from lit_unlearn.metrics.memorization import ExactMemorization, ExtractionStrength
+from lit_unlearn.metrics.mia import MinKMembershipAUC
+from lit_unlearn.metrics.probability import AnswerProbability
+from lit_unlearn.metrics.rouge import ROUGELRecall
+from lit_unlearn.metrics.truth_ratio import TruthRatio
+
+__all__ = [
+    "MODEL_UTILITY_COMPONENTS",
+    "AnswerProbability",
+    "ExactMemorization",
+    "ExtractionStrength",
+    "MinKMembershipAUC",
+    "ROUGELRecall",
+    "TruthRatio",
+    "answer_probability",
+    "exact_memorization",
+    "extraction_strength",
+    "forget_quality",
+    "membership_auc",
+    "min_k_scores",
+    "model_utility",
+    "privleak",
+    "rouge_l_recall",
+    "truth_ratio",
+]
