@@ -1,0 +1,196 @@
+"""Tiny user LightningModules for the GEffectCallback tests: plain Lightning code, nothing from lit_unlearn.
+
+They live in an importable module (not inside a test function) so ``ddp_spawn`` can pickle them.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class PairDataset(Dataset):
+    """``n`` rows of (forget x, forget y, retain x, retain y) regression pairs, fixed by ``seed``."""
+
+    def __init__(self, n: int = 16, dim: int = 4, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.fx = torch.randn(n, dim, generator=gen)
+        self.fy = torch.randn(n, generator=gen)
+        self.rx = torch.randn(n, dim, generator=gen)
+        self.ry = torch.randn(n, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.fx)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"fx": self.fx[i], "fy": self.fy[i], "rx": self.rx[i], "ry": self.ry[i]}
+
+
+class MLPUnlearner(LightningModule):
+    """Gradient difference on an MLP: minimise −MSE(forget) + MSE(retain); risks are the two MSEs."""
+
+    def __init__(
+        self,
+        lr: float = 1e-2,
+        optimizer: str = "sgd",
+        dropout: float = 0.0,
+        batch_size: int = 4,
+        n: int = 16,
+        hidden: int = 16,
+    ) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.lr = lr
+        self.optimizer = optimizer
+        self.batch_size = batch_size
+        self.n = n
+
+    def per_example(self, x: Tensor, y: Tensor) -> Tensor:
+        return (self.net(x).squeeze(-1) - y) ** 2
+
+    def objective(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return -self.per_example(batch["fx"], batch["fy"]).mean() + self.per_example(batch["rx"], batch["ry"]).mean()
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self.objective(batch)
+
+    def risk_losses(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        per = self.per_example_risks(batches)
+        return {name: values.mean() for name, values in per.items()}
+
+    def per_example_risks(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        cat = {k: torch.cat([b[k] for b in batches]) for k in ("fx", "fy", "rx", "ry")}
+        return {"forget": self.per_example(cat["fx"], cat["fy"]), "retain": self.per_example(cat["rx"], cat["ry"])}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.0)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(PairDataset(self.n), batch_size=self.batch_size, shuffle=False)
+
+
+class NoRiskMLP(LightningModule):
+    """A module that does not implement the protocol."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return self.net(batch["fx"]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(PairDataset(8), batch_size=4)
+
+
+class ManualMLPUnlearner(MLPUnlearner):
+    """The same objective with manual optimisation (two backward passes, one step)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(-self.per_example(batch["fx"], batch["fy"]).mean())
+        self.manual_backward(self.per_example(batch["rx"], batch["ry"]).mean())
+        opt.step()
+
+
+def tiny_llama(seed: int = 0, vocab: int = 64, layers: int = 2) -> nn.Module:
+    """A random LlamaForCausalLM small enough for unit tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+class TokenDataset(Dataset):
+    """Random token sequences with the first ``prompt`` positions masked as prompt (-100) and ragged padding."""
+
+    def __init__(self, n: int = 8, length: int = 12, vocab: int = 64, prompt: int = 3, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, vocab, (2, n, length), generator=gen)
+        self.labels = self.ids.clone()
+        self.labels[:, :, :prompt] = -100
+        # Different answer lengths per example make token mean and per-example mean differ.
+        for j in range(n):
+            self.labels[:, j, length - (j % 4) :] = -100
+
+    def __len__(self) -> int:
+        return self.ids.shape[1]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {
+            "f_ids": self.ids[0, i],
+            "f_labels": self.labels[0, i],
+            "r_ids": self.ids[1, i],
+            "r_labels": self.labels[1, i],
+        }
+
+
+class LlamaUnlearner(LightningModule):
+    """A plain user module wrapping a HF Llama: gradient difference on token-mean answer NLLs."""
+
+    def __init__(self, lr: float = 1e-3, batch_size: int = 4, n: int = 8, attn: str = "sdpa") -> None:
+        super().__init__()
+        self.model = tiny_llama()
+        self.model.config._attn_implementation = attn
+        self.lr = lr
+        self.batch_size = batch_size
+        self.n = n
+
+    def token_nll(self, ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
+        target = labels[:, 1:]
+        mask = target != -100
+        nll = F.cross_entropy(logits.float().transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, T-1)
+        return nll * mask, mask
+
+    def nll(self, ids: Tensor, labels: Tensor) -> Tensor:
+        nll, mask = self.token_nll(ids, labels)
+        return nll.sum() / mask.sum()
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return -self.nll(batch["f_ids"], batch["f_labels"]) + self.nll(batch["r_ids"], batch["r_labels"])
+
+    def _cat(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+    def risk_losses(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        cat = self._cat(batches)
+        return {"forget": self.nll(cat["f_ids"], cat["f_labels"]), "retain": self.nll(cat["r_ids"], cat["r_labels"])}
+
+    def per_example_risks(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        cat = self._cat(batches)
+        out = {}
+        for name, prefix in (("forget", "f"), ("retain", "r")):
+            nll, mask = self.token_nll(cat[f"{prefix}_ids"], cat[f"{prefix}_labels"])
+            out[name] = nll.sum(-1) / mask.sum(-1)
+        return out
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TokenDataset(self.n), batch_size=self.batch_size, shuffle=False)
