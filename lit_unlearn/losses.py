@@ -96,13 +96,64 @@ def _check_beta(beta: float, name: str, allow_zero: bool) -> None:
 # log-probabilities
 
 
+_CHUNK_ELEMENTS = 2**25
+"""Logit elements upcast at once by :func:`token_logps` (32M: 128 MiB of float32 temporaries per chunk)."""
+
+
+class _LabelLogProb(torch.autograd.Function):
+    """``log_softmax(x)[r, target_r]`` for rows ``x`` of shape (R, V), in row chunks, saving only the input and lse.
+
+    Autograd through ``gather - logsumexp`` keeps a float32 copy of the logits alive for the backward and builds
+    several more (B, T, V) float32 temporaries there. Here the float32 work happens one chunk of rows at a time in
+    both passes, so the only full-size tensor created is the gradient, in the logits' own dtype. Measured on an H200
+    (B=4, T=512, V=128256, bf16 logits of 0.49 GiB, forward + backward peak above the logits): 0.86 GiB here, 2.93 GiB
+    for ``log_softmax + gather`` or ``F.cross_entropy``, 3.91 GiB for autograd through ``gather - logsumexp``;
+    6.4 ms against 4.3 ms for the fused log-softmax.
+    Gradient: ``∂ log p_r / ∂ x_rv = 1[v = target_r] - softmax(x_r)_v``.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor) -> Tensor:
+        # logits (R, V) contiguous; targets (R,) with IGNORE_INDEX where no token is scored
+        valid = targets != IGNORE_INDEX  # (R,)
+        index = targets.masked_fill(~valid, 0)  # gather needs a valid id; the dummy 0 is masked below
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (R,)
+        label_logit = torch.empty_like(lse)  # (R,)
+        step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
+        for start in range(0, logits.shape[0], step):
+            rows = slice(start, start + step)
+            chunk = logits[rows].to(dtype)  # (r, V) float32: the log-softmax must not run in bf16
+            lse[rows] = torch.logsumexp(chunk, dim=-1)
+            label_logit[rows] = chunk.gather(-1, index[rows, None]).squeeze(-1)
+        ctx.save_for_backward(logits, index, valid, lse)
+        return torch.where(valid, label_logit - lse, 0.0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
+        logits, index, valid, lse = ctx.saved_tensors
+        # No gradient at ignored rows (even if the caller's upstream gradient there is non-zero).
+        g = torch.where(valid, grad_out.to(lse.dtype), 0.0)  # (R,)
+        grad = torch.empty_like(logits)  # (R, V) in the logits' dtype
+        step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
+        for start in range(0, logits.shape[0], step):
+            rows = slice(start, start + step)
+            # softmax from the saved lse: exp(x - lse), computed in a fresh float32 buffer (never in place on x)
+            prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
+            prob.mul_(-g[rows, None]).scatter_add_(-1, index[rows, None], g[rows, None])
+            grad[rows] = prob
+        return grad, None
+
+
 def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of every label token under the model, with the causal shift and -100 masking applied.
 
     Naive equivalent: ``log_softmax(logits[:, :-1].float(), -1).gather(-1, labels[:, 1:, None])[..., 0]`` with the
-    -100 positions set to 0. This version gathers the label logit and subtracts ``logsumexp`` instead, so it never
-    materialises a full (B, T, V) log-softmax next to the float32 copy of the logits (at most one such copy, and none
-    when the logits are already float32).
+    -100 positions set to 0 (what ``F.cross_entropy(..., reduction="none")`` negates). This version takes the label
+    logit minus ``logsumexp``, upcasting one chunk of rows to float32 at a time in the forward and the backward, so
+    no full (B, T, V) float32 tensor is ever materialised: the extra memory is the gradient itself (logits' dtype)
+    plus a chunk-sized float32 workspace.
 
     Args:
         logits: ``(B, T, V)`` next-token logits, any float dtype (bf16 is upcast: the log-softmax runs in float32).
@@ -111,6 +162,7 @@ def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(logps, mask)``, both ``(B, T-1)``: ``logps[b, t] = log p(labels[b, t+1] | inputs[b, :t+1])`` in float32
         (float64 if the logits are float64), exactly 0.0 where the shifted label is -100; ``mask`` is bool, False there.
+        First-order differentiable (enough for training and the G-effect; no double backward).
 
     Raises:
         ValueError: if the shapes do not match or the labels are not integers.
@@ -122,14 +174,13 @@ def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must hold integer token ids, got dtype {labels.dtype}.")
-    labels = labels[:, 1:]  # (B, T-1): the token predicted at each position
-    mask = labels != IGNORE_INDEX  # (B, T-1)
-    # gather needs a valid index everywhere; the dummy id 0 at masked positions is discarded below.
-    index = labels.masked_fill(~mask, 0).unsqueeze(-1)  # (B, T-1, 1)
-    logits = _upcast(logits[:, :-1, :])  # (B, T-1, V), the only float32 copy
-    label_logit = logits.gather(-1, index).squeeze(-1)  # (B, T-1)
-    logps = label_logit - torch.logsumexp(logits, dim=-1)  # (B, T-1)
-    return torch.where(mask, logps, 0.0), mask
+    batch, steps, vocab = logits.shape
+    # The token predicted at each position is the next label; the last position predicts nothing. Scoring all T
+    # positions of the (contiguous) logits avoids copying the non-contiguous slice logits[:, :-1].
+    targets = torch.cat([labels[:, 1:], labels.new_full((batch, 1), IGNORE_INDEX)], dim=1)  # (B, T)
+    flat = _LabelLogProb.apply(logits.reshape(batch * steps, vocab), targets.reshape(-1))  # (B*T,)
+    logps = flat.view(batch, steps)[:, :-1]  # (B, T-1)
+    return logps, labels[:, 1:] != IGNORE_INDEX
 
 
 def sequence_logps(logps: Tensor, mask: Tensor) -> Tensor:

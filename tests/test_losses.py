@@ -129,6 +129,47 @@ def test_token_logps_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda x: L.token_logps(x, labels)[0], (logits,))
 
 
+@pytest.mark.parametrize("chunk_elements", [2**25, 16, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logps_gradient_matches_autograd_through_log_softmax(
+    monkeypatch: pytest.MonkeyPatch, chunk_elements: int, dtype: torch.dtype
+) -> None:
+    """The chunked custom backward equals autograd through the naive float32 log_softmax + gather, at any chunking."""
+    monkeypatch.setattr(L, "_CHUNK_ELEMENTS", chunk_elements)  # 16 elements = 2 rows of V=8 per chunk; 1 = 1 row
+    torch.manual_seed(7)
+    base = (3 * torch.randn(2, 6, 8)).to(dtype)
+    labels = _labels()
+    upstream = torch.randn(2, 5)
+
+    logits = base.clone().requires_grad_()
+    logps, mask = L.token_logps(logits, labels)
+    (grad,) = torch.autograd.grad((logps * upstream).sum(), logits)
+
+    naive_logits = base.clone().requires_grad_()
+    index = labels[:, 1:].clamp(min=0)[..., None]
+    naive = torch.log_softmax(naive_logits[:, :-1].float(), -1).gather(-1, index)[..., 0] * mask
+    (naive_grad,) = torch.autograd.grad((naive * upstream).sum(), naive_logits)
+
+    assert grad.dtype == dtype
+    _assert_close(logps, naive.detach(), atol=1e-5, rtol=1e-5)
+    _assert_close(grad.float(), naive_grad.float(), atol=1e-6, rtol=1e-5)
+
+
+def test_token_logps_backward_leaves_float32_logits_untouched() -> None:
+    logits = torch.randn(2, 6, 8, requires_grad=True)
+    before = logits.detach().clone()
+    L.token_logps(logits, _labels())[0].sum().backward()
+    assert torch.equal(logits.detach(), before)
+
+
+def test_token_logps_gradcheck_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(L, "_CHUNK_ELEMENTS", 24)  # 3 rows per chunk, the last chunk partial
+    torch.manual_seed(8)
+    logits = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[-100, 1, 2, 3, -100, 5, 6], [-100, -100, 0, 7, 7, 1, -100]])
+    assert torch.autograd.gradcheck(lambda x: L.token_logps(x, labels)[0], (logits,))
+
+
 @pytest.mark.parametrize(
     ("logits", "labels", "match"),
     [
