@@ -537,6 +537,14 @@ def test_simnpo_gradient_closed_form() -> None:
     _assert_close(grad, expected)
 
 
+def test_simnpo_tends_to_sequence_averaged_gradient_ascent_as_beta_vanishes() -> None:
+    """logσ(βx) = -log 2 + βx/2 + O(β²), so L → (2/β) log 2 - mean_seq(m_b - δ): gradient 1/(B |y_b|) per token."""
+    (grad,) = _grad(lambda x: L.simnpo(x, _mask(), 1e-6, 0.3), _t(LOGPS, grad=True))
+    lengths = [sum(row) for row in MASK]
+    expected = [[1 / (2 * lengths[b]) if MASK[b][i] else 0.0 for i in range(3)] for b in range(2)]
+    _assert_close(grad, expected, atol=1e-6, rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ shared behaviour
 
 
