@@ -1,0 +1,253 @@
+"""``UnlearningModule``: the model to unlearn, its frozen reference, and ``γ·L_forget + α·L_retain``.
+
+Each objective is a small subclass that implements :meth:`UnlearningModule.forget_loss` over the log-probs this base
+class computes. Forward passes live here, so every objective does exactly one forward with gradient per batch part
+and at most one reference forward per batch (all parts that need it, concatenated), under ``no_grad``.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from typing_extensions import override
+
+from lit_unlearn import losses
+from lit_unlearn.data.collate import pad_to_width
+from lit_unlearn.eval.mixin import TOFUEvalMixin
+from lit_unlearn.eval.settings import EvalSettings
+from lit_unlearn.models import LoraSettings, load_causal_lm, load_tokenizer
+
+Batch = Mapping[str, Tensor]
+"""One batch part: ``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding), each (B, T)."""
+
+RetainLoss = Literal["none", "nll", "kl"]
+
+
+class UnlearningModule(TOFUEvalMixin, LightningModule):
+    """Base class of every unlearning objective: loss = ``forget_weight · L_forget + retain_weight · L_retain``.
+
+    The retain term is ``"nll"`` (gradient difference: mean answer NLL on the retain batch), ``"kl"`` (forward
+    KL(p_ref ‖ p_θ) on the retain answer positions, from the frozen model before unlearning) or ``"none"``.
+    Batches are ``{"forget": Batch, "retain": Batch}`` (plus ``"idk"`` for refusal objectives), as produced by
+    :class:`lit_unlearn.data.TOFUUnlearnDataModule`.
+
+    Args:
+        model_name_or_path: Hub id or local directory of the model to unlearn (the fine-tuned target).
+        retain_loss: Retain regulariser: ``"nll"`` (GD), ``"kl"`` or ``"none"``.
+        forget_weight: γ, the weight of the forget term.
+        retain_weight: α, the weight of the retain term.
+        lr: Learning rate of the default AdamW optimiser (TOFU: 1e-5 for Llama, 2e-5 for Phi).
+        weight_decay: Weight decay of the default AdamW optimiser (TOFU: 0.01; the G-effect paper's code: 0).
+        warmup_epochs: Linear warm-up length in epochs, followed by linear decay to 0 (TOFU: 1 epoch).
+        optimizer: Replaces the default AdamW(lr, weight_decay) when given; receives the trainable parameters.
+        scheduler: Replaces the default warm-up/decay schedule when given; stepped every optimiser step.
+        dtype: Weights dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        attn_implementation: Attention kernel passed to ``from_pretrained`` (``"sdpa"``, ``"eager"``, ...).
+        lora: Train LoRA adapters only (needs ``pip install 'lit-unlearn[lora]'``); the reference is then the base
+            model with the adapters disabled, so no second copy of the weights is held.
+        output_dir: Where the unlearned model and tokenizer are saved (``save_pretrained``) when ``fit`` ends.
+        evaluation: TOFU evaluation settings for ``validate``/``test`` and in-training validation.
+    """
+
+    reference_parts: tuple[str, ...] = ()
+    """Batch parts whose reference log-probs :meth:`forget_loss` needs (e.g. ``("forget",)`` for NPO)."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        retain_loss: RetainLoss = "nll",
+        forget_weight: float = 1.0,
+        retain_weight: float = 1.0,
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        warmup_epochs: float = 1.0,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        lora: LoraSettings | None = None,
+        output_dir: str | None = None,
+        evaluation: EvalSettings | None = None,
+    ) -> None:
+        super().__init__()
+        if retain_loss not in self._retain_choices():
+            raise ValueError(f"retain_loss={retain_loss!r}; choose one of {self._retain_choices()}.")
+        if forget_weight < 0 or retain_weight < 0:
+            raise ValueError(f"forget_weight and retain_weight must be ≥ 0, got {forget_weight} and {retain_weight}.")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.retain_loss = retain_loss
+        self.forget_weight = forget_weight
+        self.retain_weight = retain_weight
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.output_dir = output_dir
+        self.eval_settings = evaluation or EvalSettings()
+        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
+        self.uses_lora = lora is not None
+        self.reference_model: PreTrainedModel | None = None
+        if self.needs_reference and not self.uses_lora:
+            self.reference_model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+            self.reference_model.requires_grad_(False).eval()
+        # The reference is rebuilt from model_name_or_path, never restored from a checkpoint (it is not saved).
+        self.strict_loading = False
+
+    # ----------------------------------------------------------------------------------------------- structure
+    @classmethod
+    def _retain_choices(cls) -> tuple[str, ...]:
+        return ("none", "nll", "kl")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a frozen copy of the model before unlearning is needed (reference log-probs, KL, RMU)."""
+        return bool(self.reference_parts) or self.retain_loss == "kl"
+
+    @override
+    def train(self, mode: bool = True) -> "UnlearningModule":
+        super().train(mode)
+        # Lightning switches the whole module to train mode at fit start; the reference must stay deterministic.
+        if self.reference_model is not None:
+            self.reference_model.eval()
+        return self
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The frozen reference equals the model at model_name_or_path: storing it would double the checkpoint size.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference_model.")]:
+            del state[key]
+
+    # -------------------------------------------------------------------------------------------- forward passes
+    def answer_logps(self, part: Batch) -> tuple[Tensor, Tensor]:
+        """One forward with gradient: per-token answer log-probs and mask, each (B, T-1)."""
+        logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        return losses.token_logps(logits, part["labels"])
+
+    @torch.no_grad()
+    def reference_logits(self, parts: Mapping[str, Batch]) -> dict[str, Tensor]:
+        """Logits of the frozen reference on several batch parts, in ONE forward.
+
+        The parts are right-padded to a common width and stacked: with right padding and a causal mask, the logits
+        at each sequence's real positions do not depend on the padding, so one pass serves every part.
+        """
+        if not parts:
+            return {}
+        width = max(p["input_ids"].shape[1] for p in parts.values())
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.cat([pad_to_width(p["input_ids"], width, pad_id) for p in parts.values()])
+        attention_mask = torch.cat([pad_to_width(p["attention_mask"], width, 0) for p in parts.values()])
+        logits = self._reference_forward(input_ids, attention_mask)  # (ΣB, width, V)
+        out, start = {}, 0
+        for name, part in parts.items():
+            b, t = part["input_ids"].shape
+            out[name] = logits[start : start + b, :t]
+            start += b
+        return out
+
+    def _reference_forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.uses_lora:
+            with self.model.disable_adapter():
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.reference_model is None:
+            raise RuntimeError(f"{type(self).__name__} asked for reference logits but holds no reference model.")
+        return self.reference_model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    # ------------------------------------------------------------------------------------------------ objective
+    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+        """The objective's forget term L_forget (minimised).
+
+        Args:
+            batch: The whole training batch (``"forget"``, ``"retain"``, maybe ``"idk"``).
+            reference: Reference logits (B, T, V) of the parts named in :attr:`reference_parts`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement forget_loss.")
+
+    def retain_term(self, retain: Batch, reference_logits: Tensor | None) -> Tensor:
+        """The retain regulariser L_retain on a retain batch part (one forward with gradient)."""
+        logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+        if self.retain_loss == "kl":
+            return losses.kl_divergence(logits, reference_logits, retain["labels"])
+        return losses.nll(*losses.token_logps(logits, retain["labels"]))
+
+    @override
+    def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
+        wanted = list(self.reference_parts) + (["retain"] if self.retain_loss == "kl" else [])
+        reference = self.reference_logits({name: batch[name] for name in wanted})
+        forget = self.forget_loss(batch, reference)
+        loss = self.forget_weight * forget
+        logs = {"train/forget_loss": forget.detach()}
+        if self.retain_loss != "none" and self.retain_weight > 0:
+            retain = self.retain_term(batch["retain"], reference.get("retain"))
+            loss = loss + self.retain_weight * retain
+            logs["train/retain_loss"] = retain.detach()
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items())
+            raise FloatingPointError(
+                f"{type(self).__name__}: non-finite loss at global step {self.global_step} ({parts}). "
+                "Lower the learning rate, or use bf16/fp32 instead of fp16."
+            )
+        logs["train/loss"] = loss.detach()
+        batch_size = batch["forget"]["input_ids"].shape[0]
+        self.log_dict(logs, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def log_token_weight(self, weights: Tensor, mask: Tensor) -> None:
+        """Log the mean detached token weight of a weighted objective (WGA, TNPO, WTNPO) over answer tokens."""
+        self.log("train/mean_token_weight", weights[mask].mean(), batch_size=mask.shape[0])
+
+    # ------------------------------------------------------------------------------------------------ G-effect
+    def risk_losses(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
+        """Mean answer NLL of the forget and retain parts of ``batches`` (the risks of the G-effect).
+
+        Each micro-batch's risk is its token-mean NLL and the risks are averaged over micro-batches, matching how
+        Lightning averages the accumulated objective gradient.
+        """
+        risks: dict[str, Tensor] = {}
+        for name in ("forget", "retain"):
+            per_batch = [losses.nll(*self.answer_logps(b[name])) for b in batches]
+            risks[name] = torch.stack(per_batch).mean()
+        return risks
+
+    def per_example_risks(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
+        """Per-example mean answer NLL, shape (N,), of the forget and retain parts (per-instance G-effects)."""
+        risks: dict[str, Tensor] = {}
+        for name in ("forget", "retain"):
+            per_example = []
+            for b in batches:
+                logps, mask = self.answer_logps(b[name])
+                per_example.append(-(logps * mask).sum(-1) / mask.sum(-1))
+            risks[name] = torch.cat(per_example)
+        return risks
+
+    # --------------------------------------------------------------------------------------------- optimisation
+    @override
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(self).__name__} has no trainable parameter; check lora / trainable settings.")
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(params)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+            warmup = math.ceil(self.warmup_epochs * total / epochs)
+            scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def on_fit_end(self) -> None:
+        if self.output_dir and self.trainer.is_global_zero:
+            self.model.save_pretrained(self.output_dir)
+            self.tokenizer.save_pretrained(self.output_dir)

@@ -1,0 +1,40 @@
+"""Negative preference optimisation (NPO)."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+from typing_extensions import override
+
+from lit_unlearn import losses
+from lit_unlearn.modules.base import Batch, RetainLoss, UnlearningModule
+
+
+class NPO(UnlearningModule):
+    """NPO (Zhang et al. 2024, Eq. 3): ``L = −(2/β) · mean_seq log σ(−β · log(π_θ(y|x) / π_ref(y|x)))``.
+
+    Its gradient is gradient ascent's with the per-sequence weight ``2 p^β / (p^β + p_ref^β)`` (G-effect paper
+    §4.2): sequences already unlikely relative to the reference get pushed less.
+
+    Args:
+        model_name_or_path: Hub id or local directory of the model to unlearn.
+        beta: Inverse temperature β (OpenUnlearning: 0.1; the G-effect paper's code: 0.5). β → 0 recovers GA.
+        retain_loss: Retain regulariser, ``"nll"`` by default (OpenUnlearning's NPO).
+        **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
+    """
+
+    reference_parts = ("forget",)
+
+    def __init__(
+        self, model_name_or_path: str, beta: float = 0.1, retain_loss: RetainLoss = "nll", **kwargs: Any
+    ) -> None:
+        if beta <= 0:
+            raise ValueError(f"NPO needs beta > 0, got {beta}.")
+        super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
+        self.beta = beta
+
+    @override
+    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+        logps, mask = self.answer_logps(batch["forget"])
+        ref_logps, _ = losses.token_logps(reference["forget"], batch["forget"]["labels"])
+        return losses.npo(logps, ref_logps, mask, self.beta)

@@ -1,0 +1,42 @@
+"""SimNPO: reference-free, length-normalised NPO."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+from typing_extensions import override
+
+from lit_unlearn import losses
+from lit_unlearn.modules.base import Batch, RetainLoss, UnlearningModule
+
+
+class SimNPO(UnlearningModule):
+    """SimNPO (Fan et al. 2024, Eq. 4): ``L = −(2/β) · mean_seq log σ(β · (mean_i ce_i − δ))``.
+
+    NPO with the reference replaced by a length-normalised log-likelihood and a margin δ; no frozen copy needed.
+
+    Args:
+        model_name_or_path: Hub id or local directory of the model to unlearn.
+        beta: Inverse temperature β (OpenUnlearning: 4.5).
+        delta: Reward margin δ (OpenUnlearning: 0).
+        retain_loss: Retain regulariser, ``"nll"`` by default.
+        **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        beta: float = 4.5,
+        delta: float = 0.0,
+        retain_loss: RetainLoss = "nll",
+        **kwargs: Any,
+    ) -> None:
+        if beta <= 0:
+            raise ValueError(f"SimNPO needs beta > 0, got {beta}.")
+        super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
+        self.beta = beta
+        self.delta = delta
+
+    @override
+    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+        return losses.simnpo(*self.answer_logps(batch["forget"]), self.beta, self.delta)

@@ -1,0 +1,47 @@
+"""Token-wise NPO (TNPO), proposed by the G-effect paper."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+from typing_extensions import override
+
+from lit_unlearn import losses
+from lit_unlearn.modules.base import Batch, RetainLoss, UnlearningModule
+
+
+class TNPO(UnlearningModule):
+    """TNPO (Wang et al. 2025, §5): ``L = −mean_tokens(sg[w_i] · ce_i)``, ``w_i = 2 p_i^β / (p_i^β + p_ref,i^β)``.
+
+    NPO's weight moved from sequences to tokens: its gradient is the gradient of token-wise NPO.
+
+    Args:
+        model_name_or_path: Hub id or local directory of the model to unlearn.
+        beta: Inverse temperature β (the paper's code: 4).
+        eps: Added to the weight's denominator; the paper's code uses 1e-5, the paper's formula 0.
+        retain_loss: Retain regulariser, ``"nll"`` by default.
+        **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
+    """
+
+    reference_parts = ("forget",)
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        beta: float = 4.0,
+        eps: float = 0.0,
+        retain_loss: RetainLoss = "nll",
+        **kwargs: Any,
+    ) -> None:
+        if beta <= 0 or eps < 0:
+            raise ValueError(f"TNPO needs beta > 0 and eps ≥ 0, got beta={beta}, eps={eps}.")
+        super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
+        self.beta = beta
+        self.eps = eps
+
+    @override
+    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+        logps, mask = self.answer_logps(batch["forget"])
+        ref_logps, _ = losses.token_logps(reference["forget"], batch["forget"]["labels"])
+        self.log_token_weight(losses.tnpo_weights(logps.detach(), ref_logps, self.beta, self.eps), mask)
+        return losses.tnpo(logps, ref_logps, mask, self.beta, self.eps)

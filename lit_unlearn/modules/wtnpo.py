@@ -1,0 +1,51 @@
+"""Weighted token-wise NPO (WTNPO), proposed by the G-effect paper."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+from typing_extensions import override
+
+from lit_unlearn import losses
+from lit_unlearn.modules.base import Batch, RetainLoss, UnlearningModule
+
+
+class WTNPO(UnlearningModule):
+    """WTNPO (Wang et al. 2025, §5): TNPO with weight ``w_i = 2 p_i^(β+α) / (p_i^β + p_ref,i^β)``.
+
+    TNPO's weight times the WGA-style confidence ``p_i^α`` (α = 0 is TNPO).
+
+    Args:
+        model_name_or_path: Hub id or local directory of the model to unlearn.
+        beta: Inverse temperature β (the paper's code: 4).
+        alpha: Extra confidence exponent α (the paper's code: 1.5).
+        eps: Added to the weight's denominator; the paper's code uses 1e-5, the paper's formula 0.
+        retain_loss: Retain regulariser, ``"nll"`` by default.
+        **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
+    """
+
+    reference_parts = ("forget",)
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        beta: float = 4.0,
+        alpha: float = 1.5,
+        eps: float = 0.0,
+        retain_loss: RetainLoss = "nll",
+        **kwargs: Any,
+    ) -> None:
+        if beta <= 0 or alpha < 0 or eps < 0:
+            raise ValueError(f"WTNPO needs beta > 0, alpha ≥ 0, eps ≥ 0; got beta={beta}, alpha={alpha}, eps={eps}.")
+        super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
+        self.beta = beta
+        self.alpha = alpha
+        self.eps = eps
+
+    @override
+    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+        logps, mask = self.answer_logps(batch["forget"])
+        ref_logps, _ = losses.token_logps(reference["forget"], batch["forget"]["labels"])
+        weights = losses.wtnpo_weights(logps.detach(), ref_logps, self.beta, self.alpha, self.eps)
+        self.log_token_weight(weights, mask)
+        return losses.wtnpo(logps, ref_logps, mask, self.beta, self.alpha, self.eps)

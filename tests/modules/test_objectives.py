@@ -1,0 +1,238 @@
+"""Every unlearning objective: forward-pass budget, training through the CLI, checkpoints, LoRA."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import lit_unlearn
+from lit_unlearn import losses
+from lit_unlearn.cli import run_lightning_cli
+from lit_unlearn.data.collate import pad_sequences
+from lit_unlearn.data.formatting import encode_pair
+from lit_unlearn.modules.base import UnlearningModule
+
+# (class name, extra init args, model forwards with grad, reference forwards) per training step,
+# for a batch with forget + retain (+ idk) parts.
+OBJECTIVES = [
+    ("GradAscent", {}, 1, 0),
+    ("GradDiff", {}, 2, 0),
+    ("GradDiff", {"retain_loss": "kl"}, 2, 1),
+    ("NPO", {}, 2, 1),
+    ("NPO", {"retain_loss": "kl"}, 2, 1),
+    ("SimNPO", {}, 2, 0),
+    ("IdkPO", {}, 2, 0),
+    ("IdkDPO", {}, 3, 1),
+    ("RMU", {"layer": 1, "trainable_params": r"layers\.(0|1)\.mlp\.down_proj\.weight"}, 2, 1),
+    ("WGA", {}, 2, 0),
+    ("WGA", {"retain_loss": "kl"}, 2, 1),
+    ("TNPO", {}, 2, 1),
+    ("TNPO", {"retain_loss": "kl"}, 2, 1),
+    ("WTNPO", {}, 2, 1),
+    ("WTNPO", {"retain_loss": "kl"}, 2, 1),
+]
+RISES = {"GradAscent", "GradDiff", "WGA", "NPO", "TNPO", "WTNPO", "SimNPO"}
+
+
+def _part(tokenizer, rows: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    encoded = [encode_pair(tokenizer, q, a, "qa", 128) for q, a in rows]
+    return pad_sequences(
+        [e["input_ids"] for e in encoded], tokenizer.pad_token_id, labels=[e["labels"] for e in encoded]
+    )
+
+
+def _rows(tofu_dir: Path, name: str, n: int) -> list[tuple[str, str]]:
+    with open(tofu_dir / f"{name}.json") as f:
+        rows = [json.loads(line) for line in f]
+    return [(r["question"], r["answer"]) for r in rows[:n]]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_model_dir, tofu_dir) -> dict:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    forget = _rows(tofu_dir, "forget01", 3)
+    return {
+        "forget": _part(tok, forget),
+        "retain": _part(tok, _rows(tofu_dir, "retain_perturbed", 3)),
+        "idk": _part(tok, [(q, "I have no idea about that.") for q, _ in forget]),
+    }
+
+
+class _Counter:
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls = 0
+        self._forward = module.forward
+        module.forward = self
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "model_calls", "ref_calls"), OBJECTIVES)
+def test_forward_budget(name, kwargs, model_calls, ref_calls, tiny_model_dir, batch) -> None:
+    """One forward with grad per batch part, at most one reference forward per batch."""
+    module: UnlearningModule = getattr(lit_unlearn, name)(model_name_or_path=str(tiny_model_dir), **kwargs)
+    model_counter = _Counter(module.model)
+    ref_counter = _Counter(module.reference_model) if module.reference_model is not None else None
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    assert model_counter.calls == model_calls
+    assert (ref_counter.calls if ref_counter else 0) == ref_calls
+    if ref_calls:
+        assert module.reference_model is not None
+        assert not any(p.requires_grad for p in module.reference_model.parameters())
+    else:
+        assert module.reference_model is None
+
+
+def test_reference_concatenation_matches_separate_forwards(tiny_model_dir, batch) -> None:
+    """The stacked reference pass gives each part the logits of its own forward."""
+    module = lit_unlearn.IdkDPO(model_name_or_path=str(tiny_model_dir), retain_loss="kl")
+    stacked = module.reference_logits({k: batch[k] for k in ("idk", "forget", "retain")})
+    for name in ("idk", "forget", "retain"):
+        part = batch[name]
+        with torch.no_grad():
+            alone = module.reference_model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        real = part["attention_mask"].bool()
+        torch.testing.assert_close(stacked[name][real], alone[real], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_gamma_forget_plus_alpha_retain(tiny_model_dir, batch) -> None:
+    """train loss = γ·L_forget + α·L_retain, with L_forget from the pure loss function."""
+    module = lit_unlearn.GradDiff(model_name_or_path=str(tiny_model_dir), forget_weight=0.5, retain_weight=2.0)
+    loss = module.training_step(batch, 0)
+    with torch.no_grad():
+        f_logps, f_mask = module.answer_logps(batch["forget"])
+        r_logps, r_mask = module.answer_logps(batch["retain"])
+    expected = 0.5 * losses.gradient_ascent(f_logps, f_mask) + 2.0 * losses.nll(r_logps, r_mask)
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+def test_nan_loss_names_the_culprit(tiny_model_dir, batch) -> None:
+    module = lit_unlearn.GradAscent(model_name_or_path=str(tiny_model_dir))
+    with torch.no_grad():
+        module.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite loss.*forget_loss"):
+        module.training_step(batch, 0)
+
+
+def test_idk_objectives_need_idk_part(tiny_model_dir, batch) -> None:
+    module = lit_unlearn.IdkPO(model_name_or_path=str(tiny_model_dir))
+    with pytest.raises(KeyError, match="with_idk: true"):
+        module.training_step({"forget": batch["forget"], "retain": batch["retain"]}, 0)
+
+
+def test_bad_arguments(tiny_model_dir) -> None:
+    with pytest.raises(ValueError, match="retain_loss"):
+        lit_unlearn.GradDiff(model_name_or_path=str(tiny_model_dir), retain_loss="mse")
+    with pytest.raises(ValueError, match="beta"):
+        lit_unlearn.NPO(model_name_or_path=str(tiny_model_dir), beta=0.0)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        lit_unlearn.RMU(model_name_or_path=str(tiny_model_dir), layer=1, trainable_params="nothing_like_this")
+    with pytest.raises(ValueError, match="blocks"):
+        lit_unlearn.RMU(model_name_or_path=str(tiny_model_dir), layer=9)
+
+
+def test_risk_losses_are_mean_answer_nll(tiny_model_dir, batch) -> None:
+    module = lit_unlearn.GradDiff(model_name_or_path=str(tiny_model_dir))
+    risks = module.risk_losses([batch, batch])
+    per_example = module.per_example_risks([batch])
+    for name in ("forget", "retain"):
+        part = batch[name]
+        out = module.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"])
+        torch.testing.assert_close(risks[name], out.loss)  # HF's own causal-LM loss is the reference
+        assert per_example[name].shape == (part["input_ids"].shape[0],)
+
+
+def _forget_nll(model: torch.nn.Module, part: dict) -> float:
+    with torch.no_grad():
+        return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]).loss.item()
+
+
+def _cli_args(name: str, model_dir: Path, root: Path, extra: list[str]) -> list[str]:
+    return [
+        "fit",
+        f"--model={name}",
+        f"--model.model_name_or_path={model_dir}",
+        "--model.lr=1e-3",
+        "--model.warmup_epochs=0",
+        "--model.weight_decay=0",
+        "--data=lit_unlearn.data.TOFUUnlearnDataModule",
+        "--data.forget_split=forget01",
+        "--data.num_authors=2",
+        "--data.batch_size=4",
+        "--data.max_length=128",
+        "--trainer.max_steps=3",
+        "--trainer.accelerator=cpu",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={root}",
+        f"--trainer.logger.init_args.save_dir={root}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "model_calls", "ref_calls"), OBJECTIVES)
+def test_trains_through_cli(name, kwargs, model_calls, ref_calls, tiny_model_dir, batch, tmp_path) -> None:
+    """A few steps through `lit-unlearn fit`: finite loss, all trainable parameters move, the reference does not."""
+    extra = [f"--model.{k}={v}" for k, v in kwargs.items()]
+    if name.startswith("Idk"):
+        extra.append("--data.with_idk=true")
+    cli = run_lightning_cli(_cli_args(name, tiny_model_dir, tmp_path, extra))
+    module = cli.model
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = dict(initial.named_parameters())
+    trainable = [(n, p) for n, p in module.model.named_parameters() if p.requires_grad]
+    assert trainable
+    for n, p in trainable:
+        assert not torch.equal(p, before[n]), f"{name}: trainable parameter {n} did not change"
+    if module.reference_model is not None:
+        for n, p in module.reference_model.named_parameters():
+            assert torch.equal(p, before[n]), f"{name}: reference parameter {n} changed"
+    if name in RISES:
+        assert _forget_nll(module.model, batch["forget"]) > _forget_nll(initial, batch["forget"])
+
+
+def test_checkpoint_round_trip_without_reference(tiny_model_dir, tmp_path) -> None:
+    cli = run_lightning_cli(_cli_args("NPO", tiny_model_dir, tmp_path, ["--trainer.enable_checkpointing=true"]))
+    ckpt_path = next(Path(tmp_path).rglob("*.ckpt"))
+    checkpoint = torch.load(ckpt_path, weights_only=False)
+    assert not any(k.startswith("reference_model.") for k in checkpoint["state_dict"])
+    restored = lit_unlearn.NPO.load_from_checkpoint(ckpt_path)
+    for (n, p), (_, q) in zip(cli.model.model.named_parameters(), restored.model.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for (n, p), (_, q) in zip(initial.named_parameters(), restored.reference_model.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_saves_hf_directory_at_fit_end(tiny_model_dir, tmp_path) -> None:
+    out = tmp_path / "unlearned"
+    cli = run_lightning_cli(_cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}"]))
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    for (n, p), (_, q) in zip(cli.model.model.named_parameters(), reloaded.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    assert AutoTokenizer.from_pretrained(out).eos_token == cli.model.tokenizer.eos_token
+
+
+def test_lora_trains_only_adapters(tiny_model_dir, tmp_path) -> None:
+    pytest.importorskip("peft")
+    cli = run_lightning_cli(
+        _cli_args("NPO", tiny_model_dir, tmp_path, ["--model.lora.r=4", "--model.lora.alpha=8", "--model.lr=1e-2"])
+    )
+    module = cli.model
+    assert module.reference_model is None  # the base model with adapters disabled is the reference
+    initial = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    for n, p in module.model.named_parameters():
+        if "lora_" in n:
+            assert p.requires_grad
+        else:
+            assert not p.requires_grad, n
+            base_name = n.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p, initial[base_name]), n
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in module.model.named_parameters())
