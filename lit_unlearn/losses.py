@@ -101,49 +101,81 @@ _CHUNK_ELEMENTS = 2**25
 
 
 class _LabelLogProb(torch.autograd.Function):
-    """``log_softmax(x)[r, target_r]`` for rows ``x`` of shape (R, V), in row chunks, saving only the input and lse.
+    """``log_softmax(x)[r, target_r]`` and ``logsumexp(x)[r]`` for rows ``x`` of shape (R, V), in row chunks.
 
     Autograd through ``gather - logsumexp`` keeps a float32 copy of the logits alive for the backward and builds
     several more (B, T, V) float32 temporaries there. Here the float32 work happens one chunk of rows at a time in
-    both passes, so the only full-size tensor created is the gradient, in the logits' own dtype. Measured on an H200
-    (B=4, T=512, V=128256, bf16 logits of 0.49 GiB, forward + backward peak above the logits): 0.86 GiB here, 2.93 GiB
-    for ``log_softmax + gather`` or ``F.cross_entropy``, 3.91 GiB for autograd through ``gather - logsumexp``;
-    6.4 ms against 4.3 ms for the fused log-softmax.
-    Gradient: ``∂ log p_r / ∂ x_rv = 1[v = target_r] - softmax(x_r)_v``.
+    every pass, so the only full-size tensor created is the gradient (or tangent), in the logits' own dtype. Measured
+    on an H200 (B=4, T=512, V=128256, bf16 logits of 0.49 GiB, forward + backward peak above the logits): 0.86 GiB
+    here, 2.93 GiB for ``log_softmax + gather`` or ``F.cross_entropy``, 3.91 GiB for autograd through
+    ``gather - logsumexp``; 6.4 ms against 4.3 ms for the fused log-softmax.
+
+    Derivatives, with s = softmax(x_r): ``∂ log p_r / ∂ x_rv = 1[v = target_r] - s_v`` and ``∂ lse_r / ∂ x_rv = s_v``.
+    Both reverse mode (training, G-effect gradients) and forward mode (``torch.func.jvp``, the G-effect callback's
+    per-instance pass) are implemented; there is no double backward.
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, logits: Tensor, targets: Tensor) -> Tensor:
+    def forward(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # logits (R, V) contiguous; targets (R,) with IGNORE_INDEX where no token is scored
-        valid = targets != IGNORE_INDEX  # (R,)
-        index = targets.masked_fill(~valid, 0)  # gather needs a valid id; the dummy 0 is masked below
+        valid, index = _valid_index(targets)  # (R,), (R,)
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (R,)
         label_logit = torch.empty_like(lse)  # (R,)
-        step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
-        for start in range(0, logits.shape[0], step):
-            rows = slice(start, start + step)
+        for rows in _row_chunks(logits):
             chunk = logits[rows].to(dtype)  # (r, V) float32: the log-softmax must not run in bf16
             lse[rows] = torch.logsumexp(chunk, dim=-1)
             label_logit[rows] = chunk.gather(-1, index[rows, None]).squeeze(-1)
-        ctx.save_for_backward(logits, index, valid, lse)
-        return torch.where(valid, label_logit - lse, 0.0)
+        return torch.where(valid, label_logit - lse, 0.0), lse
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple) -> None:
+        logits, targets = inputs
+        ctx.save_for_backward(logits, targets, output[1])
+        ctx.save_for_forward(logits, targets, output[1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
-        logits, index, valid, lse = ctx.saved_tensors
-        # No gradient at ignored rows (even if the caller's upstream gradient there is non-zero).
-        g = torch.where(valid, grad_out.to(lse.dtype), 0.0)  # (R,)
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_logps: Tensor | None, grad_lse: Tensor | None
+    ) -> tuple[Tensor, None]:
+        logits, targets, lse = ctx.saved_tensors
+        valid, index = _valid_index(targets)
+        # No gradient through ignored rows, even if the upstream gradient there is non-zero.
+        g = torch.zeros_like(lse) if grad_logps is None else torch.where(valid, grad_logps.to(lse.dtype), 0.0)
+        coeff = g.neg() if grad_lse is None else grad_lse.to(lse.dtype) - g  # (R,): multiplies the softmax
         grad = torch.empty_like(logits)  # (R, V) in the logits' dtype
-        step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
-        for start in range(0, logits.shape[0], step):
-            rows = slice(start, start + step)
-            # softmax from the saved lse: exp(x - lse), computed in a fresh float32 buffer (never in place on x)
+        for rows in _row_chunks(logits):
+            # softmax from the saved lse, in a fresh float32 buffer (never in place on the saved logits)
             prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
-            prob.mul_(-g[rows, None]).scatter_add_(-1, index[rows, None], g[rows, None])
+            prob.mul_(coeff[rows, None]).scatter_add_(-1, index[rows, None], g[rows, None])
             grad[rows] = prob
         return grad, None
+
+    @staticmethod
+    def jvp(ctx: torch.autograd.function.FunctionCtx, logits_dot: Tensor, targets_dot: None) -> tuple[Tensor, Tensor]:
+        logits, targets, lse = ctx.saved_tensors
+        valid, index = _valid_index(targets)
+        expected_dot = torch.empty_like(lse)  # (R,): Σ_v s_v · dx_v = d lse
+        label_dot = torch.empty_like(lse)  # (R,): dx at the label
+        for rows in _row_chunks(logits):
+            prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
+            tangent = logits_dot[rows].to(lse.dtype)  # (r, V)
+            expected_dot[rows] = (prob * tangent).sum(dim=-1)
+            label_dot[rows] = tangent.gather(-1, index[rows, None]).squeeze(-1)
+        return torch.where(valid, label_dot - expected_dot, 0.0), expected_dot
+
+
+def _valid_index(targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows that score a token, and a gather index with a dummy 0 (discarded) at the ignored rows."""
+    valid = targets != IGNORE_INDEX
+    return valid, targets.masked_fill(~valid, 0)
+
+
+def _row_chunks(logits: Tensor) -> list[slice]:
+    """Row slices of ``logits`` (R, V) holding about ``_CHUNK_ELEMENTS`` elements each."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
+    return [slice(start, start + step) for start in range(0, logits.shape[0], step)]
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,7 +194,8 @@ def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         ``(logps, mask)``, both ``(B, T-1)``: ``logps[b, t] = log p(labels[b, t+1] | inputs[b, :t+1])`` in float32
         (float64 if the logits are float64), exactly 0.0 where the shifted label is -100; ``mask`` is bool, False there.
-        First-order differentiable (enough for training and the G-effect; no double backward).
+        First-order differentiable in reverse and forward mode (training, G-effect gradients, ``torch.func.jvp``);
+        no double backward.
 
     Raises:
         ValueError: if the shapes do not match or the labels are not integers.
@@ -178,7 +211,7 @@ def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     # The token predicted at each position is the next label; the last position predicts nothing. Scoring all T
     # positions of the (contiguous) logits avoids copying the non-contiguous slice logits[:, :-1].
     targets = torch.cat([labels[:, 1:], labels.new_full((batch, 1), IGNORE_INDEX)], dim=1)  # (B, T)
-    flat = _LabelLogProb.apply(logits.reshape(batch * steps, vocab), targets.reshape(-1))  # (B*T,)
+    flat, _ = _LabelLogProb.apply(logits.reshape(batch * steps, vocab), targets.reshape(-1))  # (B*T,)
     logps = flat.view(batch, steps)[:, :-1]  # (B, T-1)
     return logps, labels[:, 1:] != IGNORE_INDEX
 

@@ -7,6 +7,7 @@ from lit_unlearn.data.formatting import IGNORE_INDEX, PromptFormat, encode_answe
 from lit_unlearn.data.loaders import PartsCombinedLoader, load_tokenizer
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, forget_authors
 from lit_unlearn.data.tofu import TOFU_SPLITS, TOFUDataError, load_tofu, resolve_tofu_file
+from lit_unlearn.data.unlearn_datamodule import TOFUUnlearnDataModule, idk_answers
 
 __all__ = [
     "FORGET_AUTHORS",
@@ -20,11 +21,13 @@ __all__ = [
     "QADataset",
     "TOFUDataError",
     "TOFUFinetuneDataModule",
+    "TOFUUnlearnDataModule",
     "ZippedDataset",
     "encode_answer",
     "encode_pair",
     "encode_prompt",
     "forget_authors",
+    "idk_answers",
     "load_tofu",
     "load_tokenizer",
     "pad_sequences",

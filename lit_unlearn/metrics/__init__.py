@@ -1,5 +1,8 @@
 """TOFU metrics in torchmetrics style: functional math in ``lit_unlearn.metrics.functional``, thin ``Metric`` classes
-here. Metrics receive numbers or strings (average NLLs, token ids, log-probs, generated text), never models."""
+here. Metrics receive numbers or strings (average NLLs, token ids, log-probs, generated text), never models.
+
+The ``TruthRatio`` class lives in ``truth.py``: a submodule named ``truth_ratio`` would shadow the exported function
+``truth_ratio`` as an attribute of this package."""
 
 from lit_unlearn.metrics.functional import (
     MODEL_UTILITY_COMPONENTS,
@@ -18,7 +21,7 @@ from lit_unlearn.metrics.memorization import ExactMemorization, ExtractionStreng
 from lit_unlearn.metrics.mia import MinKMembershipAUC
 from lit_unlearn.metrics.probability import AnswerProbability
 from lit_unlearn.metrics.rouge import ROUGELRecall
-from lit_unlearn.metrics.truth_ratio import TruthRatio
+from lit_unlearn.metrics.truth import TruthRatio
 
 __all__ = [
     "MODEL_UTILITY_COMPONENTS",

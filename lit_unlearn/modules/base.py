@@ -95,7 +95,9 @@ class UnlearningModule(TOFUEvalMixin, LightningModule):
         self.uses_lora = lora is not None
         self.reference_model: PreTrainedModel | None = None
         if self.needs_reference and not self.uses_lora:
-            self.reference_model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation)
+            self.reference_model = load_causal_lm(
+                model_name_or_path, dtype=dtype, attn_implementation=attn_implementation
+            )
             self.reference_model.requires_grad_(False).eval()
         # The reference is rebuilt from model_name_or_path, never restored from a checkpoint (it is not saved).
         self.strict_loading = False

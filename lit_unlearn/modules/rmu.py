@@ -60,7 +60,9 @@ class RMU(UnlearningModule):
         names = [n for n, _ in self.model.named_parameters()]
         chosen = {n for n in names if re.search(trainable_params, n)}
         if not chosen:
-            raise ValueError(f"trainable_params={trainable_params!r} matches no parameter; names look like {names[:4]}.")
+            raise ValueError(
+                f"trainable_params={trainable_params!r} matches no parameter; names look like {names[:4]}."
+            )
         for name, param in self.model.named_parameters():
             param.requires_grad_(name in chosen)
         generator = torch.Generator().manual_seed(seed)

@@ -354,3 +354,33 @@ def test_override_point_for_modules_without_the_protocol(tmp_path: Path) -> None
     # Here objective and risk coincide: the G-effect is the squared gradient norm.
     expected = sum(float(g.pow(2).sum()) for g in torch.autograd.grad(risk, params))
     assert cb.last_g_effect["energy/total"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_ddp_two_processes_equal_single_process_on_union_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = MLPUnlearner(n=8, batch_size=4)
+    initial = copy.deepcopy(module)
+    out = tmp_path / "ddp"
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance=True, output_dir=str(out), save_plot=False)
+    fit(module, [cb], tmp_path, max_steps=1, devices=2, strategy="ddp_spawn")
+    # The spawned ranks hold the history; rank 0 wrote it to output_dir when fit ended.
+    rows = {(r["risk"], r["group"]): r for r in load_history(out / "g_effect.csv")}
+    union = mlp_batches(8, 8, 1)
+    ref = reference_dots(initial, union)
+    for risk in ("forget", "retain"):
+        assert rows[(risk, "total")]["g_effect"] == pytest.approx(sum(ref[risk].values()), rel=1e-5)
+        layer = ref[risk]["net.0.weight"] + ref[risk]["net.0.bias"]
+        assert rows[(risk, "layer_00")]["g_effect"] == pytest.approx(layer, rel=1e-5, abs=1e-7)
+    # Per-instance values are gathered from both ranks (rank-major, in the DistributedSampler's order): compare the
+    # multiset of values with per-example autograd on the union batch.
+    instances = load_history(out / "g_effect_instances.csv")
+    m = copy.deepcopy(initial).double()
+    params = list(m.parameters())
+    b64 = to64(union[0])
+    g = torch.autograd.grad(m.training_step(b64, 0), params)
+    got = sorted(r["g_effect"] for r in instances if r["risk"] == "retain")
+    expected = []
+    for i in range(8):
+        loss = m.per_example(b64["rx"][i : i + 1], b64["ry"][i : i + 1]).mean()
+        expected.append(sum(float((a * b).sum()) for a, b in zip(torch.autograd.grad(loss, params), g, strict=True)))
+    assert got == pytest.approx(sorted(expected), rel=1e-4, abs=1e-7)

@@ -149,7 +149,8 @@ def test_risk_losses_are_mean_answer_nll(tiny_model_dir, batch) -> None:
 
 def _forget_nll(model: torch.nn.Module, part: dict) -> float:
     with torch.no_grad():
-        return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]).loss.item()
+        out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"])
+    return out.loss.item()
 
 
 def _cli_args(name: str, model_dir: Path, root: Path, extra: list[str]) -> list[str]:
