@@ -162,12 +162,32 @@ def test_token_logps_backward_leaves_float32_logits_untouched() -> None:
     assert torch.equal(logits.detach(), before)
 
 
-def test_token_logps_gradcheck_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_logps_gradcheck_chunked_reverse_and_forward_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(L, "_CHUNK_ELEMENTS", 24)  # 3 rows per chunk, the last chunk partial
     torch.manual_seed(8)
     logits = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[-100, 1, 2, 3, -100, 5, 6], [-100, -100, 0, 7, 7, 1, -100]])
-    assert torch.autograd.gradcheck(lambda x: L.token_logps(x, labels)[0], (logits,))
+    assert torch.autograd.gradcheck(lambda x: L.token_logps(x, labels)[0], (logits,), check_forward_ad=True)
+
+
+@pytest.mark.parametrize("chunk_elements", [2**25, 16])
+def test_token_logps_jvp_matches_naive(monkeypatch: pytest.MonkeyPatch, chunk_elements: int) -> None:
+    """torch.func.jvp (the G-effect callback's per-instance pass) through the custom function, under no_grad."""
+    monkeypatch.setattr(L, "_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(9)
+    labels = _labels()
+    logits, tangent = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    mask = labels[:, 1:] != -100
+
+    def naive(x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(x[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0] * mask
+
+    with torch.no_grad():
+        value, jvp = torch.func.jvp(lambda x: L.token_logps(x, labels)[0], (logits,), (tangent,))
+        naive_value, naive_jvp = torch.func.jvp(naive, (logits,), (tangent,))
+    _assert_close(value, naive_value, atol=1e-5, rtol=1e-5)
+    _assert_close(jvp, naive_jvp, atol=1e-5, rtol=1e-5)
+    assert (jvp[~mask] == 0).all()
 
 
 @pytest.mark.parametrize(
