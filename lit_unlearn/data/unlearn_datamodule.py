@@ -1,0 +1,244 @@
+"""``TOFUUnlearnDataModule``: paired forget/retain(/idk) batches for unlearning, TOFU evaluation sets for eval."""
+
+import math
+import random
+from importlib import resources
+from typing import Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Subset
+from transformers import PreTrainedTokenizerBase
+
+from lit_unlearn.data.datasets import PartsCollator, QACollator, QADataset, ZippedDataset
+from lit_unlearn.data.formatting import PromptFormat
+from lit_unlearn.data.loaders import PartsCombinedLoader, load_tokenizer, seeded_loader
+from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, full_indices
+from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, load_tofu, resolve_tofu_file
+
+ForgetSplit = Literal["forget01", "forget05", "forget10"]
+RetainSplit = Literal["retain99", "retain95", "retain90"]
+
+RETAIN_EVAL_SPLIT = "retain_perturbed"
+"""TOFU's retain evaluation set: the first 400 rows of ``full`` with paraphrased and perturbed answers."""
+
+
+def idk_answers() -> list[str]:
+    """The refusal answers shipped in ``lit_unlearn/data/idk_answers.txt``, one per line."""
+    text = resources.files("lit_unlearn.data").joinpath("idk_answers.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _positive(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+class TOFUUnlearnDataModule(LightningDataModule):
+    """Forget and retain question/answer pairs for unlearning on TOFU, and the TOFU evaluation sets.
+
+    Each training batch is ``{"forget": b, "retain": b}`` (plus ``"idk"`` with ``with_idk``), every part a dict
+    of (B, T) long tensors ``input_ids``, ``attention_mask``, ``labels`` (right padded; labels -100 on prompt
+    and padding). An epoch is one pass over the shuffled forget set; each forget batch comes with a batch of
+    retain pairs from a seeded shuffle of the retain pool (cycled when the pool is smaller than the forget set).
+
+    At tiny scale (``num_authors``) the retain pool keeps only its first N authors. With
+    ``hold_out_retain_eval=True`` those start after the 20 held-out authors, so a tiny model fine-tuned on the
+    first 20 authors needs ``hold_out_retain_eval=False`` to regularise on authors it knows.
+
+    Args:
+        tokenizer_name_or_path: Hub id or local directory of the tokenizer (normally the model's).
+        forget_split: the forget set: ``forget01``, ``forget05`` or ``forget10`` (the last 2/10/20 authors).
+        retain_split: the retain pool; ``None`` derives it (forget01 → retain99, forget05 → retain95,
+            forget10 → retain90).
+        hold_out_retain_eval: drop the 400 ``retain_perturbed`` rows (the first 20 authors, used to evaluate
+            retained knowledge) from the retain pool, as the paper's code does; ``False`` keeps them, as
+            OpenUnlearning does.
+        num_authors: keep only the first N authors of the retain pool (tiny scale); ``None`` keeps all.
+        with_idk: add an ``"idk"`` part: the forget questions, in the same order as the ``"forget"`` part, each
+            answered by a refusal drawn (seeded, once per question) from ``lit_unlearn/data/idk_answers.txt``.
+        batch_size: forget (and retain, and idk) pairs per training batch.
+        eval_batch_size: questions per evaluation batch.
+        max_length: longest example in tokens; a pair whose answer would be cut away entirely raises at setup.
+        prompt_format: ``auto`` (chat template when the tokenizer has one, else ``qa``), ``chat``, ``qa``
+            (``Question: ...\\nAnswer: ...``) or ``llama2`` (``[INST] ... [/INST]``).
+        num_workers: DataLoader worker processes.
+        seed: seed of the forget and retain shuffles and of the refusal draws (independent of the global RNG).
+        data_dir: folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
+            Hub dataset ``locuslab/TOFU``.
+        eval_max_items: evaluate only the first N rows of each evaluation split (original TOFU: 300);
+            ``None``: all rows (OpenUnlearning).
+    """
+
+    def __init__(
+        self,
+        tokenizer_name_or_path: str,
+        forget_split: ForgetSplit = "forget10",
+        retain_split: RetainSplit | None = None,
+        hold_out_retain_eval: bool = True,
+        num_authors: int | None = None,
+        with_idk: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        max_length: int = 512,
+        prompt_format: PromptFormat = "auto",
+        num_workers: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+        eval_max_items: int | None = None,
+    ) -> None:
+        super().__init__()
+        if forget_split not in FORGET_AUTHORS:
+            raise ValueError(f"forget_split={forget_split!r}: choose one of {list(FORGET_AUTHORS)}.")
+        if retain_split is not None and retain_split not in RETAIN_OF_FORGET.values():
+            raise ValueError(f"retain_split={retain_split!r}: choose one of {list(RETAIN_OF_FORGET.values())} or None.")
+        if num_authors is not None and (
+            isinstance(num_authors, bool)
+            or not isinstance(num_authors, int)
+            or not 1 <= num_authors <= NUM_TOFU_AUTHORS
+        ):
+            raise ValueError(f"num_authors must be an integer in 1..{NUM_TOFU_AUTHORS} or None, got {num_authors!r}.")
+        for value, name in ((batch_size, "batch_size"), (eval_batch_size, "eval_batch_size")):
+            _positive(value, name)
+        _positive(max_length, "max_length")
+        if eval_max_items is not None:
+            _positive(eval_max_items, "eval_max_items")
+        self.save_hyperparameters()
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.forget_dataset: ZippedDataset | None = None
+        self.retain_dataset: QADataset | None = None
+
+    @property
+    def retain_split(self) -> str:
+        """The retain pool's split: ``retain_split`` when given, else the complement of ``forget_split``."""
+        return self.hparams.retain_split or RETAIN_OF_FORGET[self.hparams.forget_split]
+
+    def _eval_splits(self) -> list[str]:
+        number = self.hparams.forget_split.removeprefix("forget")
+        return [
+            f"{self.hparams.forget_split}_perturbed",
+            RETAIN_EVAL_SPLIT,
+            "real_authors_perturbed",
+            "world_facts_perturbed",
+            f"holdout{number}",
+        ]
+
+    def prepare_data(self) -> None:
+        """Download the TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
+        hp = self.hparams
+        for split in sorted({hp.forget_split, self.retain_split, "full", *self._eval_splits()}):
+            resolve_tofu_file(split, hp.data_dir)
+        load_tokenizer(hp.tokenizer_name_or_path)
+
+    def forget_rows(self) -> tuple[list[dict], list[str]]:
+        """The forget rows in file order, each with a name (``"forget10[3]"``)."""
+        hp = self.hparams
+        rows = load_tofu(hp.forget_split, hp.data_dir)
+        return rows, [f"{hp.forget_split}[{i}]" for i in range(len(rows))]
+
+    def retain_rows(self) -> tuple[list[dict], list[str]]:
+        """The retain pool in file order, each with a name (``"retain90[417]"``), after hold-out and subset.
+
+        Raises:
+            ValueError: the hold-out rows are not all in the retain split, or ``num_authors`` exceeds the pool.
+        """
+        hp = self.hparams
+        split = self.retain_split
+        rows = load_tofu(split, hp.data_dir)
+        # Checking the split against full catches mixed-up data folders and gives each row its author.
+        ids = full_indices(split, rows, load_tofu("full", hp.data_dir))
+        keep = list(range(len(rows)))
+        if hp.hold_out_retain_eval:
+            held_out = {(r["question"], r["answer"]) for r in load_tofu(RETAIN_EVAL_SPLIT, hp.data_dir)}
+            keep = [i for i in keep if (rows[i]["question"], rows[i]["answer"]) not in held_out]
+            if len(rows) - len(keep) != len(held_out):
+                raise ValueError(
+                    f"hold_out_retain_eval=True: only {len(rows) - len(keep)} of the {len(held_out)} "
+                    f"{RETAIN_EVAL_SPLIT} rows are in {split!r}; use matching copies of the TOFU files or "
+                    "set hold_out_retain_eval=False."
+                )
+        if hp.num_authors is not None:
+            authors = list(dict.fromkeys(author_of(ids[i]) for i in keep))  # in pool order
+            if hp.num_authors > len(authors):
+                raise ValueError(
+                    f"num_authors={hp.num_authors} but the retain pool ({split}"
+                    f"{' without the held-out rows' if hp.hold_out_retain_eval else ''}) has {len(authors)} authors."
+                )
+            chosen = set(authors[: hp.num_authors])
+            keep = [i for i in keep if author_of(ids[i]) in chosen]
+        return [rows[i] for i in keep], [f"{split}[{i}]" for i in keep]
+
+    def idk_rows(self, forget_rows: list[dict]) -> list[dict]:
+        """``forget_rows`` with each answer replaced by a refusal, drawn with ``random.Random(seed)``."""
+        refusals = idk_answers()
+        rng = random.Random(self.hparams.seed)
+        return [{"question": row["question"], "answer": rng.choice(refusals)} for row in forget_rows]
+
+    def setup(self, stage: str) -> None:
+        """Load the tokenizer; for ``fit``, encode the forget (and idk) pairs and the retain pool."""
+        hp = self.hparams
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
+        if stage == "fit" and self.forget_dataset is None:
+            encode = {"tokenizer": self.tokenizer, "prompt_format": hp.prompt_format, "max_length": hp.max_length}
+            forget, forget_names = self.forget_rows()
+            parts = {"forget": QADataset(forget, row_names=forget_names, **encode)}
+            if hp.with_idk:
+                idk_names = [f"{name} (idk answer)" for name in forget_names]
+                parts["idk"] = QADataset(self.idk_rows(forget), row_names=idk_names, **encode)
+            retain, retain_names = self.retain_rows()
+            self.forget_dataset = ZippedDataset(parts)
+            self.retain_dataset = QADataset(retain, row_names=retain_names, **encode)
+
+    def train_dataloader(self) -> PartsCombinedLoader:
+        """``CombinedLoader({"forget", "retain"(, "idk")}, mode="min_size")``: one epoch = one pass over the forget set.
+
+        The retain loader draws at least as many pairs as the forget loader, so ``min_size`` never ends an
+        epoch early: a larger pool contributes a fresh random subset each epoch, a smaller one is cycled.
+        """
+        if self.forget_dataset is None or self.retain_dataset is None or self.tokenizer is None:
+            raise RuntimeError("TOFUUnlearnDataModule: call setup('fit') (the Trainer does) before train_dataloader().")
+        hp = self.hparams
+        pad = self.tokenizer.pad_token_id
+        forget = seeded_loader(
+            self.forget_dataset,
+            hp.batch_size,
+            PartsCollator(pad),
+            shuffle=True,
+            seed=hp.seed,
+            num_workers=hp.num_workers,
+        )
+        needed = math.ceil(len(self.forget_dataset) / hp.batch_size) * hp.batch_size
+        retain_pool = self.retain_dataset
+        if len(retain_pool) < needed:
+            # Cycling as a dataset (not a sampler option) survives Lightning's DistributedSampler swap under DDP.
+            retain_pool = Subset(retain_pool, [i % len(retain_pool) for i in range(needed)])
+        # A different seed from the forget shuffle so that the two orders are not the same permutation.
+        retain = seeded_loader(
+            retain_pool, hp.batch_size, QACollator(pad), shuffle=True, seed=hp.seed + 1, num_workers=hp.num_workers
+        )
+        return PartsCombinedLoader({"forget": forget, "retain": retain}, mode="min_size", nested=("forget",))
+
+    def _eval_dataloaders(self) -> dict[str, DataLoader]:
+        # Imported here: lit_unlearn.eval builds on lit_unlearn.data, so a module-level import would be circular.
+        from lit_unlearn.eval.data import tofu_eval_dataloaders
+
+        if self.tokenizer is None:
+            raise RuntimeError("TOFUUnlearnDataModule: call setup() (the Trainer does) before the evaluation loaders.")
+        hp = self.hparams
+        return tofu_eval_dataloaders(
+            self.tokenizer,
+            forget_split=hp.forget_split,
+            data_dir=hp.data_dir,
+            prompt_format=hp.prompt_format,
+            batch_size=hp.eval_batch_size,
+            max_length=hp.max_length,
+            max_items=hp.eval_max_items,
+        )
+
+    def val_dataloader(self) -> dict[str, DataLoader]:
+        """The TOFU evaluation loaders keyed by split name (see ``lit_unlearn.eval.data.tofu_eval_dataloaders``)."""
+        return self._eval_dataloaders()
+
+    def test_dataloader(self) -> dict[str, DataLoader]:
+        """The same evaluation loaders as :meth:`val_dataloader`."""
+        return self._eval_dataloaders()

@@ -1,0 +1,205 @@
+"""TOFUUnlearnDataModule: retain pool (hold-out, subset), paired epochs, idk alignment, seeding, Trainer wiring."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from lit_unlearn.data import IGNORE_INDEX, TOFUUnlearnDataModule, idk_answers, load_tofu
+
+
+def _retain_names(**kwargs: object) -> list[str]:
+    # retain_rows() needs no tokenizer.
+    return TOFUUnlearnDataModule("unused", **kwargs).retain_rows()[1]
+
+
+def test_retain_split_is_derived_from_the_forget_split() -> None:
+    assert TOFUUnlearnDataModule("unused", forget_split="forget01").retain_split == "retain99"
+    assert TOFUUnlearnDataModule("unused", forget_split="forget05").retain_split == "retain95"
+    assert TOFUUnlearnDataModule("unused").retain_split == "retain90"
+    assert TOFUUnlearnDataModule("unused", forget_split="forget01", retain_split="retain90").retain_split == "retain90"
+
+
+def test_hold_out_drops_exactly_the_first_400_rows_of_full() -> None:
+    held = _retain_names(forget_split="forget10", hold_out_retain_eval=True)
+    kept = _retain_names(forget_split="forget10", hold_out_retain_eval=False)
+    assert held == [f"retain90[{i}]" for i in range(400, 3600)]
+    assert kept == [f"retain90[{i}]" for i in range(3600)]
+    assert len(_retain_names(forget_split="forget01")) == 3960 - 400
+
+
+def test_held_out_rows_are_the_retain_evaluation_rows() -> None:
+    dm = TOFUUnlearnDataModule("unused", forget_split="forget05")
+    pool = {(r["question"], r["answer"]) for r in dm.retain_rows()[0]}
+    evaluation = {(r["question"], r["answer"]) for r in load_tofu("retain_perturbed")}
+    assert not pool & evaluation
+    assert len(pool) == 3800 - 400
+
+
+def test_num_authors_keeps_the_first_authors_of_the_pool() -> None:
+    assert _retain_names(num_authors=20, hold_out_retain_eval=False) == [f"retain90[{i}]" for i in range(400)]
+    # with the hold-out the pool starts at author 20
+    assert _retain_names(num_authors=2, hold_out_retain_eval=True) == [f"retain90[{i}]" for i in range(400, 440)]
+    with pytest.raises(ValueError, match=r"num_authors=170 but the retain pool \(retain90 without the held-out"):
+        _retain_names(num_authors=170)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"forget_split": "forget20"}, "forget_split='forget20'"),
+        ({"retain_split": "full"}, "retain_split='full'"),
+        ({"num_authors": 0}, "num_authors"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"eval_max_items": 0}, "eval_max_items"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TOFUUnlearnDataModule("unused", **kwargs)
+
+
+def test_shipped_refusals() -> None:
+    refusals = idk_answers()
+    assert len(refusals) >= 40
+    assert len(set(refusals)) == len(refusals)
+
+
+def _datamodule(tiny_model_dir: Path, **kwargs: object) -> TOFUUnlearnDataModule:
+    settings = {"forget_split": "forget01", "num_authors": 1, "hold_out_retain_eval": False, "batch_size": 8}
+    dm = TOFUUnlearnDataModule(str(tiny_model_dir), **{**settings, **kwargs})
+    dm.setup("fit")
+    return dm
+
+
+def _epoch(dm: TOFUUnlearnDataModule) -> list[dict]:
+    return [batch for batch, _, _ in dm.train_dataloader()]
+
+
+def test_epoch_is_one_pass_over_the_forget_set_even_with_a_smaller_retain_pool(tiny_model_dir: Path) -> None:
+    # forget01: 40 rows in batches of 16 -> 3 batches; the retain pool (1 author) has only 20 rows.
+    dm = _datamodule(tiny_model_dir, batch_size=16)
+    loader = dm.train_dataloader()
+    iter(loader)
+    assert len(loader) == math.ceil(40 / 16) == 3
+    batches = [batch for batch, _, _ in loader]
+    assert len(batches) == 3
+    assert [b["forget"]["input_ids"].shape[0] for b in batches] == [16, 16, 8]
+    assert all(b["retain"]["input_ids"].shape[0] == 16 for b in batches)
+    # every forget row exactly once per epoch
+    forget_ids = sorted(
+        tuple(row[row != dm.tokenizer.pad_token_id].tolist()) for b in batches for row in b["forget"]["input_ids"]
+    )
+    assert forget_ids == sorted(tuple(e["forget"]["input_ids"]) for e in dm.forget_dataset)
+
+
+def test_larger_retain_pool_does_not_lengthen_the_epoch(tiny_model_dir: Path) -> None:
+    dm = _datamodule(tiny_model_dir, num_authors=5, batch_size=8)  # 100 retain rows, 40 forget rows
+    assert len(_epoch(dm)) == 5
+
+
+def test_batch_parts_are_right_padded_long_tensors(tiny_model_dir: Path) -> None:
+    dm = _datamodule(tiny_model_dir, with_idk=True)
+    batch = _epoch(dm)[0]
+    assert set(batch) == {"forget", "retain", "idk"}
+    for part in batch.values():
+        assert set(part) == {"input_ids", "attention_mask", "labels"}
+        assert all(t.dtype == torch.long and t.shape == part["input_ids"].shape for t in part.values())
+        assert (part["attention_mask"][:, 0] == 1).all()  # right padding: real tokens first
+        assert (part["labels"][part["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_idk_part_is_aligned_with_the_forget_part(tiny_model_dir: Path) -> None:
+    dm = _datamodule(tiny_model_dir, with_idk=True)
+    refusals = set(idk_answers())
+    for batch in _epoch(dm):
+        forget, idk = batch["forget"], batch["idk"]
+        for i in range(forget["input_ids"].shape[0]):
+            # same question: the masked prompts have the same length and the same tokens
+            n_prompt = int((forget["labels"][i][: forget["attention_mask"][i].sum()] == IGNORE_INDEX).sum())
+            assert n_prompt == int((idk["labels"][i][: idk["attention_mask"][i].sum()] == IGNORE_INDEX).sum())
+            assert torch.equal(forget["input_ids"][i, :n_prompt], idk["input_ids"][i, :n_prompt])
+            answer = idk["labels"][i][idk["labels"][i] != IGNORE_INDEX].tolist()
+            assert dm.tokenizer.decode(answer[:-1]).strip() in refusals
+            assert answer[-1] == dm.tokenizer.eos_token_id
+
+
+def test_refusal_draws_are_seeded(tiny_model_dir: Path) -> None:
+    dm = TOFUUnlearnDataModule(str(tiny_model_dir), forget_split="forget01", with_idk=True, seed=3)
+    forget = dm.forget_rows()[0]
+    again = TOFUUnlearnDataModule(str(tiny_model_dir), forget_split="forget01", with_idk=True, seed=3)
+    other = TOFUUnlearnDataModule(str(tiny_model_dir), forget_split="forget01", with_idk=True, seed=4)
+    assert dm.idk_rows(forget) == again.idk_rows(forget)
+    assert dm.idk_rows(forget) != other.idk_rows(forget)
+    assert [r["question"] for r in dm.idk_rows(forget)] == [r["question"] for r in forget]
+    assert len({r["answer"] for r in dm.idk_rows(forget)}) > 10  # varied, not one refusal for all
+
+
+def test_shuffles_are_seeded(tiny_model_dir: Path) -> None:
+    def two_epochs(seed: int) -> list[torch.Tensor]:
+        dm = _datamodule(tiny_model_dir, seed=seed)
+        loader = dm.train_dataloader()
+        out = []
+        for _ in range(2):
+            batch = next(iter(loader))[0]
+            out += [batch["forget"]["input_ids"], batch["retain"]["input_ids"]]
+        return out
+
+    a, b, c = two_epochs(0), two_epochs(0), two_epochs(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], c[0])
+    assert not torch.equal(a[0], a[2])  # a new forget permutation each epoch
+
+
+class _Recorder(LightningModule):
+    """Records what ``training_step`` receives; one parameter so the optimiser has something to step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[dict] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen.append({name: tuple(part["input_ids"].shape) for name, part in batch.items()})
+        return self.weight.square().sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_sees_flat_paired_batches_one_per_forget_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    dm = TOFUUnlearnDataModule(
+        str(tiny_model_dir),
+        forget_split="forget01",
+        num_authors=1,
+        hold_out_retain_eval=False,
+        with_idk=True,
+        batch_size=16,
+    )
+    model = _Recorder()
+    trainer = Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert len(model.seen) == 2 * 3
+    assert all(set(s) == {"forget", "idk", "retain"} for s in model.seen)
+    assert [s["forget"][0] for s in model.seen[:3]] == [16, 16, 8]
+
+
+def test_evaluation_loaders_are_the_tofu_evaluation_sets(tiny_model_dir: Path) -> None:
+    dm = TOFUUnlearnDataModule(str(tiny_model_dir), forget_split="forget01", eval_max_items=2, eval_batch_size=2)
+    dm.setup("validate")
+    loaders = dm.val_dataloader()
+    assert isinstance(loaders, dict)
+    assert len(loaders) >= 4
+    assert all(len(loader.dataset) == 2 for loader in loaders.values())
+    assert set(dm.test_dataloader()) == set(loaders)
