@@ -40,23 +40,24 @@ class TOFUFinetuneDataModule(LightningDataModule):
 
     Args:
         tokenizer_name_or_path: Hub id or local directory of the tokenizer (normally the model's).
-        split: the TOFU split to start from: ``full``, ``retain99/95/90`` or ``forget01/05/10``.
-        authors: keep only these authors (indices 0..199 in ``full`` order).
-        num_authors: keep only the first N authors of ``full`` (united with ``authors``).
-        include_forget_authors: also keep the authors of this forget split (united with the above), e.g.
+        split: The TOFU split to start from: ``full``, ``retain99/95/90`` or ``forget01/05/10``.
+        authors: Keep only these authors (indices 0..199 in ``full`` order).
+        num_authors: Keep only the first N authors of ``full`` (united with ``authors``).
+        include_forget_authors: Also keep the authors of this forget split (united with the above), e.g.
             ``forget01`` adds the last 2 authors to a ``num_authors`` subset.
-        exclude_split: drop the authors of this split (applied last, so it wins over the options above), e.g.
+        exclude_split: Drop the authors of this split (applied last, so it wins over the options above), e.g.
             ``forget01`` to build the retain model of a subset.
-        extra_splits: whole TOFU splits appended to the training set, e.g.
+        extra_splits: Whole TOFU splits appended to the training set, e.g.
             ``["real_authors_perturbed", "world_facts_perturbed"]`` as world-knowledge QA.
-        batch_size: training batch size.
-        eval_batch_size: batch size of the validation loader (the training pairs in order).
-        max_length: longest example in tokens; a pair whose answer would be cut away entirely raises at setup.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size of the validation loader (the training pairs in order).
+        max_length: Longest example in tokens; a pair whose answer would be cut away entirely raises at setup.
         prompt_format: ``auto`` (chat template when the tokenizer has one, else ``qa``), ``chat``, ``qa``
             (``Question: ...\\nAnswer: ...``) or ``llama2`` (``[INST] ... [/INST]``).
         num_workers: DataLoader worker processes.
-        seed: seed of the training shuffle (independent of the global RNG).
-        data_dir: folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
+        seed: Seed of the training shuffle (independent of the global RNG). Under DDP, Lightning swaps the
+            sampler for a ``DistributedSampler`` seeded by ``seed_everything`` instead.
+        data_dir: Folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
             Hub dataset ``locuslab/TOFU``.
     """
 

@@ -109,7 +109,8 @@ def _parse_rows(path: Path, split: str) -> list[tuple[str, object]]:
             ) from err
         return [(f"item {i} of the JSON array", item) for i, item in enumerate(items)]
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which JSON allows inside strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():  # a trailing newline or blank separator line carries no row
             continue
         try:

@@ -47,25 +47,27 @@ class TOFUUnlearnDataModule(LightningDataModule):
 
     Args:
         tokenizer_name_or_path: Hub id or local directory of the tokenizer (normally the model's).
-        forget_split: the forget set: ``forget01``, ``forget05`` or ``forget10`` (the last 2/10/20 authors).
-        retain_split: the retain pool; ``None`` derives it (forget01 → retain99, forget05 → retain95,
+        forget_split: The forget set: ``forget01``, ``forget05`` or ``forget10`` (the last 2/10/20 authors).
+        retain_split: The retain pool; ``None`` derives it (forget01 → retain99, forget05 → retain95,
             forget10 → retain90).
-        hold_out_retain_eval: drop the 400 ``retain_perturbed`` rows (the first 20 authors, used to evaluate
+        hold_out_retain_eval: Drop the 400 ``retain_perturbed`` rows (the first 20 authors, used to evaluate
             retained knowledge) from the retain pool, as the paper's code does; ``False`` keeps them, as
             OpenUnlearning does.
-        num_authors: keep only the first N authors of the retain pool (tiny scale); ``None`` keeps all.
-        with_idk: add an ``"idk"`` part: the forget questions, in the same order as the ``"forget"`` part, each
+        num_authors: Keep only the first N authors of the retain pool (tiny scale); ``None`` keeps all.
+        with_idk: Add an ``"idk"`` part: the forget questions, in the same order as the ``"forget"`` part, each
             answered by a refusal drawn (seeded, once per question) from ``lit_unlearn/data/idk_answers.txt``.
-        batch_size: forget (and retain, and idk) pairs per training batch.
-        eval_batch_size: questions per evaluation batch.
-        max_length: longest example in tokens; a pair whose answer would be cut away entirely raises at setup.
+        batch_size: Forget (and retain, and idk) pairs per training batch.
+        eval_batch_size: Questions per evaluation batch.
+        max_length: Longest example in tokens; a pair whose answer would be cut away entirely raises at setup.
         prompt_format: ``auto`` (chat template when the tokenizer has one, else ``qa``), ``chat``, ``qa``
             (``Question: ...\\nAnswer: ...``) or ``llama2`` (``[INST] ... [/INST]``).
         num_workers: DataLoader worker processes.
-        seed: seed of the forget and retain shuffles and of the refusal draws (independent of the global RNG).
-        data_dir: folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
+        seed: Seed of the forget and retain shuffles and of the refusal draws (independent of the global RNG).
+            Under DDP, Lightning swaps the samplers for ``DistributedSampler`` seeded by ``seed_everything``;
+            the forget/idk alignment and the retain cycling hold there too.
+        data_dir: Folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
             Hub dataset ``locuslab/TOFU``.
-        eval_max_items: evaluate only the first N rows of each evaluation split (original TOFU: 300);
+        eval_max_items: Evaluate only the first N rows of each evaluation split (original TOFU: 300);
             ``None``: all rows (OpenUnlearning).
     """
 

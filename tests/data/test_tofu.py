@@ -177,3 +177,9 @@ def test_wrongly_typed_field_in_array_names_the_item(tmp_path: Path) -> None:
     _write(tmp_path, "forget01", json.dumps([{"question": "q", "answer": "a"}, {"question": "q", "answer": 1}]))
     with pytest.raises(TOFUDataError, match=r"item 1 of the JSON array: field 'answer' must be a str, got int"):
         load_tofu("forget01", tmp_path)
+
+
+def test_unicode_line_separator_inside_a_string_is_not_a_line_break(tmp_path: Path) -> None:
+    # JSON allows a raw U+2028 inside strings; str.splitlines() would cut the row in two.
+    _write(tmp_path, "forget01", json.dumps({"question": "q\u2028x", "answer": "a"}, ensure_ascii=False) + "\n")
+    assert load_tofu("forget01", tmp_path) == [{"question": "q\u2028x", "answer": "a"}]
