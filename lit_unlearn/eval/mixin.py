@@ -1,0 +1,121 @@
+"""``TOFUEvalMixin``: TOFU evaluation as the validation and test loops of any LightningModule.
+
+``class UnlearningModule(TOFUEvalMixin, LightningModule)`` gets ``validation_step``/``test_step`` and the epoch-end
+aggregation, logging (``val/<split>/<metric>``, ``val/model_utility``, ``val/forget_quality``, ...) and files. Pair it
+with a DataModule whose ``val_dataloader``/``test_dataloader`` return ``tofu_eval_dataloaders(...)``. To evaluate
+every N epochs while unlearning, set ``Trainer(check_val_every_n_epoch=N)``: Lightning's own loop brings progress bars,
+device placement, DDP and logger plumbing that a callback would have to re-create.
+"""
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_unlearn.eval.evaluator import TOFUEvaluator
+from lit_unlearn.eval.io import write_outputs
+from lit_unlearn.eval.settings import EvalSettings
+
+_LOGGED_SKIP = ("num_items/", "privleak_reference_auc")
+
+
+class TOFUEvalMixin:
+    """Validation/test steps running the TOFU evaluation on ``self.model`` (an HF causal LM).
+
+    The host class provides ``self.model``, ``self.tokenizer`` and ``self.eval_settings`` (an ``EvalSettings``; the
+    defaults are used when absent). After each evaluation ``self.tofu_eval_summary`` holds the flat summary and the
+    files (per-item JSON, summary JSON, markdown table) are in
+    ``<eval_settings.output_dir or trainer.log_dir>/tofu_eval/<stage>-epoch=<E>-step=<S>/``.
+    Sanity-check batches are evaluated but neither logged nor written.
+    """
+
+    tofu_eval_summary: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _tofu_evaluator(self) -> TOFUEvaluator:
+        evaluator = self.__dict__.get("_tofu_eval_state")
+        settings = getattr(self, "eval_settings", None) or EvalSettings()
+        if evaluator is None or evaluator.settings is not settings:
+            if getattr(self, "tokenizer", None) is None:
+                raise AttributeError(
+                    f"{type(self).__name__} uses TOFUEvalMixin but has no `self.tokenizer`; set it in __init__ "
+                    "(the tokenizer of `self.model`)."
+                )
+            evaluator = TOFUEvaluator(self.tokenizer, settings)
+            self.__dict__["_tofu_eval_state"] = evaluator
+        return evaluator
+
+    def tofu_split_name(self, batch: Mapping[str, Any], dataloader_idx: int = 0) -> str:
+        """The evaluation split of ``batch``: the ``split`` the collator stored, else the key of the dataloader at
+        ``dataloader_idx`` in the dict Lightning was given (the one place this mapping lives)."""
+        if isinstance(batch, Mapping) and "split" in batch:
+            return batch["split"]
+        trainer = self.trainer
+        loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+        if isinstance(loaders, Mapping):
+            return list(loaders)[dataloader_idx]
+        raise ValueError(
+            "TOFU evaluation batches must come from lit_unlearn.eval.tofu_eval_dataloaders (their batches carry "
+            f"'split'); got a batch with keys {list(batch) if isinstance(batch, Mapping) else type(batch).__name__}."
+        )
+
+    def _tofu_eval_step(self, batch: Mapping[str, Any], dataloader_idx: int) -> None:
+        split = self.tofu_split_name(batch, dataloader_idx)
+        self._tofu_evaluator().update(self.model, {**batch, "split": split})
+
+    def _tofu_eval_epoch_end(self, stage: str) -> None:
+        evaluator = self._tofu_evaluator()
+        trainer = self.trainer
+        if trainer.sanity_checking or not evaluator.records:
+            evaluator.reset()
+            return
+        records, summary = evaluator.compute()
+        evaluator.reset()
+        self.tofu_eval_summary = summary
+        for key, value in summary.items():
+            if value is None or key.startswith(_LOGGED_SKIP):
+                continue
+            # Every rank holds the same gathered value; sync_dist only silences Lightning's epoch-level DDP warning.
+            self.log(
+                f"{stage}/{key}", float(value), sync_dist=True, prog_bar=key in ("model_utility", "forget_quality")
+            )
+        settings = evaluator.settings
+        if settings.write_outputs and trainer.is_global_zero:
+            root = settings.output_dir or trainer.log_dir or trainer.default_root_dir
+            out_dir = Path(root) / "tofu_eval" / f"{stage}-epoch={trainer.current_epoch}-step={trainer.global_step}"
+            metadata = {
+                "stage": stage,
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "model": getattr(getattr(self.model, "config", None), "_name_or_path", None),
+                "settings": asdict(settings),
+            }
+            paths = write_outputs(out_dir, records, summary, metadata)
+            rank_zero_info(f"TOFU evaluation written to {paths['items'].parent}")
+
+    # ------------------------------------------------------------------------------------------ Lightning hooks
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Evaluate one batch of a TOFU evaluation split (teacher-forced passes and generation)."""
+        self._tofu_eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Evaluate one batch of a TOFU evaluation split (teacher-forced passes and generation)."""
+        self._tofu_eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        """Start from no records."""
+        self._tofu_evaluator().reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Aggregate, log ``val/...`` and write the files."""
+        self._tofu_eval_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        """Start from no records."""
+        self._tofu_evaluator().reset()
+
+    def on_test_epoch_end(self) -> None:
+        """Aggregate, log ``test/...`` and write the files."""
+        self._tofu_eval_epoch_end("test")

@@ -1,0 +1,90 @@
+"""``evaluate``: a TOFU evaluation of an HF causal LM without a Trainer (scripts, the quickstart, benchmarks)."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_unlearn.data.formatting import PromptFormat
+from lit_unlearn.eval.data import tofu_eval_dataloaders
+from lit_unlearn.eval.evaluator import TOFUEvaluator
+from lit_unlearn.eval.io import write_outputs
+from lit_unlearn.eval.settings import EvalSettings
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor (nested in dicts/lists) on ``device``; strings and numbers untouched."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    forget_split: str = "forget10",
+    data_dir: str | None = None,
+    settings: EvalSettings | None = None,
+    prompt_format: PromptFormat = "auto",
+    batch_size: int = 16,
+    max_length: int = 512,
+    splits: Sequence[str] | None = None,
+    dataloaders: Mapping[str, DataLoader] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on the TOFU evaluation splits.
+
+    Runs the same per-batch code as ``TOFUEvalMixin`` (``TOFUEvaluator``), with a tqdm bar per split. The model is put
+    in eval mode and restored afterwards.
+
+    Args:
+        model: an HF causal LM.
+        tokenizer: its tokenizer.
+        forget_split: ``forget01``, ``forget05`` or ``forget10``.
+        data_dir: folder of the TOFU files (else ``$LIT_UNLEARN_TOFU_DIR``, else the Hub).
+        settings: generation budget, item cap, retain reference, output folder.
+        prompt_format: see ``lit_unlearn.data.formatting.PromptFormat``.
+        batch_size: questions per batch.
+        max_length: truncation length of teacher-forced sequences.
+        splits: evaluation splits (default: forget, retain, real_authors, world_facts, holdout).
+        dataloaders: ready-made loaders keyed by split (e.g. from ``tofu_eval_dataloaders``); overrides the data args.
+        progress: show progress bars.
+
+    Returns:
+        ``{"summary": ..., "records": ..., "paths": ...}``: the flat summary (see
+        ``lit_unlearn.eval.aggregate.summarize_records``), the per-item records by split and the written files (empty
+        without ``settings.output_dir``).
+    """
+    settings = settings or EvalSettings()
+    if dataloaders is None:
+        dataloaders = tofu_eval_dataloaders(
+            tokenizer, forget_split, data_dir, prompt_format, batch_size, max_length, settings.max_items, splits
+        )
+    evaluator = TOFUEvaluator(tokenizer, settings)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for split, loader in dataloaders.items():
+            for batch in tqdm(loader, desc=f"TOFU eval [{split}]", disable=not progress, leave=False):
+                evaluator.update(model, move_to_device(batch, device))
+    finally:
+        model.train(was_training)
+    records, summary = evaluator.compute()
+    paths = {}
+    if settings.output_dir is not None and settings.write_outputs:
+        metadata = {
+            "forget_split": forget_split,
+            "model": getattr(model.config, "_name_or_path", None) or type(model).__name__,
+            "settings": asdict(settings),
+        }
+        paths = write_outputs(settings.output_dir, records, summary, metadata)
+    return {"summary": summary, "records": records, "paths": paths}
