@@ -114,20 +114,13 @@ class TOFUUnlearnDataModule(LightningDataModule):
         """The retain pool's split: ``retain_split`` when given, else the complement of ``forget_split``."""
         return self.hparams.retain_split or RETAIN_OF_FORGET[self.hparams.forget_split]
 
-    def _eval_splits(self) -> list[str]:
-        number = self.hparams.forget_split.removeprefix("forget")
-        return [
-            f"{self.hparams.forget_split}_perturbed",
-            RETAIN_EVAL_SPLIT,
-            "real_authors_perturbed",
-            "world_facts_perturbed",
-            f"holdout{number}",
-        ]
-
     def prepare_data(self) -> None:
         """Download the TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
+        from lit_unlearn.eval.data import EVAL_SPLITS, tofu_file_of  # see _eval_dataloaders for why it is local
+
         hp = self.hparams
-        for split in sorted({hp.forget_split, self.retain_split, "full", *self._eval_splits()}):
+        eval_files = {tofu_file_of(split, hp.forget_split) for split in EVAL_SPLITS}
+        for split in sorted({hp.forget_split, self.retain_split, "full", *eval_files}):
             resolve_tofu_file(split, hp.data_dir)
         load_tokenizer(hp.tokenizer_name_or_path)
 

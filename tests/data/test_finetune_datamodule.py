@@ -100,3 +100,15 @@ def test_batches_and_validation_order(tiny_model_dir: Path) -> None:
     # in order: the first example is the first row of full
     answer = dm.tokenizer.decode([t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX])
     assert answer == " " + load_tofu("full")[0]["answer"] + dm.tokenizer.eos_token
+
+
+def test_prepare_data_resolves_every_file_it_needs(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lit_unlearn.data.finetune_datamodule as module
+
+    resolved = []
+    monkeypatch.setattr(module, "resolve_tofu_file", lambda split, data_dir: resolved.append(split))
+    TOFUFinetuneDataModule(str(tiny_model_dir), split="retain90", extra_splits=WORLD).prepare_data()
+    assert sorted(resolved) == sorted(["retain90", *WORLD])
+    resolved.clear()
+    TOFUFinetuneDataModule(str(tiny_model_dir), num_authors=2, exclude_split="forget01").prepare_data()
+    assert sorted(resolved) == ["forget01", "full"]

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from lit_unlearn.data import IGNORE_INDEX, TOFUUnlearnDataModule, idk_answers, load_tofu
+from lit_unlearn.eval.data import EVAL_SPLITS
 
 
 def _retain_names(**kwargs: object) -> list[str]:
@@ -59,6 +60,26 @@ def test_num_authors_keeps_the_first_authors_of_the_pool() -> None:
 def test_bad_arguments_fail_at_construction(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TOFUUnlearnDataModule("unused", **kwargs)
+
+
+def test_prepare_data_resolves_every_file_it_needs(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lit_unlearn.data.unlearn_datamodule as module
+
+    resolved = []
+    monkeypatch.setattr(module, "resolve_tofu_file", lambda split, data_dir: resolved.append(split))
+    TOFUUnlearnDataModule(str(tiny_model_dir), forget_split="forget05").prepare_data()
+    assert sorted(resolved) == sorted(
+        [
+            "forget05",
+            "retain95",
+            "full",
+            "forget05_perturbed",
+            "retain_perturbed",
+            "real_authors_perturbed",
+            "world_facts_perturbed",
+            "holdout05",
+        ]
+    )
 
 
 def test_shipped_refusals() -> None:
@@ -200,6 +221,6 @@ def test_evaluation_loaders_are_the_tofu_evaluation_sets(tiny_model_dir: Path) -
     dm.setup("validate")
     loaders = dm.val_dataloader()
     assert isinstance(loaders, dict)
-    assert len(loaders) >= 4
+    assert set(loaders) == set(EVAL_SPLITS)
     assert all(len(loader.dataset) == 2 for loader in loaders.values())
     assert set(dm.test_dataloader()) == set(loaders)
