@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_unlearn.data.datasets import PartsCollator, QACollator, QADataset, ZippedDataset
 from lit_unlearn.data.formatting import PromptFormat
 from lit_unlearn.data.loaders import PartsCombinedLoader, load_tokenizer, seeded_loader
-from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, full_indices
+from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, forget_authors, full_indices
 from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, load_tofu, resolve_tofu_file
 
 ForgetSplit = Literal["forget01", "forget05", "forget10"]
@@ -134,13 +134,21 @@ class TOFUUnlearnDataModule(LightningDataModule):
         """The retain pool in file order, each with a name (``"retain90[417]"``), after hold-out and subset.
 
         Raises:
-            ValueError: the hold-out rows are not all in the retain split, or ``num_authors`` exceeds the pool.
+            ValueError: the retain split holds forget authors, the hold-out rows are not all in it, or
+                ``num_authors`` exceeds the pool.
         """
         hp = self.hparams
         split = self.retain_split
         rows = load_tofu(split, hp.data_dir)
         # Checking the split against full catches mixed-up data folders and gives each row its author.
         ids = full_indices(split, rows, load_tofu("full", hp.data_dir))
+        overlap = sorted({author_of(i) for i in ids} & set(forget_authors(hp.forget_split)))
+        if overlap:
+            raise ValueError(
+                f"retain_split={split!r} holds authors {overlap[0]}..{overlap[-1]} of forget_split="
+                f"{hp.forget_split!r}: the model would be trained to keep and to forget the same answers. Use "
+                f"retain_split={RETAIN_OF_FORGET[hp.forget_split]!r} (or None) or a smaller forget split."
+            )
         keep = list(range(len(rows)))
         if hp.hold_out_retain_eval:
             held_out = {(r["question"], r["answer"]) for r in load_tofu(RETAIN_EVAL_SPLIT, hp.data_dir)}

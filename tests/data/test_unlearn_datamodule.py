@@ -23,6 +23,14 @@ def test_retain_split_is_derived_from_the_forget_split() -> None:
     assert TOFUUnlearnDataModule("unused", forget_split="forget01", retain_split="retain90").retain_split == "retain90"
 
 
+def test_retain_split_holding_forget_authors_raises() -> None:
+    with pytest.raises(
+        ValueError, match=r"retain_split='retain99' holds authors 180\.\.197 of forget_split='forget10'"
+    ):
+        _retain_names(forget_split="forget10", retain_split="retain99")
+    assert len(_retain_names(forget_split="forget01", retain_split="retain90", hold_out_retain_eval=False)) == 3600
+
+
 def test_hold_out_drops_exactly_the_first_400_rows_of_full() -> None:
     held = _retain_names(forget_split="forget10", hold_out_retain_eval=True)
     kept = _retain_names(forget_split="forget10", hold_out_retain_eval=False)
