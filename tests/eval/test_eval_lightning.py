@@ -1,0 +1,88 @@
+"""End to end: the tiny model evaluated through ``Trainer.validate``/``Trainer.test`` with a LightningModule using
+``TOFUEvalMixin`` on the dict of TOFU evaluation dataloaders; files, logged keys, the plain runner's equality, and the
+per-item output reused as the retain reference."""
+
+import json
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import LightningModule, Trainer
+from tofu_eval_helpers import small_loaders
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lit_unlearn.eval import EvalSettings, TOFUEvalMixin, evaluate, summarize
+from lit_unlearn.metrics import MODEL_UTILITY_COMPONENTS
+
+
+class TinyEvalModule(TOFUEvalMixin, LightningModule):
+    """The smallest host of the mixin: an HF model, its tokenizer and the evaluation settings."""
+
+    def __init__(self, model_dir: Path, eval_settings: EvalSettings) -> None:
+        super().__init__()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.eval_settings = eval_settings
+
+
+def _trainer(root: Path) -> Trainer:
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=root,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+
+
+def test_validate_and_test_through_the_mixin(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
+    settings = EvalSettings(max_new_tokens=5)
+    module = TinyEvalModule(tiny_model_dir, settings)
+    trainer = _trainer(tmp_path)
+    trainer.validate(
+        module, dataloaders=small_loaders(tofu_dir, module.tokenizer, items=4, batch_size=3), verbose=False
+    )
+
+    metrics = trainer.callback_metrics
+    for split in ("forget", "retain", "real_authors", "world_facts"):
+        for metric in ("probability", "truth_ratio", "rouge_l_recall", "extraction_strength", "exact_memorization"):
+            assert f"val/{split}/{metric}" in metrics, f"val/{split}/{metric}"
+    assert {"val/model_utility", "val/mia_min_k_auc", "val/privleak", "val/holdout/probability"} <= set(metrics)
+    assert "val/forget_quality" not in metrics  # no retain reference yet
+
+    out_dir = Path(trainer.log_dir) / "tofu_eval" / "val-epoch=0-step=0"
+    items = json.loads((out_dir / "eval_items.json").read_text())
+    assert {split: len(rows) for split, rows in items["splits"].items()} == dict.fromkeys(
+        ("forget", "retain", "real_authors", "world_facts", "holdout"), 4
+    )
+    forget_item = items["splits"]["forget"][0]
+    assert {"generation", "rouge_l_recall", "truth_ratio", "probability", "perturbed_losses"} <= set(forget_item)
+    assert len(forget_item["perturbed_losses"]) == 5
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["model_utility"] == pytest.approx(metrics["val/model_utility"].item(), rel=1e-5)
+    assert "| model_utility |" in (out_dir / "summary.md").read_text()
+    assert module.tofu_eval_summary == pytest.approx(summary)
+
+    # The plain runner shares the code: same loaders, same numbers.
+    plain = evaluate(
+        module.model,
+        module.tokenizer,
+        settings=settings,
+        dataloaders=small_loaders(tofu_dir, module.tokenizer, 4, 2),
+        progress=False,
+    )
+    for key, value in summary.items():
+        assert plain["summary"][key] == (value if value is None else pytest.approx(value, rel=1e-5, abs=1e-9)), key
+
+    # summarize reads the per-item output back to the same numbers.
+    again = summarize(out_dir)
+    for key in ("model_utility", *MODEL_UTILITY_COMPONENTS, "privleak"):
+        assert again[key] == pytest.approx(summary[key], rel=1e-9), key
+
+    # The evaluation as its own retain reference: identical truth-ratio samples and AUCs.
+    module.eval_settings = EvalSettings(max_new_tokens=5, retain_eval_path=str(out_dir), output_dir=str(tmp_path / "o"))
+    trainer = _trainer(tmp_path)
+    trainer.test(module, dataloaders=small_loaders(tofu_dir, module.tokenizer, items=4, batch_size=4), verbose=False)
+    assert trainer.callback_metrics["test/forget_quality"].item() == pytest.approx(1.0)
+    assert trainer.callback_metrics["test/privleak"].item() == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "o" / "tofu_eval" / "test-epoch=0-step=0" / "summary.json").is_file()
