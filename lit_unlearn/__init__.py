@@ -1,6 +1,6 @@
 """lit-unlearn: LLM unlearning objectives, the G-effect and the TOFU benchmark on PyTorch Lightning."""
 
-from lit_unlearn.data import TOFUFinetuneDataModule, load_tofu
+from lit_unlearn.data import TOFUFinetuneDataModule, TOFUUnlearnDataModule, load_tofu
 from lit_unlearn.modules import (
     NPO,
     RMU,
@@ -27,6 +27,7 @@ __all__ = [
     "IdkPO",
     "SimNPO",
     "TOFUFinetuneDataModule",
+    "TOFUUnlearnDataModule",
     "UnlearningModule",
     "load_tofu",
 ]

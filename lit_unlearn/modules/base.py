@@ -92,6 +92,8 @@ class UnlearningModule(TOFUEvalMixin, LightningModule):
         self.eval_settings = evaluation or EvalSettings()
         self.tokenizer = load_tokenizer(model_name_or_path)
         self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
+        # from_pretrained returns eval mode; Lightning keeps module modes as they are, so choose train mode here.
+        self.model.train()
         self.uses_lora = lora is not None
         self.reference_model: PreTrainedModel | None = None
         if self.needs_reference and not self.uses_lora:

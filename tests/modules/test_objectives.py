@@ -1,6 +1,7 @@
 """Every unlearning objective: forward-pass budget, training through the CLI, checkpoints, LoRA."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ OBJECTIVES = [
     ("WTNPO", {}, 2, 1),
     ("WTNPO", {"retain_loss": "kl"}, 2, 1),
 ]
-RISES = {"GradAscent", "GradDiff", "WGA", "NPO", "TNPO", "WTNPO", "SimNPO"}
+RISES = ["GradAscent", "WGA", "NPO", "TNPO", "WTNPO"]
 
 
 def _part(tokenizer, rows: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -153,6 +154,12 @@ def _forget_nll(model: torch.nn.Module, part: dict) -> float:
     return out.loss.item()
 
 
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LightningCLI(args=...) warns when sys.argv also carries arguments (pytest's own).
+    monkeypatch.setattr(sys, "argv", ["lit-unlearn"])
+
+
 def _cli_args(name: str, model_dir: Path, root: Path, extra: list[str]) -> list[str]:
     return [
         "fit",
@@ -195,8 +202,39 @@ def test_trains_through_cli(name, kwargs, model_calls, ref_calls, tiny_model_dir
     if module.reference_model is not None:
         for n, p in module.reference_model.named_parameters():
             assert torch.equal(p, before[n]), f"{name}: reference parameter {n} changed"
-    if name in RISES:
-        assert _forget_nll(module.model, batch["forget"]) > _forget_nll(initial, batch["forget"])
+
+
+@pytest.fixture(scope="module")
+def memorised_model_dir(tiny_model_dir, tofu_dir, tmp_path_factory) -> Path:
+    """The tiny model after a short fit on the forget01 pairs, so it assigns them high probability.
+
+    Confidence-weighted objectives (WGA, WTNPO) barely move a model that knows nothing: their weights p^β vanish.
+    """
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    part = _part(tok, _rows(tofu_dir, "forget01", 40))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**part).loss.backward()
+        optimizer.step()
+    out = tmp_path_factory.mktemp("memorised")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("name", RISES)
+def test_forget_nll_rises(name, memorised_model_dir, batch, tmp_path) -> None:
+    """The forget objective alone (no retain term) raises the forget-set NLL of a model that knows the answers."""
+    initial = AutoModelForCausalLM.from_pretrained(memorised_model_dir)
+    before = _forget_nll(initial, batch["forget"])
+    assert before < 3.0  # the fixture did memorise
+    extra = ["--model.retain_loss=none", "--model.lr=1e-4"]
+    cli = run_lightning_cli(_cli_args(name, memorised_model_dir, tmp_path, extra))
+    assert _forget_nll(cli.model.model, batch["forget"]) > before + 1e-3
 
 
 def test_checkpoint_round_trip_without_reference(tiny_model_dir, tmp_path) -> None:
