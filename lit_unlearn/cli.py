@@ -21,8 +21,9 @@ class LitUnlearnCLI(LightningCLI):
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
 
 
-def run_lightning_cli(args: ArgsType = None) -> LitUnlearnCLI:
-    """Parse ``args`` (default: ``sys.argv``) and run the LightningCLI subcommand."""
+def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
+    """Parse ``args`` (default: ``sys.argv``) and run the LightningCLI subcommand (``run=False``: only instantiate,
+    and ``args`` carry no subcommand)."""
     # Importing the package registers every module/data class, so `--model=NPO` shorthands resolve.
     import lit_unlearn  # noqa: F401
 
@@ -36,6 +37,7 @@ def run_lightning_cli(args: ArgsType = None) -> LitUnlearnCLI:
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}}
         },
         args=args,
+        run=run,
     )
 
 
