@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from huggingface_hub import is_offline_mode
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -76,8 +77,8 @@ def _check_local(name_or_path: str, required: tuple[str, ...], what: str) -> Non
 
 
 def _hub_error(name_or_path: str, what: str, error: Exception) -> OSError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    mode = "HF_HUB_OFFLINE is set, so only the local Hub cache is used. " if offline else ""
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: ask it rather than the environment.
+    mode = "HF_HUB_OFFLINE is set, so only the local Hub cache is used. " if is_offline_mode() else ""
     return OSError(
         f"Could not load the {what} {name_or_path!r} ({type(error).__name__}: {error}). No local directory of that "
         f"name exists, so it was looked up as a Hugging Face Hub id. {mode}Either pass a local directory written "

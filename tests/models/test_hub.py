@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -53,9 +54,11 @@ def test_directory_without_model_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("loader", [load_causal_lm, load_tokenizer])
-def test_uncached_hub_id_offline(loader) -> None:
-    # conftest sets HF_HUB_OFFLINE=1, so nothing is downloaded; the message must say what to do instead.
-    with pytest.raises(OSError, match=r"lit-unlearn-test/no-such-model.*HF_HUB_OFFLINE.*local directory"):
+def test_uncached_hub_id_offline(loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported, before conftest set it: force offline mode here so
+    # nothing is even attempted over the network. The message must say what to do instead.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match=r"(?s)lit-unlearn-test/no-such-model.*HF_HUB_OFFLINE.*local directory"):
         loader("lit-unlearn-test/no-such-model")
 
 

@@ -16,8 +16,9 @@ SPEC = TinyLlamaSpec(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, 
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", SPEC)
+def built(tmp_path_factory: pytest.TempPathFactory, tofu_dir: Path) -> Path:
+    # Module scope runs before conftest's function-scoped LIT_UNLEARN_TOFU_DIR: pass the data directory explicitly.
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", SPEC, data_dir=tofu_dir)
 
 
 def test_build_is_deterministic(built: Path, tmp_path: Path) -> None:
