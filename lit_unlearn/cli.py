@@ -1,6 +1,7 @@
 """``lit-unlearn``: LightningCLI for ``fit | validate | test`` plus the ``quickstart`` and ``summarize`` commands."""
 
 import sys
+from unittest import mock
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -27,6 +28,14 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
     # Importing the package registers every module/data class, so `--model=NPO` shorthands resolve.
     import lit_unlearn  # noqa: F401
 
+    if args is not None:
+        # Called from Python (quickstart, tests): the process's own argv belongs to someone else.
+        with mock.patch.object(sys, "argv", sys.argv[:1]):
+            return _make_cli(args, run)
+    return _make_cli(args, run)
+
+
+def _make_cli(args: ArgsType, run: bool) -> LitUnlearnCLI:
     return LitUnlearnCLI(
         LightningModule,
         LightningDataModule,
