@@ -1,0 +1,190 @@
+"""``Finetune``: supervised fine-tuning on answer tokens, which builds TOFU's target and retain models.
+
+TOFU's protocol (Maini et al. 2024, §3) fine-tunes a model on every fictitious author (the *target*) and, separately,
+on all authors except the forget set (the *retain* model, the gold standard of unlearning). This module does both;
+only the training data differ. With ``tiny`` set, the model is the embedded tiny Llama, built from scratch, so the
+whole pipeline runs offline.
+"""
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+from typing_extensions import override
+
+from lit_unlearn import losses
+from lit_unlearn.eval.mixin import TOFUEvalMixin
+from lit_unlearn.eval.settings import EvalSettings
+from lit_unlearn.models import LoraSettings, load_causal_lm, load_tokenizer
+from lit_unlearn.models.tiny import TinyLlamaSpec, build_tiny_model
+
+Batch = Mapping[str, Tensor]
+"""``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding), each (B, T)."""
+
+
+class Finetune(TOFUEvalMixin, LightningModule):
+    """Plain SFT: minimise the mean NLL of the answer tokens (prompt tokens are masked with -100).
+
+    The loss is the token mean over the whole batch, like Hugging Face's ``outputs.loss``: logits at position t
+    predict the label at t + 1. Logged: ``train/loss`` and ``train/answer_accuracy`` (teacher-forced argmax accuracy
+    on answer tokens). Validation on plain QA batches (``TOFUFinetuneDataModule``'s val loader: the training pairs)
+    logs ``val/loss``, ``val/answer_accuracy`` and ``val/answer_probability`` (exp of minus the mean answer NLL);
+    on TOFU evaluation batches it runs the TOFU evaluation (``TOFUEvalMixin``).
+
+    Args:
+        model_name_or_path: Hub id or local directory of the model to fine-tune. With ``tiny``, the directory where
+            the random-init tiny model is built (or reused when it already holds the same spec); the DataModule's
+            tokenizer is linked to this path, so it must be a path that holds (or will hold) a tokenizer.
+        tiny: Build the embedded tiny Llama (tokenizer trained on TOFU + random weights) at ``model_name_or_path``
+            before loading it. ``None``: load an existing model.
+        tiny_data_dir: TOFU directory whose text trains the tiny tokenizer (``None``: ``LIT_UNLEARN_TOFU_DIR``, then
+            the Hub).
+        lr: Peak learning rate of the default AdamW optimiser.
+        weight_decay: Weight decay of the default AdamW optimiser. The tiny recipe uses 0: decay fights the
+            memorisation that fine-tuning on TOFU is for.
+        betas: Adam betas of the default optimiser.
+        warmup_ratio: Fraction of the optimiser steps with a linear warm-up from 0 to ``lr``.
+        min_lr_ratio: After warm-up, the learning rate follows a cosine from ``lr`` down to ``min_lr_ratio * lr``.
+        optimizer: Replaces the default AdamW(lr, weight_decay, betas); receives the trainable parameters.
+        scheduler: Replaces the default warm-up + cosine schedule; stepped every optimiser step.
+        dtype: Weights dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        attn_implementation: Attention kernel passed to ``from_pretrained`` (``"sdpa"``, ``"eager"``, ...).
+        lora: Train LoRA adapters only (needs ``pip install 'lit-unlearn[lora]'``).
+        output_dir: Where the fine-tuned model and tokenizer are saved with ``save_pretrained`` when ``fit`` ends
+            (LoRA: the adapters merged into the base weights, so the directory loads as a plain model).
+        evaluation: TOFU evaluation settings for ``validate``/``test``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        tiny: TinyLlamaSpec | None = None,
+        tiny_data_dir: str | None = None,
+        lr: float = 2.0e-5,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        dtype: str = "auto",
+        attn_implementation: str | None = None,
+        lora: LoraSettings | None = None,
+        output_dir: str | None = None,
+        evaluation: EvalSettings | None = None,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}.")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}.")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_ratio = warmup_ratio
+        self.min_lr_ratio = min_lr_ratio
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.output_dir = output_dir
+        self.eval_settings = evaluation or EvalSettings()
+        if tiny is not None:
+            # Built here, not in setup(): the CLI instantiates the DataModule, which loads the tokenizer from this
+            # same path, right after the model.
+            build_tiny_model(model_name_or_path, tiny, tiny_data_dir)
+        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
+        # from_pretrained returns eval mode and Lightning (>= 2.2) keeps submodule modes as found at fit start:
+        # without this, dropout would silently stay off during training.
+        self.model.train()
+        self.uses_lora = lora is not None
+
+    # -------------------------------------------------------------------------------------------------- loss
+    def answer_nll(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Mean answer-token NLL (scalar, with gradient) and teacher-forced answer accuracy (scalar, detached)."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        logps, mask = losses.token_logps(logits, batch["labels"])  # (B, T-1) each
+        with torch.no_grad():
+            hits = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
+            accuracy = hits.sum() / mask.sum().clamp(min=1)
+        return losses.nll(logps, mask), accuracy
+
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss, accuracy = self.answer_nll(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Finetune: non-finite loss at global step {self.global_step}. Lower lr or raise warmup_ratio, "
+                "or train in float32/bf16 instead of fp16."
+            )
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.log("train/answer_accuracy", accuracy, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    @override
+    def validation_step(self, batch: Mapping, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Memorisation metrics on plain QA batches; the TOFU evaluation on evaluation batches (which carry
+        ``split``), so the same module validates with ``TOFUFinetuneDataModule`` or ``tofu_eval_dataloaders``."""
+        if "split" in batch:
+            super().validation_step(batch, batch_idx, dataloader_idx)
+            return
+        loss, accuracy = self.answer_nll(batch)
+        batch_size = batch["input_ids"].shape[0]
+        self.log("val/loss", loss, batch_size=batch_size)
+        self.log("val/answer_accuracy", accuracy, prog_bar=True, batch_size=batch_size)
+        # exp(-mean answer NLL): the TOFU-style answer probability of the whole training set.
+        self.log("val/answer_probability", torch.exp(-loss), batch_size=batch_size)
+
+    def risk_losses(self, batches: Sequence[Batch]) -> dict[str, Tensor]:
+        """The training risk for ``GEffectCallback``: the mean answer NLL, averaged over the micro-batches."""
+        return {"train": torch.stack([self.answer_nll(b)[0] for b in batches]).mean()}
+
+    # ------------------------------------------------------------------------------------------ optimisation
+    @override
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("Finetune has no trainable parameter; check the lora settings.")
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(params)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        if self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = LambdaLR(
+                optimizer, _warmup_cosine(total, math.ceil(self.warmup_ratio * total), self.min_lr_ratio)
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def on_fit_end(self) -> None:
+        if not self.output_dir or not self.trainer.is_global_zero:
+            return
+        model = self.model
+        if self.uses_lora:
+            # A merged copy loads with AutoModelForCausalLM alone; the training module keeps its adapters.
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(self.output_dir)
+        self.tokenizer.save_pretrained(self.output_dir)
+
+
+def _warmup_cosine(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor of step ``step``: linear warm-up over ``warmup`` steps, then a cosine down to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
