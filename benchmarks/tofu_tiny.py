@@ -1,0 +1,626 @@
+"""Reproduce the G-effect paper's comparison of unlearning objectives at tiny scale (TOFU forget01, CPU).
+
+Wang et al. (ICLR 2025, "Rethinking LLM Unlearning Objectives: A Gradient Perspective and Go Beyond") compare GA, NPO
+and their regularised variants with their own WGA, TNPO and WTNPO on TOFU. This benchmark runs the same comparison on
+the embedded tiny Llama (3 blocks, hidden 192) fine-tuned on TOFU:
+
+1. build or reuse the tiny target and retain models (``lit_unlearn.quickstart.ensure_finetuned`` with
+   ``configs/tofu_tiny/finetune_{target,retain}.yaml``);
+2. evaluate the retain model once (the reference of forget quality) and the target;
+3. for every method and learning rate, unlearn the target for the SAME number of optimiser steps with its
+   ``configs/tofu_tiny/<objective>.yaml`` under ``GEffectCallback(every_n_steps=5, coarse_groups=True,
+   realised_change=False)``, recording wall time and peak memory, then evaluate the unlearned model;
+4. write ``<out>/figures/tofu_tiny.json`` (every number), ``<out>/figures/tofu_tiny_tables.md`` (the tables
+   ``docs/results.md`` quotes), ``<out>/figures/tofu_tiny_fq_mu.png`` (forget quality vs model utility) and
+   ``<out>/figures/tofu_tiny_g_effect_layers.png`` (coarse-layer G-effects per method).
+
+Methods: ``GA`` is GradAscent without a retain term; ``GradDiff`` is GA + retain NLL (GD); ``X+KL`` swaps the retain
+term for the KL to the target model; NPO, SimNPO, IdkPO, WGA, TNPO and WTNPO use GD as their configs do; RMU uses its
+own representation-matching retain term.
+
+What is measured:
+
+* wall time: ``time.perf_counter`` around the whole ``fit`` (model loading, the G-effect measurements and saving
+  included; evaluation excluded and reported separately);
+* peak memory: the process's peak resident set size during ``fit`` (``VmHWM`` of ``/proc/self/status``, reset before
+  each run by writing ``5`` to ``/proc/self/clear_refs``), reported both absolute and as the increase over the resident
+  size at the start of the run. Where ``clear_refs`` is not writable (non-Linux), the increase of
+  ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is reported instead, which is 0 for a run that stays under an earlier
+  peak; ``peak_memory_method`` in the JSON says which one was used.
+
+Finished runs are cached in ``<cache-dir>/benchmark/runs/<method>_lr<lr>_s<steps>_t<tokens>/run.json``, so an
+interrupted sweep resumes where it stopped (``--force`` reruns everything).
+
+Usage::
+
+    python benchmarks/tofu_tiny.py                                  # the sweep of docs/results.md
+    python benchmarks/tofu_tiny.py --methods WGA NPO --lrs 3e-4     # a subset
+    python benchmarks/tofu_tiny.py --time-one                       # time one GA run + its evaluation, then stop
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "tofu_tiny"
+#: forget01 holds 40 QA pairs; at batch size 4 one epoch is 10 optimiser steps (the configs' schedule unit).
+STEPS_PER_EPOCH = 10
+#: The G-effect groups summarised per method: the paper's coarse depth thirds plus the embedding and the LM head.
+LAYER_GROUPS = ("embedding", "shallow", "middle", "deep", "lm_head")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One unlearning method of the comparison.
+
+    Args:
+        name: Label in tables and plots.
+        config: Stem of its ``configs/tofu_tiny/<config>.yaml``.
+        retain_loss: ``--model.retain_loss`` override; ``None`` keeps the config's value.
+        regulariser: Human-readable retain term (``none``, ``GD``, ``KL``, ``RMU``).
+        family: The forget objective, which pairs ``X`` with ``X+KL`` in the regulariser comparison.
+    """
+
+    name: str
+    config: str
+    retain_loss: str | None
+    regulariser: str
+    family: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("GA", "grad_ascent", "none", "none", "GA"),
+        Method("GradDiff", "grad_diff", "nll", "GD", "GA"),
+        Method("GA+KL", "grad_diff", "kl", "KL", "GA"),
+        Method("NPO", "npo", "nll", "GD", "NPO"),
+        Method("NPO+KL", "npo", "kl", "KL", "NPO"),
+        Method("SimNPO", "simnpo", "nll", "GD", "SimNPO"),
+        Method("IdkPO", "idk_po", "nll", "GD", "IdkPO"),
+        Method("RMU", "rmu", None, "RMU", "RMU"),
+        Method("WGA", "wga", "nll", "GD", "WGA"),
+        Method("WGA+KL", "wga", "kl", "KL", "WGA"),
+        Method("TNPO", "tnpo", "nll", "GD", "TNPO"),
+        Method("TNPO+KL", "tnpo", "kl", "KL", "TNPO"),
+        Method("WTNPO", "wtnpo", "nll", "GD", "WTNPO"),
+        Method("WTNPO+KL", "wtnpo", "kl", "KL", "WTNPO"),
+    )
+}
+
+
+def _say(message: str) -> None:
+    print(f"[tofu_tiny {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ peak memory
+def _status_kib(field: str) -> int | None:
+    """A ``VmRSS``/``VmHWM`` line of ``/proc/self/status`` in KiB, or None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Peak resident memory of this process over a block of code (see the module docstring for the method)."""
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        self.method = "VmHWM after clear_refs"
+        try:
+            # Writing 5 resets the kernel's high-water mark to the current RSS (Linux ≥ 4.0), so the peak is per run.
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+                handle.write("5")
+        except OSError:
+            self.method = "ru_maxrss increase"
+        self.start_kib = _status_kib("VmRSS")
+        self.start_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.method == "ru_maxrss increase" or self.start_kib is None:
+            # ru_maxrss is in KiB on Linux; only its growth is attributable to this block.
+            peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.start_maxrss_kib
+            self.peak_mib = float("nan")
+            self.increase_mib = peak_growth / 1024
+        else:
+            peak = _status_kib("VmHWM") or 0
+            self.peak_mib = peak / 1024
+            self.increase_mib = (peak - self.start_kib) / 1024
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def _run_name(method: Method, lr: float, steps: int, tokens: int) -> str:
+    safe = method.name.replace("+", "_")
+    return f"{safe}_lr{lr:g}_s{steps}_t{tokens}"
+
+
+def unlearn_and_evaluate(
+    method: Method,
+    lr: float,
+    steps: int,
+    target: Path,
+    retain_eval: Path,
+    run_dir: Path,
+    data_dir: str | None,
+    max_new_tokens: int,
+    keep_model: bool,
+) -> dict[str, Any]:
+    """Unlearn ``target`` with ``method`` at ``lr`` for ``steps`` optimiser steps, then evaluate it.
+
+    Returns the run record: timings, memory, the evaluation summary and the G-effect history.
+    """
+    from lit_unlearn.cli import run_lightning_cli
+    from lit_unlearn.quickstart import evaluate_dir
+
+    model_dir = run_dir / "model"
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / f"{method.config}.yaml"),
+        f"--model.model_name_or_path={target}",
+        f"--model.lr={lr}",
+        f"--model.output_dir={model_dir}",
+        f"--trainer.max_steps={steps}",
+        # The configs schedule warm-up in epochs; keeping max_epochs consistent with max_steps keeps it one epoch.
+        f"--trainer.max_epochs={math.ceil(steps / STEPS_PER_EPOCH)}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={run_dir / 'tensorboard'}",
+        "--trainer.callbacks+=callbacks.GEffectCallback",
+        "--trainer.callbacks.every_n_steps=5",
+        "--trainer.callbacks.coarse_groups=true",
+        "--trainer.callbacks.realised_change=false",
+        "--trainer.callbacks.save_plot=false",
+        f"--trainer.callbacks.output_dir={run_dir}",
+    ]
+    if method.retain_loss is not None:
+        args.append(f"--model.retain_loss={method.retain_loss}")
+    if data_dir:
+        args.append(f"--data.data_dir={data_dir}")
+
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        cli = run_lightning_cli(args)
+        wall = time.perf_counter() - start
+    callback = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "GEffectCallback")
+    history = [dict(row) for row in callback.history]
+    steps_done = int(cli.trainer.global_step)
+    del cli, callback
+    gc.collect()
+
+    start = time.perf_counter()
+    summary = evaluate_dir(model_dir, run_dir / "eval", data_dir, retain_eval, max_new_tokens)
+    eval_wall = time.perf_counter() - start
+    if not keep_model:
+        # Tiny weights are 8 MB each, but a sweep makes dozens; the evaluation files stay.
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return {
+        "method": method.name,
+        "family": method.family,
+        "regulariser": method.regulariser,
+        "config": f"configs/tofu_tiny/{method.config}.yaml",
+        "retain_loss": method.retain_loss,
+        "lr": lr,
+        "steps": steps_done,
+        "wall_s": wall,
+        "eval_s": eval_wall,
+        "peak_rss_mib": memory.peak_mib,
+        "rss_increase_mib": memory.increase_mib,
+        "peak_memory_method": memory.method,
+        "summary": summary,
+        "g_effect": layer_g_effects(history),
+        "g_effect_history": history,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+def layer_g_effects(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean G-effect over the measured steps per risk and group (the coarse thirds, embedding, LM head, total)."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for row in history:
+        if row["group"] in (*LAYER_GROUPS, "total"):
+            sums.setdefault((row["risk"], row["group"]), []).append(float(row["g_effect"]))
+    out: dict[str, dict[str, float]] = {}
+    for (risk, group), values in sums.items():
+        out.setdefault(risk, {})[group] = sum(values) / len(values)
+    return out
+
+
+def choose_best(runs: Sequence[Mapping[str, Any]], target_mu: float, keep: float) -> Mapping[str, Any]:
+    """The learning rate of one method reported as its result.
+
+    Rule (stated in the tables): the highest forget quality among the runs that keep at least ``keep`` of the
+    target's model utility; if none does, the run with the highest model utility (the least destructive one).
+    """
+    ok = [r for r in runs if (r["summary"].get("model_utility") or 0.0) >= keep * target_mu]
+    if ok:
+        return max(ok, key=lambda r: (r["summary"].get("forget_quality") or 0.0, r["summary"]["model_utility"]))
+    return max(runs, key=lambda r: r["summary"].get("model_utility") or 0.0)
+
+
+def dominates(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Pareto dominance in (forget quality, model utility): ≥ in both and > in at least one."""
+    fa, ma = a["forget_quality"], a["model_utility"]
+    fb, mb = b["forget_quality"], b["model_utility"]
+    return fa >= fb and ma >= mb and (fa > fb or ma > mb)
+
+
+def pareto_front(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Labels (``method@lr``) of the runs no other run dominates."""
+    points = [(f"{r['method']}@{r['lr']:g}", r["summary"]) for r in runs]
+    return [name for name, s in points if not any(dominates(t, s) for _, t in points if t is not s)]
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.1e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+
+
+def write_tables(result: Mapping[str, Any], path: Path) -> None:
+    """The markdown tables quoted by ``docs/results.md``."""
+    ref = result["reference"]
+    best = result["best_lr"]
+    rows = []
+    for name, summary in (("target (before unlearning)", ref["target"]), ("retain model (oracle)", ref["retain"])):
+        rows.append(
+            [
+                name,
+                "–",
+                summary.get("forget_quality"),
+                summary.get("model_utility"),
+                summary.get("forget/rouge_l_recall"),
+            ]
+            + ["–", "–", "–", ""]
+        )
+    for run in result["runs"]:
+        s = run["summary"]
+        rows.append(
+            [
+                run["method"],
+                f"{run['lr']:g}",
+                s.get("forget_quality"),
+                s.get("model_utility"),
+                s.get("forget/rouge_l_recall"),
+                run["wall_s"],
+                run["peak_rss_mib"],
+                run["rss_increase_mib"],
+                "**best**" if best.get(run["method"]) == run["lr"] else "",
+            ]
+        )
+    lines = ["### All runs", ""]
+    lines += _table(
+        [
+            "method",
+            "lr",
+            "forget quality ↑",
+            "model utility ↑",
+            "forget ROUGE-L ↓",
+            "unlearning wall time (s)",
+            "peak RSS (MiB)",
+            "RSS increase (MiB)",
+            "",
+        ],
+        rows,
+    )
+    lines += ["", "### G-effects per layer group (best lr of each method; mean over the measured steps)", ""]
+    g_rows = []
+    for run in result["runs"]:
+        if best.get(run["method"]) != run["lr"]:
+            continue
+        for risk, label in (("forget", "unlearning (forget NLL)"), ("retain", "retaining (retain NLL)")):
+            values = run["g_effect"].get(risk, {})
+            coarse = {g: values[g] for g in ("shallow", "middle", "deep") if g in values}
+            top = max(coarse, key=lambda g: abs(coarse[g])) if coarse else "–"
+            g_rows.append([run["method"], label, *[values.get(g) for g in LAYER_GROUPS], values.get("total"), top])
+    lines += _table(["method", "G-effect", *LAYER_GROUPS, "total", "largest |·| third"], g_rows)
+    lines += [
+        "",
+        f"Pareto front over all runs (forget quality, model utility): {', '.join(result['pareto_front'])}.",
+        "",
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _palette(names: Sequence[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {name: cmap(i % 20) for i, name in enumerate(names)}
+
+
+MARKERS = {"none": "X", "GD": "o", "KL": "s", "RMU": "^"}
+
+
+def plot_scatter(result: Mapping[str, Any], path: Path) -> None:
+    """Forget quality (log) vs model utility: every run small, each method's best lr large and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["method"] for r in result["runs"]))
+    colours = _palette(names)
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    floor = 1e-12  # a KS p-value can underflow to 0; draw it at the floor of the log axis
+    for run in result["runs"]:
+        s = run["summary"]
+        is_best = result["best_lr"].get(run["method"]) == run["lr"]
+        ax.scatter(
+            s["model_utility"],
+            max(s["forget_quality"], floor),
+            s=90 if is_best else 22,
+            marker=MARKERS.get(run["regulariser"], "o"),
+            color=colours[run["method"]],
+            alpha=1.0 if is_best else 0.45,
+            edgecolors="black" if is_best else "none",
+            linewidths=0.8,
+            label=run["method"] if is_best else None,
+            zorder=3 if is_best else 2,
+        )
+        if is_best:
+            ax.annotate(
+                f"{run['method']} ({run['lr']:g})",
+                (s["model_utility"], max(s["forget_quality"], floor)),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+            )
+    for label, key, marker in (("target", "target", "*"), ("retain (oracle)", "retain", "P")):
+        s = result["reference"][key]
+        ax.scatter(s["model_utility"], max(s["forget_quality"], floor), s=160, marker=marker, color="black", zorder=4)
+        ax.annotate(
+            label,
+            (s["model_utility"], max(s["forget_quality"], floor)),
+            xytext=(6, -10),
+            textcoords="offset points",
+            fontsize=8,
+            fontweight="bold",
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility (higher is better)")
+    ax.set_ylabel("forget quality: KS p-value vs retain model (higher is better)")
+    settings = result["settings"]
+    ax.set_title(
+        f"Tiny TOFU forget01, {settings['steps']} steps; small: every lr, large: best lr (✕ none, ● GD, ■ KL, ▲ RMU)",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_g_effect_layers(result: Mapping[str, Any], path: Path) -> None:
+    """Heatmaps of the mean unlearning/retaining G-effect per layer group, one row per method (best lr).
+
+    Colour is the value divided by the row's largest magnitude (so methods with very different scales compare by
+    where their G-effect sits); the raw value is printed in each cell.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [r for r in result["runs"] if result["best_lr"].get(r["method"]) == r["lr"]]
+    if not runs:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.42 * len(runs) + 1.8))
+    for ax, (risk, title) in zip(
+        axes,
+        (
+            ("forget", "unlearning G-effect (forget NLL; < 0 = removal)"),
+            ("retain", "retaining G-effect (retain NLL; < 0 = damage)"),
+        ),
+        strict=True,
+    ):
+        values = np.array(
+            [[r["g_effect"].get(risk, {}).get(g, np.nan) for g in LAYER_GROUPS] for r in runs], dtype=float
+        )
+        scale = np.nanmax(np.abs(values), axis=1, keepdims=True)
+        scale[~np.isfinite(scale) | (scale == 0)] = 1.0
+        ax.imshow(values / scale, cmap="coolwarm_r", vmin=-1, vmax=1, aspect="auto")
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                if np.isfinite(values[i, j]):
+                    ax.text(j, i, _fmt(float(values[i, j]), 2), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(LAYER_GROUPS)), LAYER_GROUPS, fontsize=8)
+        ax.set_yticks(range(len(runs)), [f"{r['method']} ({r['lr']:g})" for r in runs], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("Mean G-effect per layer group (colour: value / row max |value|)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _reference_evals(
+    cache: Path, data_dir: str | None, max_new_tokens: int, rebuild: bool
+) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
+    """Build/reuse the tiny target and retain models and evaluate both (cached by recipe and token budget)."""
+    from lit_unlearn.eval.summarize import summarize
+    from lit_unlearn.quickstart import config_path, ensure_finetuned, evaluate_dir
+
+    runs = cache / "tensorboard"
+    target = ensure_finetuned(config_path("finetune_target"), cache / "target", cache / "init", runs, data_dir, rebuild)
+    retain = ensure_finetuned(config_path("finetune_retain"), cache / "retain", cache / "init", runs, data_dir, rebuild)
+    bench = cache / "benchmark"
+    evals = {}
+    for name, model_dir in (("retain", retain), ("target", target)):
+        out = bench / f"eval_{name}_t{max_new_tokens}"
+        key = (model_dir / "recipe.sha256").read_text() + f"\nmax_new_tokens={max_new_tokens}"
+        stamp = out / "eval.key"
+        if rebuild or not stamp.is_file() or stamp.read_text() != key:
+            reference = bench / f"eval_retain_t{max_new_tokens}" if name == "target" else None
+            evaluate_dir(model_dir, out, data_dir, reference, max_new_tokens)
+            stamp.write_text(key)
+        evals[name] = out
+    retain_eval = evals["retain"]
+    # Recomputed from the per-item files: the retain model against itself has forget quality 1 by definition.
+    return (
+        target,
+        retain_eval,
+        summarize(evals["target"], retain_eval),
+        summarize(retain_eval, retain_eval),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep and write the JSON, tables and figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", default="outputs/tofu_tiny", help="tiny models, evaluations and run caches")
+    parser.add_argument("--out", default="docs", help="writes <out>/figures/tofu_tiny*.{json,md,png}")
+    parser.add_argument("--data-dir", default=None, help="local TOFU folder (default: $LIT_UNLEARN_TOFU_DIR)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=list(METHODS),
+        metavar="METHOD",
+        help=f"subset of: {' '.join(METHODS)}",
+    )
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
+    parser.add_argument("--steps", type=int, default=30, help="optimiser steps per run (10 = one forget01 epoch)")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="greedy generation budget of the evaluation")
+    parser.add_argument(
+        "--keep-utility",
+        type=float,
+        default=0.8,
+        help="best lr = highest forget quality among runs keeping this share of the target's utility",
+    )
+    parser.add_argument("--keep-models", action="store_true", help="keep the unlearned weights of every run")
+    parser.add_argument("--force", action="store_true", help="rerun runs that already have a cached result")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the tiny models and reference evaluations")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: on an oversubscribed CPU, OpenMP spin-waiting made 2 threads ~8x slower)",
+    )
+    parser.add_argument("--time-one", action="store_true", help="time one GA run and its evaluation, then stop")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be ≥ 1, got {args.steps}")
+    if any(lr <= 0 for lr in args.lrs):
+        parser.error(f"--lrs must be positive, got {args.lrs}")
+    if args.threads < 1:
+        parser.error(f"--threads must be ≥ 1, got {args.threads}")
+    data_dir = args.data_dir or os.environ.get("LIT_UNLEARN_TOFU_DIR")
+    if data_dir is None:
+        parser.error("no TOFU data: pass --data-dir or set LIT_UNLEARN_TOFU_DIR (the benchmark never downloads)")
+
+    import torch
+
+    from lit_unlearn.data import load_tofu
+
+    torch.set_num_threads(args.threads)
+
+    load_tofu("full", data_dir)  # fail in seconds, with the fix, when the TOFU folder is wrong
+    cache = Path(args.cache_dir).resolve()
+    figures = Path(args.out).resolve() / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sweep_start = time.perf_counter()
+    target, retain_eval, target_summary, retain_summary = _reference_evals(
+        cache, args.data_dir, args.max_new_tokens, args.rebuild
+    )
+    _say(f"target: FQ {_fmt(target_summary['forget_quality'])}, MU {_fmt(target_summary['model_utility'])}")
+
+    plan = [(METHODS[m], lr) for m in args.methods for lr in args.lrs]
+    if args.time_one:
+        plan = [(METHODS["GA"], args.lrs[0])]
+    runs = []
+    for index, (method, lr) in enumerate(plan, 1):
+        run_dir = cache / "benchmark" / "runs" / _run_name(method, lr, args.steps, args.max_new_tokens)
+        record_path = run_dir / "run.json"
+        key = (cache / "target" / "recipe.sha256").read_text()
+        if not args.force and record_path.is_file():
+            record = json.loads(record_path.read_text())
+            if record.get("target_recipe") == key:
+                _say(f"[{index}/{len(plan)}] {method.name} lr {lr:g}: cached")
+                runs.append(record)
+                continue
+        _say(f"[{index}/{len(plan)}] {method.name} lr {lr:g}: unlearning {args.steps} steps")
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        record = unlearn_and_evaluate(
+            method, lr, args.steps, target, retain_eval, run_dir, args.data_dir, args.max_new_tokens, args.keep_models
+        )
+        record["target_recipe"] = key
+        record_path.write_text(json.dumps(record, indent=1, default=float))
+        s = record["summary"]
+        _say(
+            f"[{index}/{len(plan)}] {method.name} lr {lr:g}: FQ {_fmt(s['forget_quality'])}, "
+            f"MU {_fmt(s['model_utility'])}, forget ROUGE-L {_fmt(s.get('forget/rouge_l_recall'))}; "
+            f"fit {record['wall_s']:.0f} s, eval {record['eval_s']:.0f} s, peak RSS {record['peak_rss_mib']:.0f} MiB "
+            f"(+{record['rss_increase_mib']:.0f})"
+        )
+        runs.append(record)
+    if args.time_one:
+        _say(f"timing done in {time.perf_counter() - sweep_start:.0f} s")
+        return 0
+
+    best = {}
+    for name in dict.fromkeys(r["method"] for r in runs):
+        chosen = choose_best(
+            [r for r in runs if r["method"] == name], target_summary["model_utility"], args.keep_utility
+        )
+        best[name] = chosen["lr"]
+    result = {
+        "settings": {
+            "forget_split": "forget01",
+            "steps": args.steps,
+            "lrs": args.lrs,
+            "methods": args.methods,
+            "max_new_tokens": args.max_new_tokens,
+            "keep_utility": args.keep_utility,
+            "g_effect": {"every_n_steps": 5, "coarse_groups": True, "realised_change": False},
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        },
+        "reference": {"target": target_summary, "retain": retain_summary},
+        "best_lr": best,
+        "pareto_front": pareto_front(runs),
+        "runs": [{k: v for k, v in r.items() if k != "g_effect_history"} for r in runs],
+        "sweep_wall_s": time.perf_counter() - sweep_start,
+    }
+    (figures / "tofu_tiny.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
+    write_tables(result, figures / "tofu_tiny_tables.md")
+    plot_scatter(result, figures / "tofu_tiny_fq_mu.png")
+    plot_g_effect_layers(result, figures / "tofu_tiny_g_effect_layers.png")
+    _say(f"sweep done in {result['sweep_wall_s']:.0f} s; wrote {figures}/tofu_tiny.json, tables and figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
