@@ -15,7 +15,7 @@ from lit_unlearn.models.tiny import TinyLlamaSpec
 from lit_unlearn.modules.finetune import Finetune, _warmup_cosine
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "configs" / "tofu_tiny").glob("finetune_*.yaml"))
+CONFIGS = sorted((REPO / "configs").glob("tofu*/finetune_*.yaml"))
 
 
 def _datamodule(model_dir: Path, batch_size: int = 4) -> TOFUFinetuneDataModule:
@@ -147,9 +147,10 @@ def test_bad_arguments(tiny_model_dir: Path, kwargs: dict, match: str) -> None:
         Finetune(str(tiny_model_dir), **kwargs)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_configs_parse_and_instantiate(config: Path, tmp_path: Path) -> None:
-    init = tmp_path / "init"
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_configs_parse_and_instantiate(config: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Tiny configs build their model (at a temporary path here); full-scale ones get the test model instead of the Hub.
+    model_dir = tmp_path / "init" if config.parent.name == "tofu_tiny" else tiny_model_dir
     cli = LightningCLI(
         LightningModule,
         LightningDataModule,
@@ -159,18 +160,23 @@ def test_configs_parse_and_instantiate(config: Path, tmp_path: Path) -> None:
         args=[
             "--config",
             str(config),
-            f"--model.init_args.model_name_or_path={init}",
-            f"--data.init_args.tokenizer_name_or_path={init}",
+            f"--model.init_args.model_name_or_path={model_dir}",
+            f"--data.init_args.tokenizer_name_or_path={model_dir}",
             f"--trainer.default_root_dir={tmp_path}",
         ],
     )
     assert isinstance(cli.model, Finetune)
     assert isinstance(cli.datamodule, TOFUFinetuneDataModule)
-    assert (init / "config.json").is_file()
+    assert (model_dir / "config.json").is_file()
     rows, _ = cli.datamodule.training_rows()
-    # 20 authors (+ the 2 forget01 authors for the target) + 100 real-author + 117 world-fact questions.
-    expected = 440 + 217 if "target" in config.name else 400 + 217
-    assert len(rows) == expected
+    # Tiny: 20 authors (+ the 2 forget01 authors for the target) + 100 real-author + 117 world-fact questions.
+    expected = {
+        "tofu_tiny/finetune_target.yaml": 440 + 217,
+        "tofu_tiny/finetune_retain.yaml": 400 + 217,
+        "tofu/finetune_target.yaml": 4000,
+        "tofu/finetune_retain.yaml": 3600,
+    }
+    assert len(rows) == expected[f"{config.parent.name}/{config.name}"]
 
 
 def _answer_metrics(model_dir: Path, rows: list[dict]) -> tuple[float, float]:
