@@ -167,8 +167,15 @@ class TOFUEvaluator:
         return records
 
     def update(self, model: PreTrainedModel, batch: Mapping[str, Any]) -> list[Record]:
-        """Evaluate a batch and keep its records under its split."""
+        """Evaluate a batch and keep its records under its split (only rows below ``settings.max_items``)."""
+        cap = self.settings.max_items
+        # The cap holds whatever loader feeds the evaluator (e.g. a DataModule built without it); batches wholly past
+        # it are not even run.
+        if cap is not None and int(batch["index"].min()) >= cap:
+            return []
         records = self.evaluate_batch(model, batch)
+        if cap is not None:
+            records = [r for r in records if r["index"] < cap]
         self.records.setdefault(batch["split"], []).extend(records)
         return records
 

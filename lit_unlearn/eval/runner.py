@@ -1,5 +1,6 @@
 """``evaluate``: a TOFU evaluation of an HF causal LM without a Trainer (scripts, the quickstart, benchmarks)."""
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -59,9 +60,9 @@ def evaluate(
         progress: show progress bars.
 
     Returns:
-        ``{"summary": ..., "records": ..., "paths": ...}``: the flat summary (see
-        ``lit_unlearn.eval.aggregate.summarize_records``), the per-item records by split and the written files (empty
-        without ``settings.output_dir``).
+        ``{"summary": ..., "records": ..., "paths": ..., "seconds": ...}``: the flat summary (see
+        ``lit_unlearn.eval.aggregate.summarize_records``), the per-item records by split, the written files (empty
+        without ``settings.output_dir``) and the wall time of each split.
     """
     settings = settings or EvalSettings()
     if dataloaders is None:
@@ -72,10 +73,13 @@ def evaluate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    seconds: dict[str, float] = {}
     try:
         for split, loader in dataloaders.items():
+            start = time.perf_counter()
             for batch in tqdm(loader, desc=f"TOFU eval [{split}]", disable=not progress, leave=False):
                 evaluator.update(model, move_to_device(batch, device))
+            seconds[split] = time.perf_counter() - start
     finally:
         model.train(was_training)
     records, summary = evaluator.compute()
@@ -87,4 +91,4 @@ def evaluate(
             "settings": asdict(settings),
         }
         paths = write_outputs(settings.output_dir, records, summary, metadata)
-    return {"summary": summary, "records": records, "paths": paths}
+    return {"summary": summary, "records": records, "paths": paths, "seconds": seconds}

@@ -11,7 +11,8 @@ class EvalSettings:
         max_new_tokens: Greedy-generation budget per answer (OpenUnlearning: 200 new tokens; original TOFU used 200
             tokens in total, prompt included).
         max_items: Evaluate only the first ``max_items`` rows of every split (original TOFU: 300, which caps forget10
-            and retain_perturbed; OpenUnlearning: no cap).
+            and retain_perturbed; OpenUnlearning: no cap). Enforced on any evaluation loader; build the loaders with
+            the same cap to avoid iterating rows that are skipped.
         retain_eval_path: Per-item evaluation of the retain model on the same forget split (this project's
             ``eval_items.json``, a folder holding it, or an original TOFU ``eval_log_aggregated.json``): the reference
             of forget quality and privleak.

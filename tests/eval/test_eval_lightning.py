@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from tofu_eval_helpers import small_loaders
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,3 +87,37 @@ def test_validate_and_test_through_the_mixin(tiny_model_dir: Path, tofu_dir: Pat
     assert trainer.callback_metrics["test/forget_quality"].item() == pytest.approx(1.0)
     assert trainer.callback_metrics["test/privleak"].item() == pytest.approx(0.0, abs=1e-6)
     assert (tmp_path / "o" / "tofu_eval" / "test-epoch=0-step=0" / "summary.json").is_file()
+
+
+class TinyFitModule(TinyEvalModule):
+    """Adds a training step, to evaluate during ``fit`` as an unlearning module does."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> object:
+        part = batch["teacher_forced"]["answer"]
+        return self.model(**part).loss
+
+    def configure_optimizers(self) -> object:
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def test_evaluation_during_fit_skips_the_sanity_check(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
+    settings = EvalSettings(max_new_tokens=3, max_items=2, output_dir=str(tmp_path / "evals"))
+    module = TinyFitModule(tiny_model_dir, settings)
+    loaders = small_loaders(tofu_dir, module.tokenizer, items=3, batch_size=2)  # 3 rows: the cap drops the third
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        check_val_every_n_epoch=2,
+        num_sanity_val_steps=1,
+        limit_train_batches=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+    )
+    trainer.fit(module, train_dataloaders=loaders["retain"], val_dataloaders=loaders)
+    written = sorted(p.name for p in (tmp_path / "evals" / "tofu_eval").iterdir())
+    assert written == ["val-epoch=1-step=2"]  # neither the sanity check nor epoch 0 wrote anything
+    assert module.tofu_eval_summary["num_items/forget"] == 2
+    assert "val/model_utility" in trainer.callback_metrics
