@@ -1,6 +1,7 @@
 """LightningModules: the unlearning objectives and plain fine-tuning."""
 
 from lit_unlearn.modules.base import UnlearningModule
+from lit_unlearn.modules.finetune import Finetune
 from lit_unlearn.modules.grad_ascent import GradAscent
 from lit_unlearn.modules.grad_diff import GradDiff
 from lit_unlearn.modules.idk_dpo import IdkDPO
@@ -18,6 +19,7 @@ __all__ = [
     "TNPO",
     "WGA",
     "WTNPO",
+    "Finetune",
     "GradAscent",
     "GradDiff",
     "IdkDPO",
