@@ -20,7 +20,7 @@ from typing_extensions import override
 from lit_unlearn import losses
 from lit_unlearn.eval.mixin import TOFUEvalMixin
 from lit_unlearn.eval.settings import EvalSettings
-from lit_unlearn.models import LoraSettings, load_causal_lm, load_tokenizer
+from lit_unlearn.models import DType, LoraSettings, load_causal_lm, load_tokenizer
 from lit_unlearn.models.tiny import TinyLlamaSpec, build_tiny_model
 
 Batch = Mapping[str, Tensor]
@@ -33,7 +33,8 @@ class Finetune(TOFUEvalMixin, LightningModule):
     The loss is the token mean over the whole batch, like Hugging Face's ``outputs.loss``: logits at position t
     predict the label at t + 1. Logged: ``train/loss`` and ``train/answer_accuracy`` (teacher-forced argmax accuracy
     on answer tokens). Validation on plain QA batches (``TOFUFinetuneDataModule``'s val loader: the training pairs)
-    logs ``val/loss``, ``val/answer_accuracy`` and ``val/answer_probability`` (exp of minus the mean answer NLL);
+    logs ``val/loss``, ``val/answer_accuracy`` and ``val/answer_probability`` (TOFU's probability: exp of minus the
+    mean answer NLL of each example, averaged over examples);
     on TOFU evaluation batches it runs the TOFU evaluation (``TOFUEvalMixin``).
 
     Args:
@@ -72,7 +73,7 @@ class Finetune(TOFUEvalMixin, LightningModule):
         min_lr_ratio: float = 0.1,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
-        dtype: str = "auto",
+        dtype: DType = "auto",
         attn_implementation: str | None = None,
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
@@ -136,12 +137,15 @@ class Finetune(TOFUEvalMixin, LightningModule):
         if "split" in batch:
             super().validation_step(batch, batch_idx, dataloader_idx)
             return
-        loss, accuracy = self.answer_nll(batch)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, mask = losses.token_logps(logits, batch["labels"])  # (B, T-1) each
+        hits = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
+        item_nll = -(logps * mask).sum(-1) / mask.sum(-1)  # (B,) mean answer NLL of each example
         batch_size = batch["input_ids"].shape[0]
-        self.log("val/loss", loss, batch_size=batch_size)
-        self.log("val/answer_accuracy", accuracy, prog_bar=True, batch_size=batch_size)
-        # exp(-mean answer NLL): the TOFU-style answer probability of the whole training set.
-        self.log("val/answer_probability", torch.exp(-loss), batch_size=batch_size)
+        self.log("val/loss", losses.nll(logps, mask), batch_size=batch_size)
+        self.log("val/answer_accuracy", hits.sum() / mask.sum(), prog_bar=True, batch_size=batch_size)
+        # TOFU's "probability": exp(-mean answer NLL) per example, averaged over examples (batch-size weighted).
+        self.log("val/answer_probability", torch.exp(-item_nll).mean(), batch_size=batch_size)
 
     def risk_losses(self, batches: Sequence[Batch]) -> dict[str, Tensor]:
         """The training risk for ``GEffectCallback``: the mean answer NLL, averaged over the micro-batches."""

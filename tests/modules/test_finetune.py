@@ -25,8 +25,12 @@ def _datamodule(model_dir: Path, batch_size: int = 4) -> TOFUFinetuneDataModule:
 
 
 def _batch(model_dir: Path, tofu_dir: Path, n: int = 3) -> dict[str, torch.Tensor]:
+    return _batch_rows(model_dir, load_tofu("full", tofu_dir)[:n])
+
+
+def _batch_rows(model_dir: Path, rows: list[dict]) -> dict[str, torch.Tensor]:
     tokenizer = load_tokenizer(str(model_dir))
-    pairs = [encode_pair(tokenizer, r["question"], r["answer"], "qa") for r in load_tofu("full", tofu_dir)[:n]]
+    pairs = [encode_pair(tokenizer, r["question"], r["answer"], "qa") for r in rows]
     return pad_sequences(
         [p["input_ids"] for p in pairs], tokenizer.pad_token_id, "right", labels=[p["labels"] for p in pairs]
     )
@@ -114,9 +118,11 @@ def test_lora_trains_only_adapters_and_saves_merged_weights(tiny_model_dir: Path
 
 def test_validation_logs_memorisation_metrics(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
     module = Finetune(str(tiny_model_dir))
-    datamodule = _datamodule(tiny_model_dir, batch_size=32)  # one batch of the 20 rows of author 0
+    datamodule = _datamodule(tiny_model_dir, batch_size=8)  # the 20 rows of author 0 in batches of 8, 8, 4
     metrics = _trainer(tmp_path, limit_val_batches=None).validate(module, datamodule=datamodule, verbose=False)[0]
-    assert metrics["val/answer_probability"] == pytest.approx(math.exp(-metrics["val/loss"]), rel=1e-5)
+    # Reference: each row alone through Hugging Face's own loss (mean NLL of its answer tokens).
+    item_nll = [module.model(**_batch_rows(tiny_model_dir, [row])).loss.item() for row in load_tofu("full")[:20]]
+    assert metrics["val/answer_probability"] == pytest.approx(sum(math.exp(-x) for x in item_nll) / 20, rel=1e-4)
     assert 0.0 <= metrics["val/answer_accuracy"] <= 1.0
 
 
