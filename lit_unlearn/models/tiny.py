@@ -37,8 +37,10 @@ _CORPUS_SPLITS = ("full", "retain_perturbed", "forget10_perturbed", "real_author
 class TinyLlamaSpec:
     """Shape of the tiny Llama and of its tokenizer.
 
-    The defaults are the tuned tiny-TOFU recipe (about 1.7M parameters): small enough to fit TOFU's short
-    question/answer pairs in a couple of minutes on two CPU cores, large enough to memorise a few hundred of them.
+    The defaults are the tiny-TOFU recipe (2.1M parameters, 1.7M without the input embedding): large enough to
+    memorise the ~650 question/answer pairs of the tiny scale in 16 epochs, small enough to train on two CPU cores.
+    A narrower model (hidden 128, MLP 384) learned clearly slower per epoch (answer accuracy 0.62 vs 0.75 after 8
+    epochs) without being proportionally faster.
 
     Args:
         vocab_size: Byte-level BPE vocabulary size, special tokens included.
