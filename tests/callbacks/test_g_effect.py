@@ -268,7 +268,9 @@ class RecordingLogger(Logger):
 def test_logged_keys_and_steps_follow_every_n_steps(tmp_path: Path) -> None:
     torch.manual_seed(0)
     logger = RecordingLogger()
-    cb = GEffectCallback(every_n_steps=3, layer_pattern=MLP_LAYERS, output_dir=str(tmp_path / "out"))
+    cb = GEffectCallback(
+        every_n_steps=3, layer_pattern=MLP_LAYERS, realised_change=True, output_dir=str(tmp_path / "out")
+    )
     fit(MLPUnlearner(n=40), [cb], tmp_path, max_steps=8, logger=logger, log_every_n_steps=5)
     mine = [(s, m) for s, m in logger.calls if any(k.startswith("g_effect/") for k in m)]
     assert [s for s, _ in mine] == [0, 3, 6]
@@ -384,3 +386,22 @@ def test_ddp_two_processes_equal_single_process_on_union_batch(tmp_path: Path) -
         loss = m.per_example(b64["rx"][i : i + 1], b64["ry"][i : i + 1]).mean()
         expected.append(sum(float((a * b).sum()) for a, b in zip(torch.autograd.grad(loss, params), g, strict=True)))
     assert got == pytest.approx(sorted(expected), rel=1e-4, abs=1e-7)
+
+
+class CrashingMLP(MLPUnlearner):
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        if self.global_step == 2:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_results_survive_a_crash_and_a_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, save_plot=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(CrashingMLP(), [cb], tmp_path, max_steps=4)
+    # Steps 0 and 1 were measured before the crash and are on disk.
+    assert sorted({r["step"] for r in load_history(tmp_path / "g_effect.csv")}) == [0, 1]
+    resumed = GEffectCallback()
+    resumed.load_state_dict(cb.state_dict())
+    assert resumed.history == cb.history

@@ -1,0 +1,356 @@
+"""Overhead of GEffectCallback against plain training and against the paper code's way of measuring G-effects.
+
+Runs a gradient-difference unlearning step (loss = −NLL(forget) + NLL(retain), Wang et al. 2025 / Maini et al. 2024)
+on a tiny Llama built from a ``LlamaConfig`` (no download), in one process, with every configuration side by side:
+
+* ``plain``: no callback;
+* ``g_effect every step`` (streaming per-parameter dots, the default), its non-streaming variant, with the realised
+  risk change, and with per-instance G-effects (forward-mode JVP);
+* ``g_effect every 10 steps``;
+* ``paper code``: a reimplementation of tmlr-group/G-effect's ``dataloader_ge.py`` approach on the same model: per
+  micro-batch three extra forward+backward passes (forget NLL, forget objective, retain NLL), every full gradient copied
+  to host memory and smoothed with an EMA 0.6/0.4 of the gradient vectors, then per-tensor dot products.
+
+What is measured, honestly:
+
+* time: time per optimiser step, taken between consecutive ``on_train_batch_start`` calls (so it includes every
+  callback hook): process CPU time on CPU (one thread by default, robust to other processes' load on a shared
+  machine), wall-clock time on CUDA; in windows of 10 steps; the reported value is the median over windows divided
+  by 10, which amortises the every-10-steps measurement; the median step time is shown too. Configurations run
+  interleaved in several rounds so machine load drifts affect all of them alike.
+* memory: the peak of allocated-minus-freed bytes during one measured step, relative to the start of that step
+  (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the allocation events of ``torch.profiler`` with
+  ``profile_memory=True``), minus the same figure for the plain step: transient extra memory. State kept across steps
+  (the paper code's three host gradient buffers) is reported separately as resident bytes. Compare both with one copy
+  of the trainable gradients (shown in the header).
+
+Usage::
+
+    python benchmarks/g_effect_overhead.py                 # CPU, one thread, a few minutes
+    python benchmarks/g_effect_overhead.py --rounds 5 --steps 60
+"""
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from callbacks import GEffectCallback  # noqa: E402
+
+
+class RandomQA(Dataset):
+    """Random token "question + answer" rows: the first ``prompt`` tokens are prompt (label -100)."""
+
+    def __init__(self, n: int, length: int, vocab: int, prompt: int = 16, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, vocab, (2, n, length), generator=gen)
+        self.labels = self.ids.clone()
+        self.labels[:, :, :prompt] = -100
+
+    def __len__(self) -> int:
+        return self.ids.shape[1]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {
+            "f_ids": self.ids[0, i],
+            "f_labels": self.labels[0, i],
+            "r_ids": self.ids[1, i],
+            "r_labels": self.labels[1, i],
+        }
+
+
+class GradDiff(LightningModule):
+    """Gradient difference on a tiny Llama: minimise −NLL(forget) + NLL(retain) (token-mean answer NLLs)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            intermediate_size=args.hidden * 8 // 3,
+            num_hidden_layers=args.layers,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=args.seq,
+            tie_word_embeddings=False,
+        )
+        self.model = LlamaForCausalLM(config)
+        self.args = args
+
+    def token_nll(self, ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
+        target = labels[:, 1:]
+        mask = target != -100
+        nll = F.cross_entropy(logits.float().transpose(1, 2), target.clamp(min=0), reduction="none")  # (B, T-1)
+        return nll * mask, mask
+
+    def nll(self, ids: Tensor, labels: Tensor) -> Tensor:
+        nll, mask = self.token_nll(ids, labels)
+        return nll.sum() / mask.sum()
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        return -self.nll(batch["f_ids"], batch["f_labels"]) + self.nll(batch["r_ids"], batch["r_labels"])
+
+    def risk_losses(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        forget = torch.stack([self.nll(b["f_ids"], b["f_labels"]) for b in batches]).mean()
+        retain = torch.stack([self.nll(b["r_ids"], b["r_labels"]) for b in batches]).mean()
+        return {"forget": forget, "retain": retain}
+
+    def per_example_risks(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        out = {}
+        for name, p in (("forget", "f"), ("retain", "r")):
+            parts = [self.token_nll(b[f"{p}_ids"], b[f"{p}_labels"]) for b in batches]
+            out[name] = torch.cat([nll.sum(-1) / mask.sum(-1) for nll, mask in parts])
+        return out
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-5, weight_decay=0.01)
+
+    def train_dataloader(self) -> DataLoader:
+        n = self.args.batch * (self.args.steps + 2)
+        return DataLoader(RandomQA(n, self.args.seq, self.args.vocab), batch_size=self.args.batch, shuffle=False)
+
+
+class PaperCodeGEffect(Callback):
+    """The paper code's measurement (``dataloader_ge.py``), reimplemented for cost comparison only.
+
+    Per micro-batch: forward+backward of the forget NLL, of the forget objective (GD's forget term, −NLL) and of the
+    retain NLL; each full gradient is copied to host memory and folded into an EMA ``g ← 0.6 g + 0.4 g_new`` of the
+    gradient vector; the G-effects are per-tensor dots of the EMA'd vectors, each tensor moved back to the device.
+    ``torch.autograd.grad`` replaces the original ``.backward()`` + ``zero_grad()`` (same cost) so that training is
+    left intact. The original additionally ran on saved checkpoints in separate processes with a fourth, zero
+    backward per micro-batch; none of that is charged here, so this is a lower bound on its cost.
+    """
+
+    def __init__(self) -> None:
+        self.ema: dict[str, list[Tensor]] = {}
+        self.values: list[tuple[float, float]] = []
+
+    def _host_grads(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+        return [g.detach().to("cpu", copy=True) for g in torch.autograd.grad(loss, params)]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            fresh = {
+                "unlearn": self._host_grads(pl_module.nll(batch["f_ids"], batch["f_labels"]), params),
+                "objective": self._host_grads(-pl_module.nll(batch["f_ids"], batch["f_labels"]), params),
+                "retain": self._host_grads(pl_module.nll(batch["r_ids"], batch["r_labels"]), params),
+            }
+        for key, grads in fresh.items():
+            if key not in self.ema:
+                self.ema[key] = grads
+            else:
+                for buf, g in zip(self.ema[key], grads, strict=True):
+                    buf.mul_(0.6).add_(g, alpha=0.4)
+        device = params[0].device
+        e_u = sum(
+            float((o.to(device) * u.to(device)).sum())
+            for o, u in zip(self.ema["objective"], self.ema["unlearn"], strict=True)
+        )
+        e_r = sum(
+            float((o.to(device) * r.to(device)).sum())
+            for o, r in zip(self.ema["objective"], self.ema["retain"], strict=True)
+        )
+        self.values.append((e_u, e_r))
+
+    def resident_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for bufs in self.ema.values() for t in bufs)
+
+
+class StepTimer(Callback):
+    """Time between consecutive train-batch starts (one optimiser step each, no accumulation).
+
+    On CPU the clock is the process CPU time (``time.process_time``): on a shared machine other processes' load
+    stretches wall-clock time but not the CPU time this process spends, so ratios stay comparable. On CUDA it is
+    wall-clock time after a device synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.starts.append(time.perf_counter())
+        else:
+            self.starts.append(time.process_time())
+
+
+class PeakMemory(Callback):
+    """Peak allocated-minus-freed bytes during step ``step``, relative to its start."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.peak: int | None = None
+        self._prof: torch.profiler.profile | None = None
+        self._base = 0
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        cuda = pl_module.device.type == "cuda"
+        if trainer.global_step == self.step + 1 and self.peak is None:
+            if cuda:
+                torch.cuda.synchronize()
+                self.peak = torch.cuda.max_memory_allocated() - self._base
+            else:
+                self._prof.stop()
+                self.peak = _profiler_peak(self._prof)
+        if trainer.global_step == self.step and self._prof is None and self.peak is None:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                self._base = torch.cuda.memory_allocated()
+                self._prof = True  # type: ignore[assignment]
+            else:
+                self._prof = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+                )
+                self._prof.start()
+
+
+def _profiler_peak(prof: torch.profiler.profile) -> int:
+    """Running sum of the profiler's allocation events (+bytes allocated, −bytes freed), in emission order."""
+    live = peak = 0
+    for event in prof.profiler.kineto_results.events():
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
+            live += event.nbytes()
+            peak = max(peak, live)
+    return peak
+
+
+def configurations() -> dict[str, Any]:
+    """Name -> factory of the measuring callback (None: plain training)."""
+    quiet = {"save_plot": False}
+    return {
+        "plain": lambda: None,
+        "g_effect every step": lambda: GEffectCallback(realised_change=False, **quiet),
+        "g_effect every step, non-streaming": lambda: GEffectCallback(realised_change=False, streaming=False, **quiet),
+        "g_effect every step + realised change": lambda: GEffectCallback(realised_change=True, **quiet),
+        "g_effect every step + per-instance": lambda: GEffectCallback(
+            realised_change=False, per_instance=True, **quiet
+        ),
+        "g_effect every 10 steps": lambda: GEffectCallback(every_n_steps=10, realised_change=False, **quiet),
+        "paper code (every micro-batch)": PaperCodeGEffect,
+    }
+
+
+def run(args: argparse.Namespace, factory: Any, root: Path, steps: int, extra: list[Callback]) -> Callback | None:
+    module = GradDiff(args)
+    measuring = factory()
+    callbacks = [*extra, *([measuring] if measuring is not None else [])]
+    trainer = Trainer(
+        accelerator=args.accelerator,
+        devices=1,
+        precision=args.precision,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=callbacks,
+    )
+    trainer.fit(module)
+    return measuring
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per round (a multiple of 10)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--root", default="/tmp/g_effect_benchmark")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time = work done)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only configurations containing these words")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.steps % 10:
+        parser.error("--steps must be a multiple of 10 (windows of 10 steps amortise the every-10-steps cost)")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    root = Path(args.root)
+    configs = configurations()
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k == "plain" or any(word in k for word in args.only)}
+    warmup = 2
+
+    probe = GradDiff(args)
+    n_params = sum(p.numel() for p in probe.parameters() if p.requires_grad)
+    grad_bytes = sum(p.numel() * p.element_size() for p in probe.parameters() if p.requires_grad)
+    largest = max(p.numel() * p.element_size() for p in probe.parameters() if p.requires_grad)
+    device = args.accelerator
+    if device in ("gpu", "cuda") or (device == "auto" and torch.cuda.is_available()):
+        device = torch.cuda.get_device_name()
+    print(
+        f"tiny Llama: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, seq {args.seq}, "
+        f"batch {args.batch}"
+        f"; {n_params / 1e6:.2f}M trainable parameters; one gradient copy = {grad_bytes / 2**20:.2f} MiB, largest "
+        f"parameter = {largest / 2**20:.2f} MiB; device {device}, {torch.get_num_threads()} threads, "
+        f"precision {args.precision}, torch {torch.__version__}"
+    )
+
+    windows: dict[str, list[float]] = {name: [] for name in configs}
+    medians: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(args.rounds):
+        for name, factory in configs.items():
+            timer = StepTimer()
+            run(args, factory, root, warmup + args.steps + 1, [timer])
+            starts = timer.starts[warmup:]
+            # Windows start at a step multiple of 10 so each holds exactly one every-10-steps measurement.
+            for w in range(0, args.steps, 10):
+                windows[name].append((starts[w + 10] - starts[w]) / 10)
+            medians[name].extend(b - a for a, b in zip(starts, starts[1:], strict=False))
+
+    peaks: dict[str, int] = {}
+    resident: dict[str, int] = {}
+    for name, factory in configs.items():
+        # Step 10 is measured by every configuration (every step and every 10 steps), after AdamW created its state.
+        memory = PeakMemory(step=10)
+        measuring = run(args, factory, root, 12, [memory])
+        peaks[name] = memory.peak or 0
+        resident[name] = measuring.resident_bytes() if isinstance(measuring, PaperCodeGEffect) else 0
+
+    plain = statistics.median(windows["plain"])
+    print()
+    header = f"{'configuration':42s} {'ms/step':>8s} {'ratio':>6s} {'median ms':>9s} {'extra peak MiB':>14s}"
+    header += f" {'resident MiB':>12s} {'(extra+resident)/grad':>21s}"
+    print(header)
+    print("-" * len(header))
+    for name in configs:
+        t = statistics.median(windows[name])
+        extra = peaks[name] - peaks["plain"]
+        total = extra + resident[name]
+        print(
+            f"{name:42s} {t * 1e3:8.1f} {t / plain:6.2f} {statistics.median(medians[name]) * 1e3:9.1f} "
+            f"{extra / 2**20:14.2f} {resident[name] / 2**20:12.2f} {total / grad_bytes:21.2f}"
+        )
+    print(
+        f"\nratio = amortised time per step / plain (median over {len(windows['plain'])} windows of 10 steps); "
+        "targets: every step <= 2.1, every 10 steps <= 1.12, extra memory <= 1 gradient copy."
+    )
+
+
+if __name__ == "__main__":
+    main()
