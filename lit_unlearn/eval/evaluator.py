@@ -44,21 +44,27 @@ def teacher_forced_stats(
     """Average answer NLL per row (and, with ``token_stats``, ES, EM and min-k scores) of one right-padded part.
 
     Rows are forwarded ``chunk_size`` at a time so that the (rows, T, vocab) logits of the perturbed part (K answers
-    per question) never exceed those of the answer part.
+    per question) never exceed those of the answer part. Rows are grouped by length and each chunk is cut to its
+    longest row: the collator pads the whole part to its longest sequence, and forwarding that padding costs about a
+    third of the teacher-forced compute on TOFU. Results come back in the original row order.
     """
+    lengths = part["attention_mask"].sum(dim=-1)
+    order = torch.argsort(lengths, descending=True, stable=True)
     outputs: dict[str, list[Tensor]] = {"loss": [], "num_tokens": []}
     if token_stats:
         outputs.update(extraction_strength=[], exact_memorization=[], min_k_score=[])
-    rows = part["input_ids"].shape[0]
-    for start in range(0, rows, chunk_size):
-        chunk = slice(start, start + chunk_size)
-        logits = model(input_ids=part["input_ids"][chunk], attention_mask=part["attention_mask"][chunk]).logits
+    for start in range(0, order.numel(), chunk_size):
+        rows = order[start : start + chunk_size]
+        width = int(lengths[rows].max())  # right padding: every column past the longest row is padding
+        input_ids = part["input_ids"][rows, :width]
+        logits = model(input_ids=input_ids, attention_mask=part["attention_mask"][rows, :width]).logits
         # Position t predicts token t+1; reductions in float32 whatever the weights' dtype.
         logits = logits[:, :-1].float()
-        labels = part["labels"][chunk, 1:]
+        labels = part["labels"][rows, 1:width]
         mask = labels != IGNORE_INDEX
-        logps = torch.log_softmax(logits, dim=-1)
-        token_logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        # log p(label) = logit[label] - logsumexp(logits): no (rows, T, vocab) log-softmax tensor is written.
+        picked = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
         num_tokens = mask.sum(dim=-1)
         outputs["loss"].append(-token_logps.sum(dim=-1) / num_tokens)
         outputs["num_tokens"].append(num_tokens)
@@ -68,7 +74,8 @@ def teacher_forced_stats(
             outputs["extraction_strength"].append(extraction_strength(preds, no_eos))
             outputs["exact_memorization"].append(exact_memorization(preds, no_eos))
             outputs["min_k_score"].append(min_k_scores(token_logps, no_eos != IGNORE_INDEX, min_k))
-    return {k: torch.cat(v).cpu() for k, v in outputs.items()}
+    inverse = torch.argsort(order)
+    return {k: torch.cat(v)[inverse].cpu() for k, v in outputs.items()}
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -21,13 +21,24 @@ from lit_unlearn.eval.settings import EvalSettings
 _LOGGED_SKIP = ("num_items/", "privleak_reference_auc")
 
 
+def _fresh_dir(path: Path) -> Path:
+    """``path``, or ``path-v1``, ``path-v2``, ... when taken: a second evaluation at the same step (``validate`` run
+    twice into one ``output_dir``) must not overwrite the first one's files."""
+    candidate, version = path, 0
+    while candidate.exists():
+        version += 1
+        candidate = path.with_name(f"{path.name}-v{version}")
+    return candidate
+
+
 class TOFUEvalMixin:
     """Validation/test steps running the TOFU evaluation on ``self.model`` (an HF causal LM).
 
     The host class provides ``self.model``, ``self.tokenizer`` and ``self.eval_settings`` (an ``EvalSettings``; the
     defaults are used when absent). After each evaluation ``self.tofu_eval_summary`` holds the flat summary and the
     files (per-item JSON, summary JSON, markdown table) are in
-    ``<eval_settings.output_dir or trainer.log_dir>/tofu_eval/<stage>-epoch=<E>-step=<S>/``.
+    ``<eval_settings.output_dir or trainer.log_dir>/tofu_eval/<stage>-epoch=<E>-step=<S>/`` (``-v1``, ``-v2``, ...
+    appended when that folder exists).
     Sanity-check batches are evaluated but neither logged nor written.
     """
 
@@ -84,7 +95,9 @@ class TOFUEvalMixin:
         settings = evaluator.settings
         if settings.write_outputs and trainer.is_global_zero:
             root = settings.output_dir or trainer.log_dir or trainer.default_root_dir
-            out_dir = Path(root) / "tofu_eval" / f"{stage}-epoch={trainer.current_epoch}-step={trainer.global_step}"
+            out_dir = _fresh_dir(
+                Path(root) / "tofu_eval" / f"{stage}-epoch={trainer.current_epoch}-step={trainer.global_step}"
+            )
             metadata = {
                 "stage": stage,
                 "epoch": trainer.current_epoch,

@@ -121,3 +121,14 @@ def test_evaluation_during_fit_skips_the_sanity_check(tiny_model_dir: Path, tofu
     assert written == ["val-epoch=1-step=2"]  # neither the sanity check nor epoch 0 wrote anything
     assert module.tofu_eval_summary["num_items/forget"] == 2
     assert "val/model_utility" in trainer.callback_metrics
+
+
+def test_a_second_evaluation_at_the_same_step_gets_its_own_folder(tmp_path: Path) -> None:
+    from lit_unlearn.eval.mixin import _fresh_dir
+
+    first = tmp_path / "val-epoch=0-step=0"
+    assert _fresh_dir(first) == first
+    first.mkdir()
+    assert _fresh_dir(first).name == "val-epoch=0-step=0-v1"
+    (tmp_path / "val-epoch=0-step=0-v1").mkdir()
+    assert _fresh_dir(first).name == "val-epoch=0-step=0-v2"

@@ -88,3 +88,31 @@ def test_generation_is_cut_at_eos(tiny: tuple) -> None:
     lm = _ScriptedLM([*words, tokenizer.eos_token_id, *after])
     text = generate_answers(lm, tokenizer, _single_prompt(tokenizer, "Where?"), 20)[0]
     assert text == "Paris is nice"
+
+
+def test_gathered_merges_ranks_sorts_and_drops_sampler_repeats(monkeypatch: pytest.MonkeyPatch, tiny: tuple) -> None:
+    """DistributedSampler pads shards by repeating items: rank 0 gets rows 0, 2, 4 and rank 1 rows 1, 3, 0."""
+    evaluator = TOFUEvaluator(tiny[1])
+    evaluator.records = {"forget": [{"index": i, "answer_loss": float(i)} for i in (0, 2, 4)]}
+    other_rank = {"forget": [{"index": i, "answer_loss": float(i)} for i in (1, 3, 0)], "holdout": [{"index": 0}]}
+
+    def fake_all_gather_object(out: list, obj: object) -> None:
+        out[0], out[1] = obj, other_rank
+
+    # A context, not the test-wide monkeypatch: the process-group cleanup fixture must see the real functions.
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.distributed, "is_initialized", lambda: True)
+        patch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        patch.setattr(torch.distributed, "all_gather_object", fake_all_gather_object)
+        merged = evaluator.gathered()
+    assert [r["index"] for r in merged["forget"]] == [0, 1, 2, 3, 4]
+    assert merged["holdout"] == [{"index": 0}]
+
+
+def test_max_items_cap_skips_and_filters(tofu_dir: Path, tiny: tuple) -> None:
+    model, tokenizer = tiny
+    loader = small_loaders(tofu_dir, tokenizer, items=5, batch_size=3)["holdout"]
+    evaluator = TOFUEvaluator(tokenizer, EvalSettings(max_items=2))
+    batches = list(loader)
+    assert [r["index"] for r in evaluator.update(model, batches[0])] == [0, 1]
+    assert evaluator.update(model, batches[1]) == []  # rows 3, 4: not even run
