@@ -107,8 +107,12 @@ class GEffectCallback(Callback):
             measured step, about +40 % of a plain step on the benchmark model, hence off by default.
         measure_update: Also measure against the optimiser's actual update ``Δθ = θ_{t+1} − θ_t`` (AdamW is not SGD):
             records ``∇R·Δθ``, the first-order risk change of the real step. Keeps one gradient copy per risk.
-        per_instance: Also compute each example's G-effect ``∇ℓ_i·g`` by forward-mode differentiation (one JVP, no
-            per-example backward). Needs the module to implement :class:`SupportsPerExampleRisks`.
+        per_instance: Also compute each example's G-effect ``∇ℓ_i·g`` by forward-mode differentiation (one JVP of
+            all per-example risks along ``g``, no per-example backward), stored in ``instance_history``. ``ℓ_i`` is
+            the example's own risk from :class:`SupportsPerExampleRisks` (its mean answer NLL), so the instance
+            values average to the total only when all examples have the same number of answer tokens. Under DDP the
+            values of all ranks are gathered, rank-major. Attention runs on the math SDPA kernel inside the JVP
+            (the fused CPU/flash kernels have no forward-mode rule).
         streaming: Dot each risk gradient with the objective gradient as soon as autograd produces it and drop it, so
             the extra memory is one parameter's gradient instead of a full gradient copy.
         log_prefix: Prefix of the logged scalars ``<prefix>/<risk>/<group>``.
