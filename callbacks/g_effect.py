@@ -257,6 +257,8 @@ class GEffectCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A second fit with the same callback starts its step counter afresh (history is kept).
+        self._batches, self._batch_step, self._measured_step, self._pending = [], -1, -1, None
         # The optimisers exist only from here on (after strategy.setup), so this is the earliest check for them.
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is None:
