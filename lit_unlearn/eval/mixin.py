@@ -7,6 +7,7 @@ every N epochs while unlearning, set ``Trainer(check_val_every_n_epoch=N)``: Lig
 device placement, DDP and logger plumbing that a callback would have to re-create.
 """
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -92,6 +93,9 @@ class TOFUEvalMixin:
             self.log(
                 f"{stage}/{key}", float(value), sync_dist=True, prog_bar=key in ("model_utility", "forget_quality")
             )
+        if summary.get("forget_quality"):
+            # float32 logging flushes p-values like 1e-239 (gradient ascent) to 0; the exponent survives.
+            self.log(f"{stage}/forget_quality_log10", math.log10(summary["forget_quality"]), sync_dist=True)
         settings = evaluator.settings
         if settings.write_outputs and trainer.is_global_zero:
             root = settings.output_dir or trainer.log_dir or trainer.default_root_dir

@@ -85,6 +85,7 @@ def test_validate_and_test_through_the_mixin(tiny_model_dir: Path, tofu_dir: Pat
     trainer = _trainer(tmp_path)
     trainer.test(module, dataloaders=small_loaders(tofu_dir, module.tokenizer, items=4, batch_size=4), verbose=False)
     assert trainer.callback_metrics["test/forget_quality"].item() == pytest.approx(1.0)
+    assert trainer.callback_metrics["test/forget_quality_log10"].item() == pytest.approx(0.0, abs=1e-6)
     assert trainer.callback_metrics["test/privleak"].item() == pytest.approx(0.0, abs=1e-6)
     assert (tmp_path / "o" / "tofu_eval" / "test-epoch=0-step=0" / "summary.json").is_file()
 
