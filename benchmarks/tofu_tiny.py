@@ -9,7 +9,7 @@ the embedded tiny Llama (3 blocks, hidden 192) fine-tuned on TOFU:
 2. evaluate the retain model once (the reference of forget quality) and the target;
 3. for every method and learning rate, unlearn the target for the SAME number of optimiser steps with its
    ``configs/tofu_tiny/<objective>.yaml`` under ``GEffectCallback(every_n_steps=5, coarse_groups=True,
-   realised_change=False)``, recording wall time and peak memory, then evaluate the unlearned model;
+   realised_change=False)``, recording wall time and peak memory, then evaluate the unlearned model in memory;
 4. write ``<out>/figures/tofu_tiny.json`` (every number), ``<out>/figures/tofu_tiny_tables.md`` (the tables
    ``docs/results.md`` quotes), ``<out>/figures/tofu_tiny_fq_mu.png`` (forget quality vs model utility) and
    ``<out>/figures/tofu_tiny_g_effect_layers.png`` (coarse-layer G-effects per method).
@@ -18,18 +18,24 @@ Methods: ``GA`` is GradAscent without a retain term; ``GradDiff`` is GA + retain
 term for the KL to the target model; NPO, SimNPO, IdkPO, WGA, TNPO and WTNPO use GD as their configs do; RMU uses its
 own representation-matching retain term.
 
+Every model (retain, target, each unlearned one) gets the same evaluation, ``lit_unlearn.eval.runner.evaluate`` on
+forget01 with ``--max-new-tokens`` greedy tokens and the first ``--max-items`` rows of each split (forget01 has 40 rows,
+so forget quality always uses all of them; model utility's retain/real-authors/world-facts sets are capped), without
+the holdout split, which only feeds membership inference.
+
 What is measured:
 
-* wall time: ``time.perf_counter`` around the whole ``fit`` (model loading, the G-effect measurements and saving
-  included; evaluation excluded and reported separately);
+* wall time: ``time.perf_counter`` around the whole ``fit`` (model and data loading and the G-effect measurements
+  included; evaluation excluded and reported separately as ``eval_s``);
 * peak memory: the process's peak resident set size during ``fit`` (``VmHWM`` of ``/proc/self/status``, reset before
   each run by writing ``5`` to ``/proc/self/clear_refs``), reported both absolute and as the increase over the resident
   size at the start of the run. Where ``clear_refs`` is not writable (non-Linux), the increase of
   ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is reported instead, which is 0 for a run that stays under an earlier
   peak; ``peak_memory_method`` in the JSON says which one was used.
 
-Finished runs are cached in ``<cache-dir>/benchmark/runs/<method>_lr<lr>_s<steps>_t<tokens>/run.json``, so an
-interrupted sweep resumes where it stopped (``--force`` reruns everything).
+Finished runs are cached in ``<cache-dir>/benchmark/runs/<method>_lr<lr>_s<steps>_t<tokens>_n<items>/run.json``, so
+an interrupted sweep resumes where it stopped (``--force`` reruns everything). The sweep of ``docs/results.md`` (42
+runs) took about 15 minutes on 2 shared CPU cores with one torch thread.
 
 Usage::
 
@@ -145,10 +151,60 @@ class PeakMemory:
             self.increase_mib = (peak - self.start_kib) / 1024
 
 
+# ------------------------------------------------------------------------------------------------ evaluation
+#: Membership inference (the holdout split) is not part of forget quality or model utility; skipping it saves time.
+EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """How every model of the sweep is evaluated (identical for the references and the unlearned models).
+
+    Args:
+        max_new_tokens: Greedy-generation budget per answer (ROUGE-L).
+        max_items: First rows evaluated per split; forget01 has 40, so forget quality always sees the whole split,
+            while model utility's retain/real-authors/world-facts sets are capped.
+    """
+
+    max_new_tokens: int
+    max_items: int | None
+
+    @property
+    def tag(self) -> str:
+        """Short folder suffix naming the plan."""
+        return f"t{self.max_new_tokens}_n{self.max_items or 'all'}"
+
+
+def evaluate_model(
+    model: Any, tokenizer: Any, out_dir: Path, data_dir: str | None, retain_eval: Path | None, plan: EvalPlan
+) -> dict[str, Any]:
+    """TOFU forget01 evaluation with ``lit_unlearn.eval.runner.evaluate``; per-item files go to ``out_dir``."""
+    from lit_unlearn.eval.runner import evaluate
+    from lit_unlearn.eval.settings import EvalSettings
+
+    settings = EvalSettings(
+        max_new_tokens=plan.max_new_tokens,
+        max_items=plan.max_items,
+        output_dir=str(out_dir),
+        retain_eval_path=str(retain_eval) if retain_eval is not None else None,
+    )
+    result = evaluate(
+        model,
+        tokenizer,
+        "forget01",
+        data_dir=data_dir,
+        settings=settings,
+        batch_size=40,
+        splits=EVAL_SPLITS,
+        progress=False,
+    )
+    return result["summary"]
+
+
 # ------------------------------------------------------------------------------------------------ one run
-def _run_name(method: Method, lr: float, steps: int, tokens: int) -> str:
+def _run_name(method: Method, lr: float, steps: int) -> str:
     safe = method.name.replace("+", "_")
-    return f"{safe}_lr{lr:g}_s{steps}_t{tokens}"
+    return f"{safe}_lr{lr:g}_s{steps}"
 
 
 def unlearn_and_evaluate(
@@ -159,7 +215,7 @@ def unlearn_and_evaluate(
     retain_eval: Path,
     run_dir: Path,
     data_dir: str | None,
-    max_new_tokens: int,
+    plan: EvalPlan,
     keep_model: bool,
 ) -> dict[str, Any]:
     """Unlearn ``target`` with ``method`` at ``lr`` for ``steps`` optimiser steps, then evaluate it.
@@ -167,16 +223,15 @@ def unlearn_and_evaluate(
     Returns the run record: timings, memory, the evaluation summary and the G-effect history.
     """
     from lit_unlearn.cli import run_lightning_cli
-    from lit_unlearn.quickstart import evaluate_dir
 
-    model_dir = run_dir / "model"
+    model_dir = run_dir / "model" if keep_model else None
     args = [
         "fit",
         "--config",
         str(CONFIGS / f"{method.config}.yaml"),
         f"--model.model_name_or_path={target}",
         f"--model.lr={lr}",
-        f"--model.output_dir={model_dir}",
+        f"--model.output_dir={model_dir or 'null'}",
         f"--trainer.max_steps={steps}",
         # The configs schedule warm-up in epochs; keeping max_epochs consistent with max_steps keeps it one epoch.
         f"--trainer.max_epochs={math.ceil(steps / STEPS_PER_EPOCH)}",
@@ -203,15 +258,13 @@ def unlearn_and_evaluate(
     callback = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "GEffectCallback")
     history = [dict(row) for row in callback.history]
     steps_done = int(cli.trainer.global_step)
+
+    # Evaluated in memory: the unlearned weights are only written with --keep-models (8 MB each, dozens per sweep).
+    start = time.perf_counter()
+    summary = evaluate_model(cli.model.model, cli.model.tokenizer, run_dir / "eval", data_dir, retain_eval, plan)
+    eval_wall = time.perf_counter() - start
     del cli, callback
     gc.collect()
-
-    start = time.perf_counter()
-    summary = evaluate_dir(model_dir, run_dir / "eval", data_dir, retain_eval, max_new_tokens)
-    eval_wall = time.perf_counter() - start
-    if not keep_model:
-        # Tiny weights are 8 MB each, but a sweep makes dozens; the evaluation files stay.
-        shutil.rmtree(model_dir, ignore_errors=True)
     return {
         "method": method.name,
         "family": method.family,
@@ -341,7 +394,7 @@ def write_tables(result: Mapping[str, Any], path: Path) -> None:
             coarse = {g: values[g] for g in ("shallow", "middle", "deep") if g in values}
             top = max(coarse, key=lambda g: abs(coarse[g])) if coarse else "–"
             g_rows.append([run["method"], label, *[values.get(g) for g in LAYER_GROUPS], values.get("total"), top])
-    lines += _table(["method", "G-effect", *LAYER_GROUPS, "total", "largest |·| third"], g_rows)
+    lines += _table(["method", "G-effect", *LAYER_GROUPS, "total", "largest-magnitude third"], g_rows)
     lines += [
         "",
         f"Pareto front over all runs (forget quality, model utility): {', '.join(result['pareto_front'])}.",
@@ -465,11 +518,12 @@ def plot_g_effect_layers(result: Mapping[str, Any], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 def _reference_evals(
-    cache: Path, data_dir: str | None, max_new_tokens: int, rebuild: bool
+    cache: Path, data_dir: str | None, plan: EvalPlan, rebuild: bool
 ) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
     """Build/reuse the tiny target and retain models and evaluate both (cached by recipe and token budget)."""
     from lit_unlearn.eval.summarize import summarize
-    from lit_unlearn.quickstart import config_path, ensure_finetuned, evaluate_dir
+    from lit_unlearn.models import load_causal_lm, load_tokenizer
+    from lit_unlearn.quickstart import config_path, ensure_finetuned
 
     runs = cache / "tensorboard"
     target = ensure_finetuned(config_path("finetune_target"), cache / "target", cache / "init", runs, data_dir, rebuild)
@@ -477,12 +531,14 @@ def _reference_evals(
     bench = cache / "benchmark"
     evals = {}
     for name, model_dir in (("retain", retain), ("target", target)):
-        out = bench / f"eval_{name}_t{max_new_tokens}"
-        key = (model_dir / "recipe.sha256").read_text() + f"\nmax_new_tokens={max_new_tokens}"
+        out = bench / f"eval_{name}_{plan.tag}"
+        key = (model_dir / "recipe.sha256").read_text() + f"\n{plan}"
         stamp = out / "eval.key"
         if rebuild or not stamp.is_file() or stamp.read_text() != key:
-            reference = bench / f"eval_retain_t{max_new_tokens}" if name == "target" else None
-            evaluate_dir(model_dir, out, data_dir, reference, max_new_tokens)
+            reference = evals.get("retain")
+            _say(f"evaluating the {name} model ({plan})")
+            model, tokenizer = load_causal_lm(str(model_dir)), load_tokenizer(str(model_dir))
+            evaluate_model(model, tokenizer, out, data_dir, reference, plan)
             stamp.write_text(key)
         evals[name] = out
     retain_eval = evals["retain"]
@@ -510,8 +566,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"subset of: {' '.join(METHODS)}",
     )
     parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
-    parser.add_argument("--steps", type=int, default=30, help="optimiser steps per run (10 = one forget01 epoch)")
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="greedy generation budget of the evaluation")
+    parser.add_argument("--steps", type=int, default=50, help="optimiser steps per run (10 = one forget01 epoch)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy generation budget of the evaluation")
+    parser.add_argument(
+        "--max-items", type=int, default=100, help="rows evaluated per split (0: all; forget01 has 40 anyway)"
+    )
     parser.add_argument(
         "--keep-utility",
         type=float,
@@ -550,37 +609,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = Path(args.out).resolve() / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sweep_start = time.perf_counter()
-    target, retain_eval, target_summary, retain_summary = _reference_evals(
-        cache, args.data_dir, args.max_new_tokens, args.rebuild
-    )
+    plan = EvalPlan(args.max_new_tokens, args.max_items or None)
+    target, retain_eval, target_summary, retain_summary = _reference_evals(cache, args.data_dir, plan, args.rebuild)
     _say(f"target: FQ {_fmt(target_summary['forget_quality'])}, MU {_fmt(target_summary['model_utility'])}")
 
-    plan = [(METHODS[m], lr) for m in args.methods for lr in args.lrs]
+    todo = [(METHODS[m], lr) for m in args.methods for lr in args.lrs]
     if args.time_one:
-        plan = [(METHODS["GA"], args.lrs[0])]
-    runs = []
-    for index, (method, lr) in enumerate(plan, 1):
-        run_dir = cache / "benchmark" / "runs" / _run_name(method, lr, args.steps, args.max_new_tokens)
+        todo = [(METHODS["GA"], args.lrs[0])]
+    runs: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for index, (method, lr) in enumerate(todo, 1):
+        run_dir = cache / "benchmark" / "runs" / f"{_run_name(method, lr, args.steps)}_{plan.tag}"
         record_path = run_dir / "run.json"
         key = (cache / "target" / "recipe.sha256").read_text()
         if not args.force and record_path.is_file():
             record = json.loads(record_path.read_text())
             if record.get("target_recipe") == key:
-                _say(f"[{index}/{len(plan)}] {method.name} lr {lr:g}: cached")
+                _say(f"[{index}/{len(todo)}] {method.name} lr {lr:g}: cached")
                 runs.append(record)
                 continue
-        _say(f"[{index}/{len(plan)}] {method.name} lr {lr:g}: unlearning {args.steps} steps")
+        _say(f"[{index}/{len(todo)}] {method.name} lr {lr:g}: unlearning {args.steps} steps")
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        record = unlearn_and_evaluate(
-            method, lr, args.steps, target, retain_eval, run_dir, args.data_dir, args.max_new_tokens, args.keep_models
-        )
+        try:
+            record = unlearn_and_evaluate(
+                method, lr, args.steps, target, retain_eval, run_dir, args.data_dir, plan, args.keep_models
+            )
+        except Exception as err:  # one broken method must not cost the rest of a 30-minute sweep; it is reported
+            _say(f"[{index}/{len(todo)}] {method.name} lr {lr:g}: FAILED: {type(err).__name__}: {err}")
+            failures.append({"method": method.name, "lr": lr, "error": f"{type(err).__name__}: {err}"})
+            continue
         record["target_recipe"] = key
         record_path.write_text(json.dumps(record, indent=1, default=float))
         s = record["summary"]
         _say(
-            f"[{index}/{len(plan)}] {method.name} lr {lr:g}: FQ {_fmt(s['forget_quality'])}, "
+            f"[{index}/{len(todo)}] {method.name} lr {lr:g}: FQ {_fmt(s['forget_quality'])}, "
             f"MU {_fmt(s['model_utility'])}, forget ROUGE-L {_fmt(s.get('forget/rouge_l_recall'))}; "
             f"fit {record['wall_s']:.0f} s, eval {record['eval_s']:.0f} s, peak RSS {record['peak_rss_mib']:.0f} MiB "
             f"(+{record['rss_increase_mib']:.0f})"
@@ -603,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lrs": args.lrs,
             "methods": args.methods,
             "max_new_tokens": args.max_new_tokens,
+            "max_items": plan.max_items,
+            "eval_splits": list(EVAL_SPLITS),
             "keep_utility": args.keep_utility,
             "g_effect": {"every_n_steps": 5, "coarse_groups": True, "realised_change": False},
             "torch_threads": torch.get_num_threads(),
@@ -611,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference": {"target": target_summary, "retain": retain_summary},
         "best_lr": best,
         "pareto_front": pareto_front(runs),
+        "failures": failures,
         "runs": [{k: v for k, v in r.items() if k != "g_effect_history"} for r in runs],
         "sweep_wall_s": time.perf_counter() - sweep_start,
     }
