@@ -518,16 +518,21 @@ def plot_g_effect_layers(result: Mapping[str, Any], path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 def _reference_evals(
-    cache: Path, data_dir: str | None, plan: EvalPlan, rebuild: bool
+    cache: Path,
+    data_dir: str | None,
+    plan: EvalPlan,
+    rebuild: bool,
+    target_config: Path,
+    retain_config: Path,
 ) -> tuple[Path, Path, dict[str, Any], dict[str, Any]]:
     """Build/reuse the tiny target and retain models and evaluate both (cached by recipe and token budget)."""
     from lit_unlearn.eval.summarize import summarize
     from lit_unlearn.models import load_causal_lm, load_tokenizer
-    from lit_unlearn.quickstart import config_path, ensure_finetuned
+    from lit_unlearn.quickstart import ensure_finetuned
 
     runs = cache / "tensorboard"
-    target = ensure_finetuned(config_path("finetune_target"), cache / "target", cache / "init", runs, data_dir, rebuild)
-    retain = ensure_finetuned(config_path("finetune_retain"), cache / "retain", cache / "init", runs, data_dir, rebuild)
+    target = ensure_finetuned(target_config, cache / "target", cache / "init", runs, data_dir, rebuild)
+    retain = ensure_finetuned(retain_config, cache / "retain", cache / "init", runs, data_dir, rebuild)
     bench = cache / "benchmark"
     evals = {}
     for name, model_dir in (("retain", retain), ("target", target)):
@@ -557,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="outputs/tofu_tiny", help="tiny models, evaluations and run caches")
     parser.add_argument("--out", default="docs", help="writes <out>/figures/tofu_tiny*.{json,md,png}")
     parser.add_argument("--data-dir", default=None, help="local TOFU folder (default: $LIT_UNLEARN_TOFU_DIR)")
+    parser.add_argument("--target-config", default=None, help="fine-tuning config of the target (default: shipped)")
+    parser.add_argument("--retain-config", default=None, help="fine-tuning config of the retain (default: shipped)")
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -610,7 +617,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures.mkdir(parents=True, exist_ok=True)
     sweep_start = time.perf_counter()
     plan = EvalPlan(args.max_new_tokens, args.max_items or None)
-    target, retain_eval, target_summary, retain_summary = _reference_evals(cache, args.data_dir, plan, args.rebuild)
+    from lit_unlearn.quickstart import config_path
+
+    target_config = Path(args.target_config) if args.target_config else config_path("finetune_target")
+    retain_config = Path(args.retain_config) if args.retain_config else config_path("finetune_retain")
+    target, retain_eval, target_summary, retain_summary = _reference_evals(
+        cache, args.data_dir, plan, args.rebuild, target_config, retain_config
+    )
     _say(f"target: FQ {_fmt(target_summary['forget_quality'])}, MU {_fmt(target_summary['model_utility'])}")
 
     todo = [(METHODS[m], lr) for m in args.methods for lr in args.lrs]
@@ -663,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "settings": {
             "forget_split": "forget01",
+            "target_config": str(target_config),
+            "retain_config": str(retain_config),
             "steps": args.steps,
             "lrs": args.lrs,
             "methods": args.methods,
