@@ -113,6 +113,7 @@ def unlearn(
         "--trainer.callbacks+=callbacks.GEffectCallback",
         f"--trainer.callbacks.every_n_steps={every_n_steps}",
         "--trainer.callbacks.coarse_groups=true",
+        "--trainer.callbacks.realised_change=true",
         f"--trainer.callbacks.output_dir={out_dir / 'g_effect'}",
     ]
     if data_dir:

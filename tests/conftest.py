@@ -30,6 +30,10 @@ def _tofu_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Point the library at the local copy and keep every test off the network."""
     monkeypatch.setenv("LIT_UNLEARN_TOFU_DIR", str(_tofu_dir()))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE once at import: patch the constant too, or a Hub id would hit the network.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -4,7 +4,7 @@ from lit_unlearn.data.collate import pad_sequences
 from lit_unlearn.data.datasets import PartsCollator, QACollator, QADataset, ZippedDataset
 from lit_unlearn.data.finetune_datamodule import TOFUFinetuneDataModule
 from lit_unlearn.data.formatting import IGNORE_INDEX, PromptFormat, encode_answer, encode_pair, encode_prompt
-from lit_unlearn.data.loaders import PartsCombinedLoader, load_tokenizer
+from lit_unlearn.data.loaders import PartsCombinedLoader
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, forget_authors
 from lit_unlearn.data.tofu import TOFU_SPLITS, TOFUDataError, load_tofu, resolve_tofu_file
 from lit_unlearn.data.unlearn_datamodule import TOFUUnlearnDataModule, idk_answers
@@ -29,7 +29,6 @@ __all__ = [
     "forget_authors",
     "idk_answers",
     "load_tofu",
-    "load_tokenizer",
     "pad_sequences",
     "resolve_tofu_file",
 ]

@@ -8,9 +8,10 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_unlearn.data.datasets import QACollator, QADataset
 from lit_unlearn.data.formatting import PromptFormat
-from lit_unlearn.data.loaders import load_tokenizer, seeded_loader
+from lit_unlearn.data.loaders import seeded_loader
 from lit_unlearn.data.subsets import FULL_OFFSETS, author_of, check_authors, forget_authors, full_indices
 from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, TOFU_SPLITS, load_tofu, resolve_tofu_file
+from lit_unlearn.models.hub import load_tokenizer
 
 AuthorSplit = Literal["full", "retain99", "retain95", "retain90", "forget01", "forget05", "forget10"]
 """Splits that are contiguous blocks of ``full``, so their rows map to author indices."""

@@ -1,27 +1,10 @@
-"""DataLoader plumbing shared by the TOFU DataModules: tokenizer loading, seeded loaders, paired batches."""
+"""DataLoader plumbing shared by the TOFU DataModules: seeded loaders and paired batches."""
 
 from collections.abc import Callable
 
 import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """``AutoTokenizer.from_pretrained`` with ``pad_token = eos_token`` when the tokenizer has no pad token.
-
-    Padded positions are masked by the attention mask and the -100 labels, so reusing EOS as pad is safe
-    (and is what TOFU and OpenUnlearning do).
-    """
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(
-                f"The tokenizer {name_or_path!r} has neither a pad nor an EOS token; set tokenizer.eos_token."
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def seeded_loader(

@@ -11,9 +11,10 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_unlearn.data.datasets import PartsCollator, QACollator, QADataset, ZippedDataset
 from lit_unlearn.data.formatting import PromptFormat
-from lit_unlearn.data.loaders import PartsCombinedLoader, load_tokenizer, seeded_loader
+from lit_unlearn.data.loaders import PartsCombinedLoader, seeded_loader
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, forget_authors, full_indices
 from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, load_tofu, resolve_tofu_file
+from lit_unlearn.models.hub import load_tokenizer
 
 ForgetSplit = Literal["forget01", "forget05", "forget10"]
 RetainSplit = Literal["retain99", "retain95", "retain90"]

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
@@ -18,9 +17,9 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.data.collate import pad_to_width
-from lit_unlearn.eval.mixin import TOFUEvalMixin
 from lit_unlearn.eval.settings import EvalSettings
-from lit_unlearn.models import LoraSettings, load_causal_lm, load_tokenizer
+from lit_unlearn.models import DType, LoraSettings, load_causal_lm
+from lit_unlearn.modules.causal_lm import CausalLMModule
 
 Batch = Mapping[str, Tensor]
 """One batch part: ``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding), each (B, T)."""
@@ -28,7 +27,7 @@ Batch = Mapping[str, Tensor]
 RetainLoss = Literal["none", "nll", "kl"]
 
 
-class UnlearningModule(TOFUEvalMixin, LightningModule):
+class UnlearningModule(CausalLMModule):
     """Base class of every unlearning objective: loss = ``forget_weight · L_forget + retain_weight · L_retain``.
 
     The retain term is ``"nll"`` (gradient difference: mean answer NLL on the retain batch), ``"kl"`` (forward
@@ -68,33 +67,33 @@ class UnlearningModule(TOFUEvalMixin, LightningModule):
         warmup_epochs: float = 1.0,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
-        dtype: str = "auto",
+        dtype: DType = "auto",
         attn_implementation: str | None = None,
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
     ) -> None:
-        super().__init__()
         if retain_loss not in self._retain_choices():
             raise ValueError(f"retain_loss={retain_loss!r}; choose one of {self._retain_choices()}.")
         if forget_weight < 0 or retain_weight < 0:
             raise ValueError(f"forget_weight and retain_weight must be ≥ 0, got {forget_weight} and {retain_weight}.")
+        super().__init__(
+            model_name_or_path=model_name_or_path,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            lora=lora,
+            output_dir=output_dir,
+            evaluation=evaluation,
+        )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.retain_loss = retain_loss
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
-        self.lr = lr
-        self.weight_decay = weight_decay
         self.warmup_epochs = warmup_epochs
-        self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.output_dir = output_dir
-        self.eval_settings = evaluation or EvalSettings()
-        self.tokenizer = load_tokenizer(model_name_or_path)
-        self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
-        # from_pretrained returns eval mode; Lightning keeps module modes as they are, so choose train mode here.
-        self.model.train()
-        self.uses_lora = lora is not None
         self.reference_model: PreTrainedModel | None = None
         if self.needs_reference and not self.uses_lora:
             self.reference_model = load_causal_lm(
@@ -234,13 +233,7 @@ class UnlearningModule(TOFUEvalMixin, LightningModule):
     # --------------------------------------------------------------------------------------------- optimisation
     @override
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(self).__name__} has no trainable parameter; check lora / trainable settings.")
-        if self.optimizer_factory is not None:
-            optimizer = self.optimizer_factory(params)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = self.build_optimizer()
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
@@ -249,9 +242,3 @@ class UnlearningModule(TOFUEvalMixin, LightningModule):
             warmup = math.ceil(self.warmup_epochs * total / epochs)
             scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    @override
-    def on_fit_end(self) -> None:
-        if self.output_dir and self.trainer.is_global_zero:
-            self.model.save_pretrained(self.output_dir)
-            self.tokenizer.save_pretrained(self.output_dir)

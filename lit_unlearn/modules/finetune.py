@@ -6,28 +6,26 @@ only the training data differ. With ``tiny`` set, the model is the embedded tiny
 whole pipeline runs offline.
 """
 
-import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
 from lit_unlearn import losses
-from lit_unlearn.eval.mixin import TOFUEvalMixin
 from lit_unlearn.eval.settings import EvalSettings
-from lit_unlearn.models import DType, LoraSettings, load_causal_lm, load_tokenizer
+from lit_unlearn.models import DType, LoraSettings
 from lit_unlearn.models.tiny import TinyLlamaSpec, build_tiny_model
+from lit_unlearn.modules.causal_lm import CausalLMModule
 
 Batch = Mapping[str, Tensor]
 """``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding), each (B, T)."""
 
 
-class Finetune(TOFUEvalMixin, LightningModule):
+class Finetune(CausalLMModule):
     """Plain SFT: minimise the mean NLL of the answer tokens (prompt tokens are masked with -100).
 
     The loss is the token mean over the whole batch, like Hugging Face's ``outputs.loss``: logits at position t
@@ -79,33 +77,30 @@ class Finetune(TOFUEvalMixin, LightningModule):
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
     ) -> None:
-        super().__init__()
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}.")
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}.")
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = tuple(betas)
-        self.warmup_ratio = warmup_ratio
-        self.min_lr_ratio = min_lr_ratio
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.output_dir = output_dir
-        self.eval_settings = evaluation or EvalSettings()
         if tiny is not None:
             # Built here, not in setup(): the CLI instantiates the DataModule, which loads the tokenizer from this
             # same path, right after the model.
             build_tiny_model(model_name_or_path, tiny, tiny_data_dir)
-        self.tokenizer = load_tokenizer(model_name_or_path)
-        self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
-        # from_pretrained returns eval mode and Lightning (>= 2.2) keeps submodule modes as found at fit start:
-        # without this, dropout would silently stay off during training.
-        self.model.train()
-        self.uses_lora = lora is not None
+        super().__init__(
+            model_name_or_path=model_name_or_path,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            lora=lora,
+            output_dir=output_dir,
+            evaluation=evaluation,
+        )
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.betas = tuple(betas)
+        self.warmup_ratio = warmup_ratio
+        self.min_lr_ratio = min_lr_ratio
+        self.scheduler_factory = scheduler
 
     # -------------------------------------------------------------------------------------------------- loss
     def answer_nll(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -154,13 +149,7 @@ class Finetune(TOFUEvalMixin, LightningModule):
     # ------------------------------------------------------------------------------------------ optimisation
     @override
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("Finetune has no trainable parameter; check the lora settings.")
-        if self.optimizer_factory is not None:
-            optimizer = self.optimizer_factory(params)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        optimizer = self.build_optimizer(betas=self.betas)
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
@@ -169,17 +158,6 @@ class Finetune(TOFUEvalMixin, LightningModule):
                 optimizer, _warmup_cosine(total, math.ceil(self.warmup_ratio * total), self.min_lr_ratio)
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    @override
-    def on_fit_end(self) -> None:
-        if not self.output_dir or not self.trainer.is_global_zero:
-            return
-        model = self.model
-        if self.uses_lora:
-            # A merged copy loads with AutoModelForCausalLM alone; the training module keeps its adapters.
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(self.output_dir)
-        self.tokenizer.save_pretrained(self.output_dir)
 
 
 def _warmup_cosine(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
