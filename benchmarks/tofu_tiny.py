@@ -225,32 +225,7 @@ def unlearn_and_evaluate(
     from lit_unlearn.cli import run_lightning_cli
 
     model_dir = run_dir / "model" if keep_model else None
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS / f"{method.config}.yaml"),
-        f"--model.model_name_or_path={target}",
-        f"--model.lr={lr}",
-        f"--model.output_dir={model_dir or 'null'}",
-        f"--trainer.max_steps={steps}",
-        # The configs schedule warm-up in epochs; keeping max_epochs consistent with max_steps keeps it one epoch.
-        f"--trainer.max_epochs={math.ceil(steps / STEPS_PER_EPOCH)}",
-        "--trainer.limit_val_batches=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={run_dir / 'tensorboard'}",
-        "--trainer.callbacks+=callbacks.GEffectCallback",
-        "--trainer.callbacks.every_n_steps=5",
-        "--trainer.callbacks.coarse_groups=true",
-        "--trainer.callbacks.realised_change=false",
-        "--trainer.callbacks.save_plot=false",
-        f"--trainer.callbacks.output_dir={run_dir}",
-    ]
-    if method.retain_loss is not None:
-        args.append(f"--model.retain_loss={method.retain_loss}")
-    if data_dir:
-        args.append(f"--data.data_dir={data_dir}")
-
+    args = fit_args(method, lr, steps, target, run_dir, data_dir, model_dir)
     with PeakMemory() as memory:
         start = time.perf_counter()
         cli = run_lightning_cli(args)
@@ -282,6 +257,75 @@ def unlearn_and_evaluate(
         "g_effect": layer_g_effects(history),
         "g_effect_history": history,
     }
+
+
+def fit_args(
+    method: Method, lr: float, steps: int, target: Path, run_dir: Path, data_dir: str | None, model_dir: Path | None
+) -> list[str]:
+    """LightningCLI arguments of one unlearning run under the G-effect callback."""
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / f"{method.config}.yaml"),
+        f"--model.model_name_or_path={target}",
+        f"--model.lr={lr}",
+        f"--model.output_dir={model_dir or 'null'}",
+        f"--trainer.max_steps={steps}",
+        # The configs schedule warm-up in epochs; keeping max_epochs consistent with max_steps keeps it one epoch.
+        f"--trainer.max_epochs={math.ceil(steps / STEPS_PER_EPOCH)}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={run_dir / 'tensorboard'}",
+        "--trainer.callbacks+=callbacks.GEffectCallback",
+        "--trainer.callbacks.every_n_steps=5",
+        "--trainer.callbacks.coarse_groups=true",
+        "--trainer.callbacks.realised_change=false",
+        "--trainer.callbacks.save_plot=false",
+        f"--trainer.callbacks.output_dir={run_dir}",
+    ]
+    if method.retain_loss is not None:
+        args.append(f"--model.retain_loss={method.retain_loss}")
+    if data_dir:
+        args.append(f"--data.data_dir={data_dir}")
+    return args
+
+
+def probe_memory(method: Method, lr: float, steps: int, target: Path, run_dir: Path, data_dir: str | None) -> None:
+    """Print, as one JSON line, the peak RSS increase of one unlearning ``fit`` in THIS (fresh) process.
+
+    In the sweep's long-lived process, later runs reuse memory freed by earlier ones, so their RSS increase
+    understates what a run needs; a fresh process, measured after its imports, gives comparable per-method numbers.
+    """
+    import transformers.models.llama.modeling_llama  # noqa: F401  (imported before the baseline: not counted)
+
+    from lit_unlearn.cli import run_lightning_cli
+
+    with PeakMemory() as memory:
+        run_lightning_cli(fit_args(method, lr, steps, target, run_dir, data_dir, None))
+    print(json.dumps({"method": method.name, "peak_rss_mib": memory.peak_mib, "increase_mib": memory.increase_mib}))
+
+
+def fresh_process_memory(
+    methods: Sequence[str], lr: float, steps: int, cache: Path, data_dir: str | None, threads: int
+) -> dict[str, dict[str, float]]:
+    """Run :func:`probe_memory` for each method in its own subprocess and collect the results."""
+    import subprocess
+
+    out = {}
+    for name in methods:
+        command = [sys.executable, __file__, "--probe-memory", name, "--lrs", str(lr), "--steps", str(steps)]
+        command += ["--cache-dir", str(cache), "--threads", str(threads)]
+        if data_dir:
+            command += ["--data-dir", data_dir]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            _say(f"memory probe of {name} failed (exit {done.returncode}): {done.stderr[-500:]}")
+            continue
+        out[name] = json.loads(lines[-1])
+        _say(f"memory probe {name}: peak RSS {out[name]['peak_rss_mib']:.0f} MiB (+{out[name]['increase_mib']:.0f})")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -395,6 +439,15 @@ def write_tables(result: Mapping[str, Any], path: Path) -> None:
             top = max(coarse, key=lambda g: abs(coarse[g])) if coarse else "–"
             g_rows.append([run["method"], label, *[values.get(g) for g in LAYER_GROUPS], values.get("total"), top])
     lines += _table(["method", "G-effect", *LAYER_GROUPS, "total", "largest-magnitude third"], g_rows)
+    probes = result.get("fresh_process_memory") or {}
+    if probes:
+        lines += ["", "### Peak memory of one unlearning fit, each in a fresh process", ""]
+        lines += _table(
+            ["method", "peak RSS (MiB)", "increase over the process after imports (MiB)"],
+            [[name, p["peak_rss_mib"], p["increase_mib"]] for name, p in probes.items()],
+        )
+    for failure in result.get("failures", []):
+        lines += ["", f"FAILED: {failure['method']} at lr {failure['lr']:g}: {failure['error']}"]
     lines += [
         "",
         f"Pareto front over all runs (forget quality, model utility): {', '.join(result['pareto_front'])}.",
@@ -593,6 +646,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="torch intra-op threads (1: on an oversubscribed CPU, OpenMP spin-waiting made 2 threads ~8x slower)",
     )
+    parser.add_argument(
+        "--memory-probes",
+        action="store_true",
+        help="also measure each method's peak memory in a fresh process (first lr, --steps steps, no evaluation)",
+    )
+    parser.add_argument("--probe-memory", default=None, choices=list(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--time-one", action="store_true", help="time one GA run and its evaluation, then stop")
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -613,6 +672,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_tofu("full", data_dir)  # fail in seconds, with the fix, when the TOFU folder is wrong
     cache = Path(args.cache_dir).resolve()
+    if args.probe_memory:
+        probe_dir = cache / "benchmark" / "memory_probe" / METHODS[args.probe_memory].name.replace("+", "_")
+        probe_memory(METHODS[args.probe_memory], args.lrs[0], args.steps, cache / "target", probe_dir, args.data_dir)
+        return 0
     figures = Path(args.out).resolve() / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sweep_start = time.perf_counter()
@@ -667,6 +730,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"timing done in {time.perf_counter() - sweep_start:.0f} s")
         return 0
 
+    probes = {}
+    if args.memory_probes:
+        probes = fresh_process_memory(args.methods, args.lrs[0], args.steps, cache, args.data_dir, args.threads)
     best = {}
     for name in dict.fromkeys(r["method"] for r in runs):
         chosen = choose_best(
@@ -693,6 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "best_lr": best,
         "pareto_front": pareto_front(runs),
         "failures": failures,
+        "fresh_process_memory": probes,
         "runs": [{k: v for k, v in r.items() if k != "g_effect_history"} for r in runs],
         "sweep_wall_s": time.perf_counter() - sweep_start,
     }
