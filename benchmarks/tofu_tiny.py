@@ -467,7 +467,11 @@ MARKERS = {"none": "X", "GD": "o", "KL": "s", "RMU": "^"}
 
 
 def plot_scatter(result: Mapping[str, Any], path: Path) -> None:
-    """Forget quality (log) vs model utility: every run small, each method's best lr large and labelled."""
+    """Forget quality (log) vs model utility: every run small, each method's best lr large.
+
+    Left: every run. Right: a zoom on the high-utility corner where the best runs sit, labelled; best runs that land
+    on the same point (forget quality takes few distinct values on 40 items) share one label.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -475,52 +479,70 @@ def plot_scatter(result: Mapping[str, Any], path: Path) -> None:
 
     names = list(dict.fromkeys(r["method"] for r in result["runs"]))
     colours = _palette(names)
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
     floor = 1e-12  # a KS p-value can underflow to 0; draw it at the floor of the log axis
-    for run in result["runs"]:
-        s = run["summary"]
-        is_best = result["best_lr"].get(run["method"]) == run["lr"]
-        ax.scatter(
-            s["model_utility"],
-            max(s["forget_quality"], floor),
-            s=90 if is_best else 22,
-            marker=MARKERS.get(run["regulariser"], "o"),
-            color=colours[run["method"]],
-            alpha=1.0 if is_best else 0.45,
-            edgecolors="black" if is_best else "none",
-            linewidths=0.8,
-            label=run["method"] if is_best else None,
-            zorder=3 if is_best else 2,
-        )
-        if is_best:
-            ax.annotate(
-                f"{run['method']} ({run['lr']:g})",
-                (s["model_utility"], max(s["forget_quality"], floor)),
-                textcoords="offset points",
-                xytext=(5, 4),
-                fontsize=7,
+    best_runs = [r for r in result["runs"] if result["best_lr"].get(r["method"]) == r["lr"]]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [1, 1.25]})
+    for ax in axes:
+        for run in result["runs"]:
+            s = run["summary"]
+            is_best = run in best_runs
+            ax.scatter(
+                s["model_utility"],
+                max(s["forget_quality"], floor),
+                s=90 if is_best else 22,
+                marker=MARKERS.get(run["regulariser"], "o"),
+                color=colours[run["method"]],
+                alpha=1.0 if is_best else 0.45,
+                edgecolors="black" if is_best else "none",
+                linewidths=0.8,
+                label=run["method"] if is_best and ax is axes[0] else None,
+                zorder=3 if is_best else 2,
             )
-    for label, key, marker in (("target", "target", "*"), ("retain (oracle)", "retain", "P")):
-        s = result["reference"][key]
-        ax.scatter(s["model_utility"], max(s["forget_quality"], floor), s=160, marker=marker, color="black", zorder=4)
-        ax.annotate(
-            label,
-            (s["model_utility"], max(s["forget_quality"], floor)),
-            xytext=(6, -10),
+        for label, key, marker in (("target", "target", "*"), ("retain (oracle)", "retain", "P")):
+            s = result["reference"][key]
+            point = (s["model_utility"], max(s["forget_quality"], floor))
+            ax.scatter(*point, s=160, marker=marker, color="black", zorder=4)
+            ax.annotate(label, point, xytext=(6, -12), textcoords="offset points", fontsize=8, fontweight="bold")
+        ax.set_yscale("log")
+        ax.set_xlabel("model utility (higher is better)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("forget quality: KS p-value vs retain model (higher is better)")
+    axes[0].set_title("all runs", fontsize=9)
+    axes[0].legend(fontsize=7, ncol=2, loc="lower left", framealpha=0.85)
+
+    zoom = axes[1]
+    mus = [r["summary"]["model_utility"] for r in best_runs] + [result["reference"]["target"]["model_utility"]]
+    fqs = [max(r["summary"]["forget_quality"], floor) for r in best_runs]
+    zoom.set_xlim(min(mus) - 0.01, max(mus) + 0.03)
+    zoom.set_ylim(min(fqs + [result["reference"]["target"]["forget_quality"]]) / 3, 3.0)
+    groups: list[tuple[float, float, list[str]]] = []
+    for run in sorted(best_runs, key=lambda r: (-r["summary"]["forget_quality"], -r["summary"]["model_utility"])):
+        mu, fq = run["summary"]["model_utility"], max(run["summary"]["forget_quality"], floor)
+        label = f"{run['method']} ({run['lr']:g})"
+        for gmu, gfq, members in groups:
+            if abs(gmu - mu) < 0.004 and abs(math.log10(gfq) - math.log10(fq)) < 0.02:
+                members.append(label)
+                break
+        else:
+            groups.append((mu, fq, [label]))
+    for index, (mu, fq, members) in enumerate(groups):
+        # Alternate sides so neighbouring labels on the same forget-quality rung do not overprint.
+        dx = 8 if index % 2 == 0 else -8
+        zoom.annotate(
+            ", ".join(members),
+            (mu, fq),
+            xytext=(dx, 5 if index % 4 < 2 else -11),
             textcoords="offset points",
-            fontsize=8,
-            fontweight="bold",
+            ha="left" if dx > 0 else "right",
+            fontsize=7,
         )
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility (higher is better)")
-    ax.set_ylabel("forget quality: KS p-value vs retain model (higher is better)")
+    zoom.set_title("zoom on the best lr of each method", fontsize=9)
     settings = result["settings"]
-    ax.set_title(
-        f"Tiny TOFU forget01, {settings['steps']} steps; small: every lr, large: best lr (✕ none, ● GD, ■ KL, ▲ RMU)",
-        fontsize=9,
+    fig.suptitle(
+        f"Tiny TOFU forget01, {settings['steps']} steps per run, lrs {', '.join(f'{x:g}' for x in settings['lrs'])}; "
+        "small: every lr, large: best lr (✕ none, ● GD, ■ KL, ▲ RMU)",
+        fontsize=10,
     )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2, loc="best", framealpha=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -570,6 +592,13 @@ def plot_g_effect_layers(result: Mapping[str, Any], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def write_outputs(result: Mapping[str, Any], figures: Path) -> None:
+    """The tables and both figures of a sweep result."""
+    write_tables(result, figures / "tofu_tiny_tables.md")
+    plot_scatter(result, figures / "tofu_tiny_fq_mu.png")
+    plot_g_effect_layers(result, figures / "tofu_tiny_g_effect_layers.png")
+
+
 def _reference_evals(
     cache: Path,
     data_dir: str | None,
@@ -651,6 +680,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure each method's peak memory in a fresh process (first lr, --steps steps, no evaluation)",
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="only rewrite the tables and figures from <out>/figures/tofu_tiny.json"
+    )
     parser.add_argument("--probe-memory", default=None, choices=list(METHODS), help=argparse.SUPPRESS)
     parser.add_argument("--time-one", action="store_true", help="time one GA run and its evaluation, then stop")
     args = parser.parse_args(argv)
@@ -658,6 +690,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--steps must be ≥ 1, got {args.steps}")
     if any(lr <= 0 for lr in args.lrs):
         parser.error(f"--lrs must be positive, got {args.lrs}")
+    if args.replot:
+        figures = Path(args.out).resolve() / "figures"
+        result = json.loads((figures / "tofu_tiny.json").read_text(encoding="utf-8"))
+        write_outputs(result, figures)
+        return 0
     if args.threads < 1:
         parser.error(f"--threads must be ≥ 1, got {args.threads}")
     data_dir = args.data_dir or os.environ.get("LIT_UNLEARN_TOFU_DIR")
@@ -764,9 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_wall_s": time.perf_counter() - sweep_start,
     }
     (figures / "tofu_tiny.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
-    write_tables(result, figures / "tofu_tiny_tables.md")
-    plot_scatter(result, figures / "tofu_tiny_fq_mu.png")
-    plot_g_effect_layers(result, figures / "tofu_tiny_g_effect_layers.png")
+    write_outputs(result, figures)
     _say(f"sweep done in {result['sweep_wall_s']:.0f} s; wrote {figures}/tofu_tiny.json, tables and figures")
     return 0
 
