@@ -34,12 +34,13 @@ What is measured:
   peak; ``peak_memory_method`` in the JSON says which one was used.
 
 Finished runs are cached in ``<cache-dir>/benchmark/runs/<method>_lr<lr>_s<steps>_t<tokens>_n<items>/run.json``, so
-an interrupted sweep resumes where it stopped (``--force`` reruns everything). The sweep of ``docs/results.md`` (42
-runs) took about 15 minutes on 2 shared CPU cores with one torch thread.
+an interrupted sweep resumes where it stopped (``--force`` reruns everything). The sweep of ``docs/results.md`` (70
+runs, the defaults) took about 28 minutes on 2 shared CPU cores with one torch thread, plus 4 minutes for
+``--memory-probes``.
 
 Usage::
 
-    python benchmarks/tofu_tiny.py                                  # the sweep of docs/results.md
+    python benchmarks/tofu_tiny.py --memory-probes                  # the sweep of docs/results.md
     python benchmarks/tofu_tiny.py --methods WGA NPO --lrs 3e-4     # a subset
     python benchmarks/tofu_tiny.py --time-one                       # time one GA run + its evaluation, then stop
 """
@@ -654,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="METHOD",
         help=f"subset of: {' '.join(METHODS)}",
     )
-    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3], help="learning-rate sweep")
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 2e-4, 3e-4, 1e-3, 3e-3], help="lr sweep")
     parser.add_argument("--steps", type=int, default=50, help="optimiser steps per run (10 = one forget01 epoch)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy generation budget of the evaluation")
     parser.add_argument(
