@@ -99,6 +99,7 @@ def unlearn(
     config: Path, target: Path, out_dir: Path, data_dir: str | None, every_n_steps: int
 ) -> tuple[Path, list[dict[str, Any]], Path]:
     """Unlearn ``target`` with ``config`` under the G-effect callback; returns the model dir, history and log dir."""
+    from callbacks import GEffectCallback
     from lit_unlearn.cli import run_lightning_cli
 
     model_dir = out_dir / "unlearned"
@@ -122,7 +123,7 @@ def unlearn(
     start = time.perf_counter()
     cli = run_lightning_cli(args)
     _say(f"unlearning done in {time.perf_counter() - start:.0f} s")
-    g_effect = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "GEffectCallback")
+    g_effect = next(cb for cb in cli.trainer.callbacks if isinstance(cb, GEffectCallback))
     return model_dir, g_effect.history, Path(cli.trainer.log_dir or out_dir)
 
 

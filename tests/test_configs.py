@@ -1,6 +1,5 @@
 """Every shipped config parses and instantiates through the real CLI (litgpt's config-hub test)."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,8 @@ def test_configs_exist() -> None:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_config_instantiates(config: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_config_instantiates(config: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     """Parse and instantiate with the model swapped for the offline tiny one and outputs sent to tmp_path."""
-    monkeypatch.setattr(sys, "argv", ["lit-unlearn"])
     raw = yaml.safe_load(config.read_text())
     header = config.read_text().splitlines()[:3]
     assert all(line.startswith("#") for line in header), "configs open with a 3-line comment header"

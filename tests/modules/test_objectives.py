@@ -1,7 +1,6 @@
 """Every unlearning objective: forward-pass budget, training through the CLI, checkpoints, LoRA."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -152,12 +151,6 @@ def _forget_nll(model: torch.nn.Module, part: dict) -> float:
     with torch.no_grad():
         out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"])
     return out.loss.item()
-
-
-@pytest.fixture(autouse=True)
-def _plain_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    # LightningCLI(args=...) warns when sys.argv also carries arguments (pytest's own).
-    monkeypatch.setattr(sys, "argv", ["lit-unlearn"])
 
 
 def _cli_args(name: str, model_dir: Path, root: Path, extra: list[str]) -> list[str]:
