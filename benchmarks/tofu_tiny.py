@@ -223,7 +223,7 @@ def unlearn_and_evaluate(
 
     Returns the run record: timings, memory, the evaluation summary and the G-effect history.
     """
-    from lit_unlearn.cli import run_lightning_cli
+    from lit_unlearn.lightning_cli import run_lightning_cli
 
     model_dir = run_dir / "model" if keep_model else None
     args = fit_args(method, lr, steps, target, run_dir, data_dir, model_dir)
@@ -300,7 +300,7 @@ def probe_memory(method: Method, lr: float, steps: int, target: Path, run_dir: P
     """
     import transformers.models.llama.modeling_llama  # noqa: F401  (imported before the baseline: not counted)
 
-    from lit_unlearn.cli import run_lightning_cli
+    from lit_unlearn.lightning_cli import run_lightning_cli
 
     with PeakMemory() as memory:
         run_lightning_cli(fit_args(method, lr, steps, target, run_dir, data_dir, None))

@@ -1,70 +1,39 @@
-"""``lit-unlearn``: LightningCLI for ``fit | validate | test`` plus the ``quickstart`` and ``summarize`` commands."""
+"""The ``lit-unlearn`` console script: LightningCLI's ``fit | validate | test | predict`` and the extra commands.
+
+The extra commands are dispatched here and only here; each one is a ``main(argv) -> int`` of its own module.
+"""
 
 import sys
-from unittest import mock
+from collections.abc import Callable, Sequence
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from typing_extensions import override
+from lit_unlearn.eval.summarize import main as summarize_main
+from lit_unlearn.lightning_cli import run_lightning_cli
+from lit_unlearn.quickstart import main as quickstart_main
 
-EXTRA_COMMANDS = {
-    "quickstart": "build the tiny TOFU models, unlearn with WGA under the G-effect callback, write a report",
-    "summarize": "print forget quality, model utility and its components of an evaluation as JSON",
+EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "quickstart": (quickstart_main, "build the tiny TOFU models, unlearn under the G-effect callback, write a report"),
+    "summarize": (summarize_main, "print forget quality, model utility and its components of an evaluation as JSON"),
 }
 
 
-class LitUnlearnCLI(LightningCLI):
-    """LightningCLI whose data module tokenizes with the model's own tokenizer."""
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of ``lit-unlearn``.
 
-    @override
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # One source of truth: the tokenizer always comes from the model being trained or unlearned.
-        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+    Args:
+        args: The arguments after the program name; ``None`` reads ``sys.argv``. LightningCLI subcommands then parse
+            ``sys.argv`` themselves, which keeps Lightning's re-executing multi-process launcher working.
 
-
-def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
-    """Parse ``args`` (default: ``sys.argv``) and run the LightningCLI subcommand (``run=False``: only instantiate,
-    and ``args`` carry no subcommand)."""
-    # Importing the package registers every module/data class, so `--model=NPO` shorthands resolve.
-    import lit_unlearn  # noqa: F401
-
-    if args is not None:
-        # Called from Python (quickstart, tests): the process's own argv belongs to someone else.
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            return _make_cli(args, run)
-    return _make_cli(args, run)
-
-
-def _make_cli(args: ArgsType, run: bool) -> LitUnlearnCLI:
-    return LitUnlearnCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}}
-        },
-        args=args,
-        run=run,
-    )
-
-
-def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``lit-unlearn`` console script."""
+    Returns:
+        The exit status.
+    """
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "summarize":
-        from lit_unlearn.eval.summarize import main as summarize_main
-
-        return summarize_main(argv[1:])
-    if argv and argv[0] == "quickstart":
-        from lit_unlearn.quickstart import main as quickstart_main
-
-        return quickstart_main(argv[1:])
+    if argv and argv[0] in EXTRA_COMMANDS:
+        command, _ = EXTRA_COMMANDS[argv[0]]
+        return command(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print("Extra commands (besides the LightningCLI ones below):")
-        for name, text in EXTRA_COMMANDS.items():
+        for name, (_, text) in EXTRA_COMMANDS.items():
             print(f"  {name:<11} {text}")
         print()
-    run_lightning_cli(argv)
+    run_lightning_cli(None if args is None else argv)
     return 0

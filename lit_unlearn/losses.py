@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
-"""Label value of prompt and padding tokens; the same value as ``lit_unlearn.data.formatting.IGNORE_INDEX`` (PyTorch's
-``CrossEntropyLoss`` default). Repeated here so that this module depends on torch only."""
+from lit_unlearn.batch import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_unlearn.data import load_tofu
+from lit_unlearn.lightning_cli import run_lightning_cli
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu_tiny"
 FORGET_SPLIT = "forget01"
@@ -49,8 +50,6 @@ def ensure_finetuned(
     The cache key is the config text plus the TOFU folder, stored as ``recipe.sha256`` next to the weights and
     written last, so an interrupted build is never mistaken for a finished one.
     """
-    from lit_unlearn.cli import run_lightning_cli
-
     key = _digest(config.read_text(), str(data_dir))
     stamp = out_dir / "recipe.sha256"
     if not rebuild and stamp.is_file() and stamp.read_text() == key and (out_dir / "config.json").is_file():
@@ -100,7 +99,6 @@ def unlearn(
 ) -> tuple[Path, list[dict[str, Any]], Path]:
     """Unlearn ``target`` with ``config`` under the G-effect callback; returns the model dir, history and log dir."""
     from callbacks import GEffectCallback
-    from lit_unlearn.cli import run_lightning_cli
 
     model_dir = out_dir / "unlearned"
     args = [

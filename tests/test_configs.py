@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_unlearn.cli import run_lightning_cli
+from lit_unlearn.lightning_cli import run_lightning_cli
 from lit_unlearn.modules.base import UnlearningModule
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))

@@ -23,7 +23,7 @@ def test_fine_tuning_is_cached_by_recipe(monkeypatch, tmp_path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr("lit_unlearn.cli.run_lightning_cli", fake_cli)
+    monkeypatch.setattr("lit_unlearn.quickstart.run_lightning_cli", fake_cli)
     config = tmp_path / "finetune.yaml"
     config.write_text("model: {}\n")
     out = tmp_path / "target"

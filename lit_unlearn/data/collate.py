@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lit_unlearn.data.formatting import IGNORE_INDEX
+from lit_unlearn.batch import IGNORE_INDEX
 
 
 def pad_sequences(

@@ -11,12 +11,12 @@ from typing import Literal, TypedDict
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_unlearn.batch import IGNORE_INDEX
+
 PromptFormat = Literal["auto", "chat", "qa", "llama2"]
 """``chat``: the tokenizer's chat template; ``qa``: ``"Question: {q}\\nAnswer: {a}"`` (TOFU's base-model
 format); ``llama2``: the legacy ``"[INST] {q} [/INST]{a}"``; ``auto``: ``chat`` when the tokenizer has a
 chat template, ``qa`` otherwise."""
-
-IGNORE_INDEX = -100
 
 
 class EncodedPair(TypedDict):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_unlearn.data.formatting import IGNORE_INDEX
+from lit_unlearn.batch import IGNORE_INDEX
 from lit_unlearn.eval.aggregate import Records, summarize_records
 from lit_unlearn.eval.data import pad_token_id_of
 from lit_unlearn.eval.io import load_eval

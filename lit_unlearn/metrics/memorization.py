@@ -6,7 +6,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from lit_unlearn.data.formatting import IGNORE_INDEX
+from lit_unlearn.batch import IGNORE_INDEX
 from lit_unlearn.metrics.functional.memorization import exact_memorization, extraction_strength
 
 

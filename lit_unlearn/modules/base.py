@@ -16,13 +16,11 @@ from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 from typing_extensions import override
 
 from lit_unlearn import losses
+from lit_unlearn.batch import Batch
 from lit_unlearn.data.collate import pad_to_width
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.models import DType, LoraSettings, load_causal_lm
 from lit_unlearn.modules.causal_lm import CausalLMModule
-
-Batch = Mapping[str, Tensor]
-"""One batch part: ``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding), each (B, T)."""
 
 RetainLoss = Literal["none", "nll", "kl"]
 

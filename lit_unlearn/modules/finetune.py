@@ -16,13 +16,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
 from lit_unlearn import losses
+from lit_unlearn.batch import Batch
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.models import DType, LoraSettings
 from lit_unlearn.models.tiny import TinyLlamaSpec, build_tiny_model
 from lit_unlearn.modules.causal_lm import CausalLMModule
-
-Batch = Mapping[str, Tensor]
-"""``input_ids``, ``attention_mask``, ``labels`` (-100 on prompt and padding), each (B, T)."""
 
 
 class Finetune(CausalLMModule):

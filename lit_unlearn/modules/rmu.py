@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_unlearn import losses
-from lit_unlearn.modules.base import Batch, UnlearningModule
+from lit_unlearn.batch import Batch
+from lit_unlearn.modules.base import UnlearningModule
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -7,7 +7,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
-from lit_unlearn.modules.base import Batch, RetainLoss, UnlearningModule
+from lit_unlearn.batch import Batch
+from lit_unlearn.modules.base import RetainLoss, UnlearningModule
 
 
 class WGA(UnlearningModule):

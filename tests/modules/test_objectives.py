@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lit_unlearn
 from lit_unlearn import losses
-from lit_unlearn.cli import run_lightning_cli
 from lit_unlearn.data.collate import pad_sequences
 from lit_unlearn.data.formatting import encode_pair
+from lit_unlearn.lightning_cli import run_lightning_cli
 from lit_unlearn.modules.base import UnlearningModule
 
 # (class name, extra init args, model forwards with grad, reference forwards) per training step,

@@ -8,7 +8,7 @@ EOS prediction; the evaluator drops it from the target before calling these.
 import torch
 from torch import Tensor
 
-from lit_unlearn.data.formatting import IGNORE_INDEX
+from lit_unlearn.batch import IGNORE_INDEX
 
 
 def _check_token_inputs(preds: Tensor, target: Tensor) -> None:

@@ -1,0 +1,57 @@
+"""``LitUnlearnCLI``: LightningCLI with the project's argument links, and ``run_lightning_cli`` to call it from Python.
+
+This module knows nothing of the extra commands (``quickstart``, ``summarize``, ...): they build on it, and the
+console script's dispatcher (``lit_unlearn.cli``) builds on both, so no import ever points back up.
+"""
+
+import warnings
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from typing_extensions import override
+
+# Importing the package registers every module and data class, so `--model=NPO` shorthands resolve.
+import lit_unlearn  # noqa: F401
+
+
+class LitUnlearnCLI(LightningCLI):
+    """LightningCLI whose data module tokenizes with the model's own tokenizer."""
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # One source of truth: the tokenizer always comes from the model being trained or unlearned.
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+
+
+def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
+    """Parse ``args`` and run the LightningCLI subcommand they name.
+
+    Args:
+        args: Command-line style arguments. ``None`` reads ``sys.argv``, which is what the console script does: then
+            Lightning's multi-process launcher, which re-executes ``sys.argv`` for every rank, relaunches the same
+            command.
+        run: ``False`` only instantiates the trainer, model and data module (``args`` then carry no subcommand).
+
+    Returns:
+        The CLI object, with ``trainer``, ``model`` and ``datamodule`` attributes.
+    """
+    with warnings.catch_warnings():
+        if args is not None:
+            # Called from Python (quickstart, tests, benchmarks): the process's own argv belongs to its caller, so
+            # Lightning's "args and sys.argv both given" warning is expected here. sys.argv itself is left alone.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return LitUnlearnCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs"},
+                }
+            },
+            args=args,
+            run=run,
+        )
