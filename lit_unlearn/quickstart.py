@@ -16,26 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_unlearn.config_hub import shipped_config
 from lit_unlearn.data import load_tofu
 from lit_unlearn.lightning_cli import run_lightning_cli
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tofu_tiny"
 FORGET_SPLIT = "forget01"
 
 
 def _say(message: str) -> None:
     print(f"[lit-unlearn quickstart {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def config_path(name: str) -> Path:
-    """A shipped tiny-scale config; the quickstart runs from a clone of the repository, where they live."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the quickstart reads the repository's configs/ folder. Run it from a clone of "
-            "lit-unlearn (`make quickstart`), or pass --target-config/--unlearn-config."
-        )
-    return path
 
 
 def _digest(*parts: str) -> str:
@@ -150,9 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = Path(args.cache_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     load_tofu("full", args.data_dir)  # fail in seconds, with the fix, when TOFU cannot be found
-    target_cfg = Path(args.target_config) if args.target_config else config_path("finetune_target")
-    retain_cfg = Path(args.retain_config) if args.retain_config else config_path("finetune_retain")
-    unlearn_cfg = Path(args.unlearn_config) if args.unlearn_config else config_path("wga")
+    target_cfg = Path(args.target_config) if args.target_config else shipped_config("tofu_tiny/finetune_target")
+    retain_cfg = Path(args.retain_config) if args.retain_config else shipped_config("tofu_tiny/finetune_retain")
+    unlearn_cfg = Path(args.unlearn_config) if args.unlearn_config else shipped_config("tofu_tiny/wga")
     runs = out / "tensorboard"
 
     target = ensure_finetuned(target_cfg, cache / "target", cache / "init", runs, args.data_dir, args.rebuild)

@@ -7,12 +7,6 @@ import pytest
 from lit_unlearn import quickstart
 
 
-def test_missing_config_names_the_fix(monkeypatch, tmp_path) -> None:
-    monkeypatch.setattr(quickstart, "CONFIG_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="clone of lit-unlearn"):
-        quickstart.config_path("finetune_target")
-
-
 def test_fine_tuning_is_cached_by_recipe(monkeypatch, tmp_path) -> None:
     """A finished build with the same config is reused; a changed config or a missing stamp rebuilds."""
     calls: list[list[str]] = []
