@@ -1,6 +1,7 @@
 """GEffectCallback against independent references: naive float64 dots, finite steps, per-example autograd."""
 
 import copy
+import doctest
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from callbacks import (
     load_history,
     load_instance_history,
 )
+from callbacks import g_effect as g_effect_module
 from callbacks.g_effect import _StepValues, _with_running_sums
 
 MLP_LAYERS = r"net\.(\d+)\."
@@ -534,3 +536,10 @@ def test_csv_readers_check_the_columns(tmp_path: Path) -> None:
     instances.write_text("step,risk,index,g_effect\n3,forget,,-0.5\n")
     with pytest.raises(ValueError, match="line 2, column 'index'"):
         load_instance_history(instances)
+
+
+def test_docstring_examples_run() -> None:
+    # The same examples `pytest --doctest-modules callbacks` runs, kept in the default suite.
+    results = doctest.testmod(g_effect_module, raise_on_error=False)
+    assert results.attempted > 0
+    assert results.failed == 0
