@@ -2,9 +2,20 @@
 
 from callbacks.g_effect import (
     GEffectCallback,
+    GEffectInstanceRow,
+    GEffectRow,
     SupportsPerExampleRisks,
     SupportsRiskLosses,
     load_history,
+    load_instance_history,
 )
 
-__all__ = ["GEffectCallback", "SupportsPerExampleRisks", "SupportsRiskLosses", "load_history"]
+__all__ = [
+    "GEffectCallback",
+    "GEffectInstanceRow",
+    "GEffectRow",
+    "SupportsPerExampleRisks",
+    "SupportsRiskLosses",
+    "load_history",
+    "load_instance_history",
+]

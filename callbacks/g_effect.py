@@ -19,9 +19,11 @@ import contextlib
 import csv
 import os
 import re
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -75,6 +77,91 @@ class SupportsPerExampleRisks(Protocol):
         ...
 
 
+#: ``"group"``: a fine group (a block, a named group or a parameter); ``"coarse"``: a third of the blocks;
+#: ``"total"``: the sum over all parameters.
+_Level = Literal["group", "coarse", "total"]
+
+#: The risk changes a step row carries, each with a running sum in :class:`GEffectRow`.
+_CHANGES = ("predicted_change", "realised_change", "update_change")
+
+
+class _StepValues(TypedDict):
+    """The values of one measured step on one risk and group (a :class:`GEffectRow` without the running sums)."""
+
+    step: int
+    risk: str
+    group: str
+    level: _Level
+    g_effect: float
+    risk_value: float
+    predicted_change: float
+    realised_change: float | None
+    update_change: float | None
+
+
+class GEffectRow(_StepValues):
+    """One row of :attr:`GEffectCallback.history`: one measured step, one risk, one parameter group.
+
+    Keys: ``step`` (the ``global_step`` of the optimiser step); ``risk``; ``group`` (``"total"`` for the sum over the
+    fine groups); ``level`` (``"group"``, ``"coarse"`` or ``"total"``); ``g_effect`` (∇R·g over the group);
+    ``risk_value`` (R at θ_t); ``predicted_change`` (−Σ_p η_p ∇_pR·g_p, the first-order risk change of a plain SGD step
+    with the optimiser's learning rates); ``realised_change`` (R(θ_{t+1}) − R(θ_t) on the same batches, total rows
+    only, None otherwise or when ``realised_change`` is off); ``update_change`` (∇R·Δθ against the optimiser's real
+    update, None when ``measure_update`` is off); and ``cumulative_predicted_change`` / ``cumulative_realised_change``
+    / ``cumulative_update_change``: running sums over the measured steps of the run (None where the step's value is
+    None), each step weighted by ``every_n_steps`` (exact sums when it is 1, an estimate of the whole-run change
+    otherwise).
+    """
+
+    cumulative_predicted_change: float
+    cumulative_realised_change: float | None
+    cumulative_update_change: float | None
+
+
+class GEffectInstanceRow(TypedDict):
+    """One row of :attr:`GEffectCallback.instance_history`: example ``index`` of a measured step, ``∇ℓ_i·g``.
+
+    ``index`` counts the examples of the step's micro-batches in order (under DDP: rank-major over the gathered
+    ranks).
+    """
+
+    step: int
+    risk: str
+    index: int
+    g_effect: float
+
+
+@dataclass
+class _PendingStep:
+    """An optimiser step measured at θ_t, completed at θ_{t+1} (``on_train_batch_end``) into history rows.
+
+    All values are already averaged (or gathered) over the ranks.
+    """
+
+    #: The ``global_step`` of the measured optimiser step.
+    step: int
+    #: The risk names, in the order of the rows of ``per_param`` and ``risk_values``.
+    names: list[str]
+    #: (risks, params) float64 per-parameter G-effects ``∇_pR·g_p``.
+    per_param: Tensor
+    #: (risks,) float64 risks ``R(θ_t)``.
+    risk_values: Tensor
+    #: (params,) float64 learning rate each parameter is stepped with (0 for parameters the optimiser does not own).
+    lrs: Tensor
+    #: Which parameter belongs to which group.
+    layout: "_GroupLayout"
+    #: The micro-batches the risks were evaluated on; ``realised_change`` evaluates them again at θ_{t+1}.
+    batches: list[Any]
+    #: The measured parameters, in the order of the columns of ``per_param``.
+    params: list[Tensor]
+    #: ``measure_update``: each risk's gradient at θ_t, one tensor per parameter (else empty).
+    kept: list[list[Tensor]]
+    #: ``measure_update``: each risk's (params,) float64 dots ``∇_pR·θ_t`` (else empty).
+    anchors: list[Tensor]
+    #: ``per_instance``: each risk's per-example G-effects ``∇ℓ_i·g``, float64 on the CPU (else None).
+    instances: dict[str, Tensor] | None
+
+
 class GEffectCallback(Callback):
     r"""Measure the G-effect of every ``every_n_steps``-th optimiser step, per layer group, step and instance.
 
@@ -120,9 +207,36 @@ class GEffectCallback(Callback):
             ends. Default: ``trainer.log_dir``, else ``trainer.default_root_dir``.
         save_plot: Also write a PNG of the per-group curves (needs matplotlib).
 
-    Example::
+    Example:
+        A regression trained on its own risk: the G-effect is then the squared gradient norm, never negative.
 
-        trainer = Trainer(callbacks=[GEffectCallback(every_n_steps=5, coarse_groups=True)])
+        >>> import tempfile
+        >>> import torch
+        >>> from lightning.pytorch import LightningModule, Trainer
+        >>> class Regression(LightningModule):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(3, 1)
+        ...     def risk_losses(self, batches):  # SupportsRiskLosses
+        ...         x, y = (torch.cat(parts) for parts in zip(*batches))
+        ...         return {"mse": torch.nn.functional.mse_loss(self.net(x), y)}
+        ...     def training_step(self, batch, batch_idx):
+        ...         return self.risk_losses([batch])["mse"]
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> _ = torch.manual_seed(0)
+        >>> data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+        >>> callback = GEffectCallback(every_n_steps=2, group_by="none", save_plot=False)
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     trainer = Trainer(
+        ...         accelerator="cpu", max_steps=4, callbacks=[callback], default_root_dir=out, logger=False,
+        ...         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...     )
+        ...     trainer.fit(Regression(), torch.utils.data.DataLoader(data, batch_size=4))
+        >>> [(row["step"], row["risk"], row["group"]) for row in callback.history]
+        [(0, 'mse', 'total'), (2, 'mse', 'total')]
+        >>> all(row["g_effect"] > 0 for row in callback.history)
+        True
     """
 
     def __init__(
@@ -175,18 +289,19 @@ class GEffectCallback(Callback):
         self.output_dir = output_dir
         self.save_plot = save_plot
 
-        #: One row per (step, risk, group): see :meth:`_rows` for the keys.
-        self.history: list[dict[str, Any]] = []
-        #: One row per (step, risk, example) when ``per_instance``: keys step, risk, index, g_effect.
-        self.instance_history: list[dict[str, Any]] = []
+        #: One row per (step, risk, group).
+        self.history: list[GEffectRow] = []
+        #: One row per (step, risk, example) when ``per_instance``.
+        self.instance_history: list[GEffectInstanceRow] = []
         #: The last measured values, ``"<risk>/<group>" -> g_effect``.
         self.last_g_effect: dict[str, float] = {}
 
         self._batches: list[Any] = []
         self._batch_step = -1
         self._measured_step = -1
-        self._pending: dict[str, Any] | None = None
+        self._pending: _PendingStep | None = None
         self._layout: _GroupLayout | None = None
+        #: Running sums of the risk changes, ``"<risk>/<group>/<change>" -> sum``: see :func:`_with_running_sums`.
         self._cumulative: dict[str, float] = {}
         self._files: dict[str, Path] = {}
         self._warned_nonfinite = False
@@ -260,10 +375,13 @@ class GEffectCallback(Callback):
         # A second fit with the same callback starts its step counter afresh (history is kept).
         self._batches, self._batch_step, self._measured_step, self._pending = [], -1, -1, None
         # The optimisers exist only from here on (after strategy.setup), so this is the earliest check for them.
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is None:
+        if trainer.scaler is None:
             return
         for optimizer in trainer.optimizers:
+            # No public API says whether an optimiser unscales inside its own step. `_step_supports_amp_scaling` is
+            # the flag torch.amp.GradScaler.step reads for that (set by the fused Adam/AdamW/SGD/Adagrad), and
+            # Lightning's MixedPrecision skips its unscale_ before on_before_optimizer_step when it is set: the
+            # gradients this callback would dot are then still multiplied by the loss scale.
             if getattr(optimizer, "_step_supports_amp_scaling", False):
                 raise ValueError(
                     f"GEffectCallback: {type(optimizer).__name__} unscales fp16 gradients inside its own step (a fused "
@@ -331,19 +449,19 @@ class GEffectCallback(Callback):
         if self.per_instance:
             instances = self._instance_effects(trainer, pl_module, named, batches, names)
 
-        self._pending = {
-            "step": step,
-            "names": names,
-            "per_param": per_param,
-            "risk_values": risk_values,
-            "lrs": torch.tensor(lrs, dtype=torch.float64),
-            "layout": layout,
-            "batches": list(batches),
-            "params": params,
-            "kept": kept,
-            "anchors": anchors,
-            "instances": instances,
-        }
+        self._pending = _PendingStep(
+            step=step,
+            names=names,
+            per_param=per_param,
+            risk_values=risk_values,
+            lrs=torch.tensor(lrs, dtype=torch.float64),
+            layout=layout,
+            batches=list(batches),
+            params=params,
+            kept=kept,
+            anchors=anchors,
+            instances=instances,
+        )
 
     # ------------------------------------------------------------------ measurement at θ_{t+1}
 
@@ -354,19 +472,19 @@ class GEffectCallback(Callback):
         if self._pending is None:
             return
         pending = self._pending
-        names = pending["names"]
+        names = pending.names
         parts = []
         if self.realised_change:
             with self._quiet_forward(trainer, pl_module), torch.no_grad():
-                after = self._checked_risks(pl_module, pending["batches"], differentiable=False)
+                after = self._checked_risks(pl_module, pending.batches, differentiable=False)
                 missing = set(names) - set(after)
                 if missing:
                     raise RuntimeError(f"GEffectCallback: risk_losses returned no {sorted(missing)} after the step.")
-                parts.append(torch.stack([after[n].detach().float() for n in names]).to(pending["per_param"].device))
+                parts.append(torch.stack([after[n].detach().float() for n in names]).to(pending.per_param.device))
         if self.measure_update:
-            for grads, anchor in zip(pending["kept"], pending["anchors"], strict=True):
+            for grads, anchor in zip(pending.kept, pending.anchors, strict=True):
                 # Same float64 dots as the anchors, now at θ_{t+1}; exact zero when the step was skipped.
-                parts.append((_dots64(grads, pending["params"]) - anchor).float())
+                parts.append((_dots64(grads, pending.params) - anchor).float())
         reduced = None
         if parts:
             device = trainer.strategy.root_device
@@ -375,86 +493,50 @@ class GEffectCallback(Callback):
         self._finalise(trainer, after=reduced)
 
     def _finalise(self, trainer: Trainer, after: Tensor | None) -> None:
-        """Turn the pending measurement into history rows, logged scalars and ``last_g_effect``."""
+        """Turn the pending measurement into history rows, logged scalars and ``last_g_effect``.
+
+        Args:
+            trainer: The trainer (for its loggers).
+            after: The rank-averaged values measured at θ_{t+1} by ``on_train_batch_end``: the risks (when
+                ``realised_change``), then the per-parameter ``∇R·Δθ`` of each risk (when ``measure_update``);
+                None when nothing was measured after the step.
+        """
         pending, self._pending = self._pending, None
         self._batches = []
-        names, n_params = pending["names"], len(pending["params"])
+        names, n_params = pending.names, len(pending.params)
         realised = update = None
         if after is not None:
             offset = 0
             if self.realised_change:
-                realised = after[: len(names)] - pending["risk_values"]
+                realised = after[: len(names)] - pending.risk_values
                 offset = len(names)
             if self.measure_update:
                 update = after[offset:].view(len(names), n_params)
-        per_param = pending["per_param"]
-        if not torch.isfinite(per_param).all():
+        if not torch.isfinite(pending.per_param).all():
             # fp16: GradScaler skips this step (inf/nan gradients), yet the hook still fired.
             if not self._warned_nonfinite:
-                rank_zero_warn(f"GEffectCallback: non-finite G-effect at step {pending['step']}; step not recorded.")
+                rank_zero_warn(f"GEffectCallback: non-finite G-effect at step {pending.step}; step not recorded.")
                 self._warned_nonfinite = True
             return
-        rows = self._rows(pending, realised, update)
+        rows, self._cumulative = _with_running_sums(
+            _step_values(pending, realised, update), self._cumulative, self.every_n_steps
+        )
         self.history.extend(rows)
-        if pending["instances"] is not None:
-            for name, values in pending["instances"].items():
-                self.instance_history.extend(
-                    {"step": pending["step"], "risk": name, "index": i, "g_effect": v}
-                    for i, v in enumerate(values.tolist())
-                )
+        self.instance_history.extend(_instance_rows(pending))
         self.last_g_effect = {f"{r['risk']}/{r['group']}": r["g_effect"] for r in rows}
-        self._log(trainer, pending["step"], rows)
+        self._log(trainer, pending.step, rows)
 
-    def _rows(self, pending: dict[str, Any], realised: Tensor | None, update: Tensor | None) -> list[dict[str, Any]]:
-        """History rows of one step.
-
-        Keys: ``step``; ``risk``; ``group`` (``"total"`` for the sum over the fine groups); ``level`` (``"group"``,
-        ``"coarse"`` or ``"total"``); ``g_effect`` (∇R·g over the group); ``risk_value`` (R at θ_t);
-        ``predicted_change`` (−Σ_p η_p ∇_pR·g_p, the first-order risk change of a plain SGD step with the optimiser's
-        learning rates); ``realised_change`` (R(θ_{t+1}) − R(θ_t) on the same batches, total rows only, None if off);
-        ``update_change`` (∇R·Δθ against the optimiser's real update, None if off); and
-        ``cumulative_predicted_change`` / ``cumulative_realised_change`` / ``cumulative_update_change``: running sums
-        over measured steps, each step weighted by ``every_n_steps`` (exact sums when it is 1, an estimate of the
-        whole-run change otherwise).
-        """
-        layout: _GroupLayout = pending["layout"]
-        rows = []
-        for r, name in enumerate(pending["names"]):
-            dots = pending["per_param"][r]
-            predicted = -pending["lrs"] * dots
-            upd = update[r] if update is not None else None
-            for group, level, index in layout.iter_groups():
-                row = {
-                    "step": pending["step"],
-                    "risk": name,
-                    "group": group,
-                    "level": level,
-                    "g_effect": float(dots[index].sum()),
-                    "risk_value": float(pending["risk_values"][r]),
-                    "predicted_change": float(predicted[index].sum()),
-                    "realised_change": None,
-                    "update_change": float(upd[index].sum()) if upd is not None else None,
-                }
-                if level == "total" and realised is not None:
-                    row["realised_change"] = float(realised[r])
-                for key in ("predicted_change", "realised_change", "update_change"):
-                    acc_key = f"{name}/{group}/{key}"
-                    if row[key] is not None:
-                        self._cumulative[acc_key] = self._cumulative.get(acc_key, 0.0) + row[key] * self.every_n_steps
-                    row[f"cumulative_{key}"] = self._cumulative.get(acc_key) if row[key] is not None else None
-                rows.append(row)
-        return rows
-
-    def _log(self, trainer: Trainer, step: int, rows: list[dict[str, Any]]) -> None:
-        # Direct log_metrics with an explicit step: self.log would be flushed on the logger's own cadence and label
-        # values with later steps (aesthetics §3.9).
+    def _log(self, trainer: Trainer, step: int, rows: Sequence[GEffectRow]) -> None:
+        # Direct log_metrics with an explicit step: values given to self.log reach the logger only on the trainer's
+        # log_every_n_steps cadence, so a value measured every `every_n_steps` steps would be recorded under a later
+        # step, or dropped when another value of the same key arrives before the next flush.
         metrics: dict[str, float] = {}
         for row in rows:
             metrics[f"{self.log_prefix}/{row['risk']}/{row['group']}"] = row["g_effect"]
             if row["level"] == "total":
                 base = f"{self.log_prefix}_risk/{row['risk']}"
                 metrics[f"{base}/value"] = row["risk_value"]
-                for key in ("predicted_change", "realised_change", "update_change"):
+                for key in _CHANGES:
                     if row[key] is not None:
                         metrics[f"{base}/{key}"] = row[key]
         for logger in trainer.loggers:
@@ -671,7 +753,14 @@ class GEffectCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "instance_history": self.instance_history, "cumulative": self._cumulative}
+        # Plain lists, dicts, str, int, float and None: a checkpoint loads with torch.load(weights_only=True), the
+        # default of torch >= 2.6 and of Trainer.fit(ckpt_path=...). Copies, because an asynchronous checkpoint writer
+        # may serialise them while training appends further rows.
+        return {
+            "history": list(self.history),
+            "instance_history": list(self.instance_history),
+            "cumulative": dict(self._cumulative),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -683,7 +772,7 @@ class GEffectCallback(Callback):
 class _GroupLayout:
     """Which parameter belongs to which group, as index tensors into the per-parameter dot vector."""
 
-    def __init__(self, names: tuple[str, ...], entries: list[tuple[str, str, Tensor]]) -> None:
+    def __init__(self, names: tuple[str, ...], entries: list[tuple[str, _Level, Tensor]]) -> None:
         self.names = names
         self.entries = entries
 
@@ -715,7 +804,7 @@ class _GroupLayout:
             assignment = list(names)
         else:
             assignment = []
-        entries: list[tuple[str, str, Tensor]] = []
+        entries: list[tuple[str, _Level, Tensor]] = []
         for group in dict.fromkeys(assignment):
             idx = torch.tensor([i for i, g in enumerate(assignment) if g == group], dtype=torch.long)
             entries.append((group, "group", idx))
@@ -729,9 +818,90 @@ class _GroupLayout:
         entries.append(("total", "total", torch.arange(len(names))))
         return cls(names, entries)
 
-    def iter_groups(self) -> Iterator[tuple[str, str, Tensor]]:
+    def iter_groups(self) -> Iterator[tuple[str, _Level, Tensor]]:
         """Yield ``(group, level, parameter indices)``, fine groups first, then coarse, then the total."""
         yield from self.entries
+
+
+def _step_values(pending: _PendingStep, realised: Tensor | None, update: Tensor | None) -> list[_StepValues]:
+    """The values of one measured step, one entry per (risk, group) in the layout's order.
+
+    Args:
+        pending: The step measured at θ_t.
+        realised: (risks,) float64 ``R(θ_{t+1}) − R(θ_t)``, or None when not measured.
+        update: (risks, params) float64 per-parameter ``∇_pR·Δθ_p``, or None when not measured.
+
+    Returns:
+        The rows' step values; the running sums are added by :func:`_with_running_sums`.
+    """
+    values: list[_StepValues] = []
+    for r, name in enumerate(pending.names):
+        dots = pending.per_param[r]
+        predicted = -pending.lrs * dots
+        upd = update[r] if update is not None else None
+        for group, level, index in pending.layout.iter_groups():
+            values.append(
+                _StepValues(
+                    step=pending.step,
+                    risk=name,
+                    group=group,
+                    level=level,
+                    g_effect=float(dots[index].sum()),
+                    risk_value=float(pending.risk_values[r]),
+                    predicted_change=float(predicted[index].sum()),
+                    realised_change=float(realised[r]) if level == "total" and realised is not None else None,
+                    update_change=float(upd[index].sum()) if upd is not None else None,
+                )
+            )
+    return values
+
+
+def _with_running_sums(
+    values: Sequence[_StepValues], totals: Mapping[str, float], weight: int
+) -> tuple[list[GEffectRow], dict[str, float]]:
+    """Add one step's risk changes, each weighted by ``weight``, to the running sums.
+
+    Args:
+        values: One step's values (:func:`_step_values`).
+        totals: The running sums before this step, ``"<risk>/<group>/<change>" -> sum``; not modified.
+        weight: How many optimiser steps one measured step stands for (``every_n_steps``).
+
+    Returns:
+        The step's history rows, each with the running sums after this step (None where the step's change is
+        None, which leaves that sum as it was), and the new running sums.
+    """
+    new_totals = dict(totals)
+    rows: list[GEffectRow] = []
+    for value in values:
+        cumulative: dict[str, float | None] = {}
+        for change in _CHANGES:
+            amount = value[change]
+            if amount is None:
+                cumulative[change] = None
+                continue
+            key = f"{value['risk']}/{value['group']}/{change}"
+            new_totals[key] = new_totals.get(key, 0.0) + amount * weight
+            cumulative[change] = new_totals[key]
+        rows.append(
+            GEffectRow(
+                **value,
+                cumulative_predicted_change=cumulative["predicted_change"],
+                cumulative_realised_change=cumulative["realised_change"],
+                cumulative_update_change=cumulative["update_change"],
+            )
+        )
+    return rows, new_totals
+
+
+def _instance_rows(pending: _PendingStep) -> list[GEffectInstanceRow]:
+    """One row per risk and example of the step's per-instance G-effects (none when they were not measured)."""
+    if pending.instances is None:
+        return []
+    return [
+        GEffectInstanceRow(step=pending.step, risk=name, index=i, g_effect=v)
+        for name, values in pending.instances.items()
+        for i, v in enumerate(values.tolist())
+    ]
 
 
 class _BoundCall(nn.Module):
@@ -781,7 +951,15 @@ def _param_lrs(optimizer: Any, params: Sequence[Tensor]) -> list[float]:
 
 
 def _reentrant_checkpointing(module: nn.Module) -> str | None:
-    """The name of a submodule using reentrant checkpointing (HF models expose it), else None."""
+    """The name of a Hugging Face submodule with reentrant gradient checkpointing enabled, else None.
+
+    Neither torch nor transformers has a public way to ask whether a module checkpoints reentrantly, and this file must
+    not import transformers, so this reads the attributes transformers sets on each checkpointable submodule: the
+    public flag ``gradient_checkpointing`` and the private ``_gradient_checkpointing_func``, a
+    ``functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)`` whose keywords say ``use_reentrant``. Finding
+    it in ``setup`` turns a failure at the first measured step into an error before training starts. Reentrant
+    checkpointing set up any other way is caught when the risk gradient is taken (:meth:`GEffectCallback._risk_dots`).
+    """
     for name, sub in module.named_modules():
         if not getattr(sub, "gradient_checkpointing", False):
             continue
@@ -793,7 +971,7 @@ def _reentrant_checkpointing(module: nn.Module) -> str | None:
     return None
 
 
-def _atomic_write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write ``rows`` to ``path`` through a temporary file and ``os.replace``: a crash never leaves half a file."""
     fields = list(dict.fromkeys(k for row in rows for k in row))
     # A sibling temporary file (same filesystem, so os.replace is atomic), created with the usual umask permissions.
@@ -811,37 +989,81 @@ def _atomic_write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         raise
 
 
-def load_history(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a ``g_effect.csv`` written by :class:`GEffectCallback` back into history rows (numbers as floats).
+def load_history(path: str | os.PathLike) -> list[GEffectRow]:
+    """Read a ``g_effect.csv`` written by :class:`GEffectCallback` back into history rows.
 
     Args:
         path: The CSV file.
 
     Returns:
-        The rows, with ``step`` as int, numeric columns as float and empty cells as None.
+        The rows, typed as in :attr:`GEffectCallback.history` (empty cells as None).
+
+    Raises:
+        ValueError: If the file's columns are not those of :class:`GEffectRow`, or a cell cannot be read.
     """
-    out = []
+    return _read_rows(Path(path), GEffectRow)  # type: ignore[return-value]
+
+
+def load_instance_history(path: str | os.PathLike) -> list[GEffectInstanceRow]:
+    """Read a ``g_effect_instances.csv`` written by :class:`GEffectCallback` back into per-instance rows.
+
+    Args:
+        path: The CSV file.
+
+    Returns:
+        The rows, typed as in :attr:`GEffectCallback.instance_history`.
+
+    Raises:
+        ValueError: If the file's columns are not those of :class:`GEffectInstanceRow`, or a cell cannot be read.
+    """
+    return _read_rows(Path(path), GEffectInstanceRow)  # type: ignore[return-value]
+
+
+def _read_rows(path: Path, row_type: type) -> list[dict[str, Any]]:
+    """Read a CSV whose columns are the keys of the TypedDict ``row_type``, converting each cell to its key's type."""
+    hints = typing.get_type_hints(row_type)
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            parsed: dict[str, Any] = {}
-            for key, value in row.items():
-                if value == "":
-                    parsed[key] = None
-                elif key in ("risk", "group", "level"):
-                    parsed[key] = value
-                elif key in ("step", "index"):
-                    parsed[key] = int(value)
-                else:
-                    parsed[key] = float(value)
-            out.append(parsed)
-    return out
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        if columns != list(hints):
+            raise ValueError(
+                f"{path}: the columns {columns} are not those of a {row_type.__name__} ({list(hints)}). Read "
+                "g_effect.csv with load_history and g_effect_instances.csv with load_instance_history."
+            )
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row: dict[str, Any] = {}
+            for key, hint in hints.items():
+                try:
+                    row[key] = _parse_cell(raw[key], hint)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{path}, line {line}, column {key!r}: {err}") from err
+            rows.append(row)
+    return rows
+
+
+def _parse_cell(text: str | None, hint: Any) -> Any:
+    """One CSV cell as the type ``hint`` of its row key: int, str (or a Literal of str), float, or ``... | None``."""
+    optional = type(None) in typing.get_args(hint)
+    if text is None or text == "":
+        if optional:
+            return None
+        raise ValueError("the cell is empty, but the column holds a value in every row")
+    if hint is int:
+        return int(text)
+    if hint is str or typing.get_origin(hint) is Literal:
+        return text
+    return float(text)
 
 
 __all__ = [
     "DEFAULT_GROUPS",
     "DEFAULT_LAYER_PATTERN",
     "GEffectCallback",
+    "GEffectInstanceRow",
+    "GEffectRow",
     "SupportsPerExampleRisks",
     "SupportsRiskLosses",
     "load_history",
+    "load_instance_history",
 ]

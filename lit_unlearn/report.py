@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from callbacks import GEffectRow
 from lit_unlearn.metrics.functional.aggregates import MODEL_UTILITY_COMPONENTS
 
 HEADLINE = (
@@ -33,23 +34,23 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def g_effect_summary(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def g_effect_summary(history: Sequence[GEffectRow]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per risk and group: mean G-effect over measured steps, fraction of negative steps, cumulative predicted and
     realised risk change (the last cumulative values)."""
-    by_key: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    by_key: dict[tuple[str, str], list[GEffectRow]] = defaultdict(list)
     for row in history:
         by_key[(row["risk"], row["group"])].append(row)
-    out: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for (risk, group), rows in by_key.items():
         values = [r["g_effect"] for r in rows]
         last = rows[-1]
         out[risk][group] = {
-            "level": last.get("level", "group"),
+            "level": last["level"],
             "steps": len(values),
             "mean": sum(values) / len(values),
             "negative_fraction": sum(v < 0 for v in values) / len(values),
-            "cumulative_predicted_change": last.get("cumulative_predicted_change"),
-            "cumulative_realised_change": last.get("cumulative_realised_change"),
+            "cumulative_predicted_change": last["cumulative_predicted_change"],
+            "cumulative_realised_change": last["cumulative_realised_change"],
         }
     return dict(out)
 
@@ -129,7 +130,7 @@ def plot_fq_mu(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path |
 def write_report(
     out_dir: Path,
     summaries: Mapping[str, Mapping[str, Any]],
-    history: Sequence[Mapping[str, Any]],
+    history: Sequence[GEffectRow],
     details: Mapping[str, str],
     g_effect_plot: Path | None = None,
 ) -> Path:

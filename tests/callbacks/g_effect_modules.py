@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -69,10 +70,21 @@ class MLPUnlearner(LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer == "sgd":
             return torch.optim.SGD(self.parameters(), lr=self.lr)
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.0)
+        if self.optimizer not in ("adamw", "adamw_fused"):
+            raise ValueError(f"optimizer must be 'sgd', 'adamw' or 'adamw_fused', got {self.optimizer!r}")
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.0, fused=self.optimizer == "adamw_fused")
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(PairDataset(self.n), batch_size=self.batch_size, shuffle=False)
+
+
+class ReentrantCheckpointMLP(MLPUnlearner):
+    """The MLP with its output layer under reentrant ``torch.utils.checkpoint`` (set up by hand, not through HF)."""
+
+    def per_example(self, x: Tensor, y: Tensor) -> Tensor:
+        hidden = self.net[2](self.net[1](self.net[0](x)))
+        out = checkpoint(self.net[3], hidden, use_reentrant=True)
+        return (out.squeeze(-1) - y) ** 2
 
 
 class NoRiskMLP(LightningModule):

@@ -1,6 +1,7 @@
 """GEffectCallback against independent references: naive float64 dots, finite steps, per-example autograd."""
 
 import copy
+import doctest
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -8,31 +9,51 @@ from unittest.mock import Mock
 
 import pytest
 import torch
-from g_effect_modules import LlamaUnlearner, ManualMLPUnlearner, MLPUnlearner, NoRiskMLP, PairDataset
+from g_effect_modules import (
+    LlamaUnlearner,
+    ManualMLPUnlearner,
+    MLPUnlearner,
+    NoRiskMLP,
+    PairDataset,
+    ReentrantCheckpointMLP,
+)
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
 
-from callbacks import GEffectCallback, SupportsPerExampleRisks, SupportsRiskLosses, load_history
+from callbacks import (
+    GEffectCallback,
+    GEffectRow,
+    SupportsPerExampleRisks,
+    SupportsRiskLosses,
+    load_history,
+    load_instance_history,
+)
+from callbacks import g_effect as g_effect_module
+from callbacks.g_effect import _StepValues, _with_running_sums
 
 MLP_LAYERS = r"net\.(\d+)\."
 
 
-def fit(module: Any, callbacks: list, root: Path, max_steps: int = 2, **kwargs: Any) -> Trainer:
+def fit(
+    module: Any, callbacks: list, root: Path, max_steps: int = 2, ckpt_path: Path | None = None, **kwargs: Any
+) -> Trainer:
     kwargs.setdefault("logger", False)
+    kwargs.setdefault("enable_checkpointing", False)
     trainer = Trainer(
         accelerator="cpu",
         devices=kwargs.pop("devices", 1),
         max_steps=max_steps,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=root,
         callbacks=callbacks,
         **kwargs,
     )
-    trainer.fit(module)
+    trainer.fit(module, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -191,6 +212,35 @@ def test_manual_optimisation(tmp_path: Path) -> None:
     assert step_rows(cb, 0)[("forget", "total")]["g_effect"] == pytest.approx(sum(ref["forget"].values()), rel=1e-5)
 
 
+def fp16_amp() -> MixedPrecision:
+    """fp16 autocast with a GradScaler on the CPU (Lightning's "16-mixed" on CPU has no scaler)."""
+    return MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1024.0))
+
+
+def test_fp16_amp_measures_the_unscaled_gradient(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = MLPUnlearner(optimizer="adamw")
+    initial = copy.deepcopy(module)
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, save_plot=False)
+    fit(module, [cb], tmp_path, max_steps=1, plugins=[fp16_amp()])
+    ref = reference_dots(initial, mlp_batches(16, 4, 1))
+    rows = step_rows(cb, 0)
+    for risk in ("forget", "retain"):
+        # A still-scaled gradient would be 1024 times too large.
+        assert rows[(risk, "total")]["g_effect"] == pytest.approx(sum(ref[risk].values()), rel=0.02)
+
+
+def test_fused_optimiser_under_a_grad_scaler_fails_early(tmp_path: Path) -> None:
+    # A fused optimiser unscales inside its own step, after the hook: the callback would see scaled gradients.
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, save_plot=False)
+    with pytest.raises(ValueError, match="fused=False"):
+        fit(MLPUnlearner(optimizer="adamw_fused"), [cb], tmp_path, plugins=[fp16_amp()])
+    assert cb.history == []
+    # Without a scaler the fused optimiser sees unscaled gradients and is fine.
+    fit(MLPUnlearner(optimizer="adamw_fused"), [cb], tmp_path, precision="bf16-mixed")
+    assert sorted({r["step"] for r in cb.history}) == [0, 1]
+
+
 def test_bf16_mixed_runs_and_is_close(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = MLPUnlearner()
@@ -326,13 +376,10 @@ def test_unsupported_setups_fail_early(tmp_path: Path) -> None:
     llama.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     cb.setup(Mock(spec=Trainer, strategy=Mock()), llama, "fit")
 
-    fused = torch.optim.AdamW(MLPUnlearner().parameters(), fused=True)
-    trainer = Mock(spec=Trainer, optimizers=[fused])
-    trainer.precision_plugin = Mock(scaler=Mock())
-    with pytest.raises(ValueError, match="fused=False"):
-        cb.on_fit_start(trainer, MLPUnlearner())
-    trainer.precision_plugin = Mock(scaler=None)
-    cb.on_fit_start(trainer, MLPUnlearner())
+    # Reentrant checkpointing set up without transformers is caught when the risk gradient is taken.
+    with pytest.raises(RuntimeError, match="use_reentrant=False"):
+        fit(ReentrantCheckpointMLP(), [GEffectCallback(save_plot=False)], tmp_path)
+
     with pytest.raises(ValueError, match="every_n_steps"):
         GEffectCallback(every_n_steps=0)
     with pytest.raises(ValueError, match="capturing group"):
@@ -375,7 +422,7 @@ def test_ddp_two_processes_equal_single_process_on_union_batch(tmp_path: Path) -
         assert rows[(risk, "layer_00")]["g_effect"] == pytest.approx(layer, rel=1e-5, abs=1e-7)
     # Per-instance values are gathered from both ranks (rank-major, in the DistributedSampler's order): compare the
     # multiset of values with per-example autograd on the union batch.
-    instances = load_history(out / "g_effect_instances.csv")
+    instances = load_instance_history(out / "g_effect_instances.csv")
     m = copy.deepcopy(initial).double()
     params = list(m.parameters())
     b64 = to64(union[0])
@@ -395,13 +442,104 @@ class CrashingMLP(MLPUnlearner):
         return super().training_step(batch, batch_idx)
 
 
-def test_results_survive_a_crash_and_a_checkpoint_round_trip(tmp_path: Path) -> None:
+def test_results_survive_a_crash(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cb = GEffectCallback(layer_pattern=MLP_LAYERS, save_plot=False)
     with pytest.raises(RuntimeError, match="boom"):
         fit(CrashingMLP(), [cb], tmp_path, max_steps=4)
     # Steps 0 and 1 were measured before the crash and are on disk.
     assert sorted({r["step"] for r in load_history(tmp_path / "g_effect.csv")}) == [0, 1]
-    resumed = GEffectCallback()
-    resumed.load_state_dict(cb.state_dict())
-    assert resumed.history == cb.history
+    assert load_history(tmp_path / "g_effect.csv") == cb.history
+
+
+def test_resuming_from_a_checkpoint_file_continues_the_history(tmp_path: Path) -> None:
+    """Train 2 epochs, save a .ckpt, resume a new Trainer to 3 epochs: the history equals one 3-epoch run."""
+
+    def callback(name: str) -> GEffectCallback:
+        return GEffectCallback(
+            layer_pattern=MLP_LAYERS,
+            realised_change=True,
+            measure_update=True,
+            per_instance=True,
+            save_plot=False,
+            output_dir=str(tmp_path / name),
+        )
+
+    def module(seed: int) -> MLPUnlearner:
+        torch.manual_seed(seed)
+        return MLPUnlearner(n=8, batch_size=4, lr=1e-3, optimizer="adamw")  # two optimiser steps per epoch
+
+    whole = callback("whole")
+    fit(module(0), [whole], tmp_path, max_steps=-1, max_epochs=3)
+    first = callback("first")
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="stop")
+    fit(module(0), [first, saver], tmp_path, max_steps=-1, max_epochs=2, enable_checkpointing=True)
+    ckpt = tmp_path / "ckpt" / "stop.ckpt"
+    # The callback's state is plain data: it loads under torch's weights_only default without allow-listing.
+    state = torch.load(ckpt, weights_only=True)["callbacks"][first.state_key]
+    assert state["history"] == first.history
+    assert {r["step"] for r in state["history"]} == {0, 1, 2, 3}
+
+    # A fresh callback and a differently initialised module: everything comes from the file.
+    resumed = callback("resumed")
+    fit(module(1), [resumed], tmp_path, max_steps=-1, max_epochs=3, ckpt_path=ckpt)
+    assert [r["step"] for r in resumed.history if r["group"] == "total"] == [s for s in range(6) for _ in (0, 1)]
+    assert resumed.history == whole.history
+    assert resumed.instance_history == whole.instance_history
+    # The running sums continue across the resume: step 4 adds its change to step 3's sum.
+    forget = {r["step"]: r for r in resumed.history if r["risk"] == "forget" and r["group"] == "total"}
+    for key in ("predicted_change", "realised_change", "update_change"):
+        assert forget[4][f"cumulative_{key}"] == pytest.approx(forget[3][f"cumulative_{key}"] + forget[4][key])
+        assert forget[5][f"cumulative_{key}"] == pytest.approx(sum(forget[s][key] for s in range(6)))
+    # The resumed run's files hold the whole history, exactly.
+    assert load_history(tmp_path / "resumed" / "g_effect.csv") == whole.history
+    assert load_instance_history(tmp_path / "resumed" / "g_effect_instances.csv") == whole.instance_history
+
+
+def test_running_sums_weight_each_step_and_skip_missing_changes() -> None:
+    def values(step: int, predicted: float, realised: float | None) -> _StepValues:
+        return _StepValues(
+            step=step,
+            risk="forget",
+            group="total",
+            level="total",
+            g_effect=1.0,
+            risk_value=2.0,
+            predicted_change=predicted,
+            realised_change=realised,
+            update_change=None,
+        )
+
+    before = {"forget/total/predicted_change": 0.5}
+    rows, after = _with_running_sums([values(3, -0.25, 0.125)], before, weight=3)
+    assert before == {"forget/total/predicted_change": 0.5}  # the input totals are left alone
+    assert after == {"forget/total/predicted_change": 0.5 - 0.75, "forget/total/realised_change": 0.375}
+    row: GEffectRow = rows[0]
+    assert (row["cumulative_predicted_change"], row["cumulative_realised_change"]) == (-0.25, 0.375)
+    assert row["cumulative_update_change"] is None
+    # A step without a realised change leaves that sum where it was.
+    rows, after = _with_running_sums([values(6, 0.5, None)], after, weight=3)
+    assert rows[0]["cumulative_realised_change"] is None
+    assert after["forget/total/realised_change"] == 0.375
+    assert after["forget/total/predicted_change"] == 1.25
+
+
+def test_csv_readers_check_the_columns(tmp_path: Path) -> None:
+    instances = tmp_path / "g_effect_instances.csv"
+    instances.write_text("step,risk,index,g_effect\n3,forget,0,-0.5\n3,forget,1,0.25\n")
+    assert load_instance_history(instances) == [
+        {"step": 3, "risk": "forget", "index": 0, "g_effect": -0.5},
+        {"step": 3, "risk": "forget", "index": 1, "g_effect": 0.25},
+    ]
+    with pytest.raises(ValueError, match="load_instance_history"):
+        load_history(instances)
+    instances.write_text("step,risk,index,g_effect\n3,forget,,-0.5\n")
+    with pytest.raises(ValueError, match="line 2, column 'index'"):
+        load_instance_history(instances)
+
+
+def test_docstring_examples_run() -> None:
+    # The same examples `pytest --doctest-modules callbacks` runs, kept in the default suite.
+    results = doctest.testmod(g_effect_module, raise_on_error=False)
+    assert results.attempted > 0
+    assert results.failed == 0
