@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model_dir
         if model_dir is None:
             from lit_unlearn.models.tiny import build_tiny_model
+            from lit_unlearn.modules.finetune import tiny_tokenizer_corpus
 
             start = time.perf_counter()
-            model_dir = build_tiny_model(Path(tmp) / "tiny", data_dir=args.data_dir)
+            model_dir = build_tiny_model(Path(tmp) / "tiny", tiny_tokenizer_corpus(args.data_dir))
             print(f"built the tiny model in {time.perf_counter() - start:.1f} s")
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -23,6 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import lit_unlearn
 from callbacks import GEffectCallback
 from lit_unlearn.models.tiny import train_tokenizer
+from lit_unlearn.modules.finetune import tiny_tokenizer_corpus
 
 LLAMA_32_1B = {
     "vocab_size": 128256,
@@ -72,7 +73,7 @@ class StepTimer(Callback):
 
 
 def build_model(out: Path, tofu_dir: str, shape: dict) -> None:
-    tokenizer = train_tokenizer(8192, tofu_dir)
+    tokenizer = train_tokenizer(tiny_tokenizer_corpus(tofu_dir), 8192)
     tokenizer.save_pretrained(out)
     config = LlamaConfig(
         **shape,

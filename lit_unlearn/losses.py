@@ -28,6 +28,7 @@ from lit_unlearn.batch import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
+    "check_positive",
     "dpo",
     "gradient_ascent",
     "kl_divergence",
@@ -84,10 +85,27 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, values, 0.0).sum() / count
 
 
-def _check_beta(beta: float, name: str, allow_zero: bool) -> None:
-    if not (beta > 0 or (allow_zero and beta == 0)):
+def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
+    """The one check of a coefficient's sign (β, α, eps), shared by these losses and the modules that configure them.
+
+    Args:
+        value: The coefficient.
+        name: How the error names it, e.g. ``"beta"`` or ``"NPO beta"``.
+        allow_zero: Accept 0 (a limiting case the loss defines, e.g. WGA's β = 0 is gradient ascent).
+
+    Raises:
+        ValueError: ``"{name} must be > 0, got {value}."`` (``>= 0`` with ``allow_zero``); NaN is rejected too.
+
+    Example:
+        >>> check_positive(0.0, "WGA beta", allow_zero=True)
+        >>> check_positive(0.0, "NPO beta")
+        Traceback (most recent call last):
+        ...
+        ValueError: NPO beta must be > 0, got 0.0.
+    """
+    if not (value > 0 or (allow_zero and value == 0)):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {beta}.")
+        raise ValueError(f"{name} must be {bound}, got {value}.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -374,7 +392,7 @@ def wga_weights(logps: Tensor, beta: float) -> Tensor:
         ``(B, T-1)`` weights in (0, 1]; 1 everywhere when β = 0. Values at masked positions are meaningless (there
         log p = 0, so the weight is 1): always apply the mask.
     """
-    _check_beta(beta, "beta", allow_zero=True)
+    check_positive(beta, "beta", allow_zero=True)
     # Detached: WGA reweights GA's gradient, it does not differentiate through the weight (paper's sg[.]).
     # exp(β·log p) rather than p**β: exact in log space, no underflow to 0**β issues, never overflows since log p ≤ 0.
     return torch.exp(beta * _upcast(logps.detach()))
@@ -423,7 +441,7 @@ def npo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float) -> Tensor:
     """
     _check_pair(logps, mask)
     _check_pair(ref_logps, mask, "ref_logps")
-    _check_beta(beta, "beta", allow_zero=False)
+    check_positive(beta, "beta")
     # The reference model is frozen: no gradient may reach it even if the caller forgot no_grad.
     log_ratio = sequence_logps(logps, mask) - sequence_logps(ref_logps.detach(), mask)  # (B,)
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
@@ -449,7 +467,7 @@ def simnpo(logps: Tensor, mask: Tensor, beta: float, delta: float = 0.0) -> Tens
         ValueError: if ``beta <= 0`` or a sequence has no answer token (its mean NLL is undefined).
     """
     _check_pair(logps, mask)
-    _check_beta(beta, "beta", allow_zero=False)
+    check_positive(beta, "beta")
     lengths = mask.sum(dim=-1)  # (B,)
     if not bool((lengths > 0).all()):
         empty = torch.nonzero(lengths == 0).flatten().tolist()
@@ -482,10 +500,9 @@ def tnpo_weights(logps: Tensor, ref_logps: Tensor, beta: float, eps: float = 0.0
 
 def _tnpo_log_weights(logps: Tensor, ref_logps: Tensor, beta: float, alpha: float, eps: float) -> Tensor:
     """``log(2 p^(β+α) / (p^β + p_o^β + eps))``, detached; shared by TNPO (α = 0) and WTNPO."""
-    _check_beta(beta, "beta", allow_zero=True)
-    _check_beta(alpha, "alpha", allow_zero=True)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}.")
+    check_positive(beta, "beta", allow_zero=True)
+    check_positive(alpha, "alpha", allow_zero=True)
+    check_positive(eps, "eps", allow_zero=True)
     if logps.shape != ref_logps.shape:
         raise ValueError(f"logps {tuple(logps.shape)} and ref_logps {tuple(ref_logps.shape)} differ in shape.")
     # Detached: the weight only rescales each token's GA gradient (paper's sg[.]); the reference is frozen anyway.
@@ -592,7 +609,7 @@ def dpo(
     _check_pair(chosen_ref_logps, chosen_mask, "chosen_ref_logps")
     _check_pair(rejected_logps, rejected_mask, "rejected_logps")
     _check_pair(rejected_ref_logps, rejected_mask, "rejected_ref_logps")
-    _check_beta(beta, "beta", allow_zero=False)
+    check_positive(beta, "beta")
     if chosen_mask.shape[0] != rejected_mask.shape[0]:
         raise ValueError(
             f"chosen batch has {chosen_mask.shape[0]} rows but rejected has {rejected_mask.shape[0]}; DPO pairs row b "

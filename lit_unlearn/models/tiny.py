@@ -1,16 +1,18 @@
-"""The embedded tiny TOFU model: a byte-level BPE tokenizer trained on TOFU text and a small random-init Llama.
+"""The embedded tiny TOFU model: a byte-level BPE tokenizer trained on given texts and a small random-init Llama.
 
 No model hub is reachable on the machines this project is developed on, so the default pipeline trains its own
 model from scratch. ``build_tiny_model`` writes a directory with ``save_pretrained`` (tokenizer + random weights)
 that every later stage loads exactly like a Hub checkpoint; fine-tuning it on TOFU (``Finetune``) then gives the
-target and retain models.
+target and retain models. The tokenizer's texts come from the caller (``Finetune`` passes the TOFU text of
+``lit_unlearn.modules.finetune.tiny_tokenizer_corpus``): models load and build models, they never read data sets.
 """
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,15 +24,9 @@ SPEC_FILE = "tiny_llama_spec.json"
 """Written into the model directory; the build is reused only when the recorded spec matches exactly."""
 
 RECIPE_VERSION = 1
-"""Bump when the tokenizer corpus or the build procedure changes, so cached directories are rebuilt."""
+"""Bump when the build procedure changes, so cached directories are rebuilt (the texts are fingerprinted anyway)."""
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
-
-# Splits whose text trains the tokenizer: every fictitious author (``full``), the real authors and the world facts
-# (their perturbed files are supersets of the plain ones). Paraphrased and perturbed answers are included so that
-# the evaluation texts tokenize into the same merges as the training texts; without them, rare names in perturbed
-# answers fall back to byte pieces and their per-token NLL is not comparable with the true answers'.
-_CORPUS_SPLITS = ("full", "retain_perturbed", "forget10_perturbed", "real_authors_perturbed", "world_facts_perturbed")
 
 
 @dataclass(frozen=True)
@@ -82,28 +78,22 @@ class TinyLlamaSpec:
             raise ValueError(f"TinyLlamaSpec.num_heads={self.num_heads} is not divisible by num_kv_heads={kv}.")
 
 
-def _corpus(data_dir: str | Path | None) -> Iterator[str]:
-    # Imported here: the data package imports models only lazily as well, so neither import order can cycle.
-    from lit_unlearn.data import load_tofu
-
-    for split in _CORPUS_SPLITS:
-        for row in load_tofu(split, data_dir):
-            yield row["question"]
-            yield row["answer"]
-            if "paraphrased_answer" in row:
-                yield row["paraphrased_answer"]
-            yield from row.get("perturbed_answer", [])
-
-
-def train_tokenizer(vocab_size: int, data_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on the TOFU text, with ``<pad>``, ``<s>`` (prepended) and ``</s>``.
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``, with ``<pad>``, ``<s>`` (prepended) and ``</s>``.
 
     Args:
-        vocab_size: Vocabulary size, special tokens included.
-        data_dir: Local TOFU directory (``None``: ``LIT_UNLEARN_TOFU_DIR`` or the Hub, as ``load_tofu`` resolves).
+        texts: The training texts.
+        vocab_size: Vocabulary size, special tokens included (fewer when the texts hold fewer distinct merges).
 
     Returns:
         A ``PreTrainedTokenizerFast`` whose ids 0, 1, 2 are pad, BOS and EOS.
+
+    Example:
+        >>> tokenizer = train_tokenizer(["the cat sat on the mat", "the cat ate"], vocab_size=300)
+        >>> tokenizer("the cat")["input_ids"][0] == tokenizer.bos_token_id
+        True
+        >>> tokenizer.decode(tokenizer("the cat")["input_ids"], skip_special_tokens=True)
+        'the cat'
     """
     tok = Tokenizer(models.BPE())
     # No prefix space: encode_answer already puts the space before the first answer word.
@@ -115,7 +105,7 @@ def train_tokenizer(vocab_size: int, data_dir: str | Path | None = None) -> PreT
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(data_dir), trainer)
+    tok.train_from_iterator(texts, trainer)
     # BOS comes from the post-processor, as with Llama tokenizers, so encode_prompt sees it with add_special_tokens.
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, tok.token_to_id(BOS))]
@@ -125,45 +115,61 @@ def train_tokenizer(vocab_size: int, data_dir: str | Path | None = None) -> PreT
     )
 
 
-def _record(spec: TinyLlamaSpec) -> dict:
-    return {"recipe_version": RECIPE_VERSION, "spec": asdict(spec)}
+def _texts_sha256(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))  # length-prefixed: ["ab", "c"] and ["a", "bc"] differ
+        digest.update(data)
+    return digest.hexdigest()
 
 
-def tiny_model_is_built(output_dir: str | Path, spec: TinyLlamaSpec) -> bool:
-    """Whether ``output_dir`` holds a build of exactly ``spec`` (same recipe version)."""
-    path = Path(output_dir) / SPEC_FILE
+def _record(spec: TinyLlamaSpec, texts: Sequence[str]) -> dict:
+    return {"recipe_version": RECIPE_VERSION, "spec": asdict(spec), "texts_sha256": _texts_sha256(texts)}
+
+
+def _holds(output_dir: Path, record: dict) -> bool:
+    path = output_dir / SPEC_FILE
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()) == _record(spec)
+        return json.loads(path.read_text()) == record
     except json.JSONDecodeError:
         return False
 
 
-def build_tiny_model(
-    output_dir: str | Path, spec: TinyLlamaSpec | None = None, data_dir: str | Path | None = None
-) -> Path:
-    """Build (or reuse) the tiny TOFU model directory: tokenizer + randomly initialised ``LlamaForCausalLM``.
+def tiny_model_is_built(output_dir: str | Path, texts: Sequence[str], spec: TinyLlamaSpec) -> bool:
+    """Whether ``output_dir`` holds a build of exactly ``spec`` from exactly ``texts`` (same recipe version)."""
+    return _holds(Path(output_dir), _record(spec, texts))
 
-    The build is deterministic given ``spec.seed``. It is cached: a directory that already records an identical
-    spec is returned untouched; one recording another spec is rebuilt. A non-empty directory that this function
-    did not write is never overwritten. The directory is written under a temporary name and renamed into place,
-    so concurrent builders (e.g. several DDP ranks) never see a half-written model.
+
+def build_tiny_model(output_dir: str | Path, texts: Sequence[str], spec: TinyLlamaSpec | None = None) -> Path:
+    """Build (or reuse) the tiny model directory: a tokenizer trained on ``texts`` + a random-init ``LlamaForCausalLM``.
+
+    The build is deterministic given ``texts`` and ``spec.seed``. It is cached: a directory that records the same
+    spec and texts (by their SHA-256) is returned untouched; one recording anything else is rebuilt. A non-empty
+    directory that this function did not write is never overwritten. The directory is written under a temporary name
+    and renamed into place, so concurrent builders (e.g. several DDP ranks) never see a half-written model.
 
     Args:
         output_dir: Where to save; later load it with ``load_causal_lm`` / ``load_tokenizer``.
+        texts: The tokenizer's training texts (the tiny TOFU recipe:
+            ``lit_unlearn.modules.finetune.tiny_tokenizer_corpus``); their SHA-256, order included, keys the cache.
         spec: Model and tokenizer shape; ``None`` means the default ``TinyLlamaSpec()``.
-        data_dir: Local TOFU directory for the tokenizer corpus (``None``: ``LIT_UNLEARN_TOFU_DIR`` or the Hub).
 
     Returns:
         ``output_dir`` as a ``Path``.
 
     Raises:
+        ValueError: ``texts`` is empty.
         FileExistsError: ``output_dir`` is a non-empty directory without a tiny-model spec record.
     """
+    if not texts:
+        raise ValueError("build_tiny_model got no texts to train the tokenizer on; pass tiny_tokenizer_corpus(...).")
     spec = spec or TinyLlamaSpec()
     output_dir = Path(output_dir)
-    if tiny_model_is_built(output_dir, spec):
+    record = _record(spec, texts)
+    if _holds(output_dir, record):
         return output_dir
     if output_dir.exists() and not (output_dir / SPEC_FILE).is_file() and any(output_dir.iterdir()):
         raise FileExistsError(
@@ -171,7 +177,7 @@ def build_tiny_model(
             "to overwrite it. Choose another directory for the tiny model or delete this one."
         )
 
-    tokenizer = train_tokenizer(spec.vocab_size, data_dir)
+    tokenizer = train_tokenizer(texts, spec.vocab_size)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -196,9 +202,9 @@ def build_tiny_model(
     try:
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging)
-        (staging / SPEC_FILE).write_text(json.dumps(_record(spec), indent=2) + "\n")
+        (staging / SPEC_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if output_dir.exists():
-            if tiny_model_is_built(output_dir, spec):  # another process finished the same build meanwhile
+            if _holds(output_dir, record):  # another process finished the same build meanwhile
                 return output_dir
             shutil.rmtree(output_dir)  # an older build of ours (checked above): safe to replace
         os.replace(staging, output_dir)

@@ -5,14 +5,15 @@ class computes. Forward passes live here, so every objective does exactly one fo
 and at most one reference forward per batch (all parts that need it, concatenated), under ``no_grad``.
 """
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
-from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+from torch import Tensor, nn
+from transformers import PreTrainedModel
 from typing_extensions import override
 
 from lit_unlearn import losses
@@ -20,9 +21,39 @@ from lit_unlearn.batch import Batch
 from lit_unlearn.data.collate import pad_to_width
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.models import DType, LoraSettings, load_causal_lm
-from lit_unlearn.modules.causal_lm import CausalLMModule
+from lit_unlearn.modules.causal_lm import AdamWSettings, CausalLMModule, Decay, ScheduleSettings
 
 RetainLoss = Literal["none", "nll", "kl"]
+"""The retain regularisers every objective offers; an objective with its own (RMU) extends this Literal."""
+
+
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """What the frozen reference computed on one training batch: the logits of the parts that need them.
+
+    Args:
+        batch: The training batch (``"forget"``, ``"retain"``, maybe ``"idk"``).
+        logits: Reference logits (B, T, V) of each part an objective asked for
+            (:attr:`UnlearningModule.reference_parts`, plus ``"retain"`` for the KL retain term), each as wide as its
+            own part.
+    """
+
+    batch: Mapping[str, Batch]
+    logits: Mapping[str, Tensor]
+
+    def logps(self, part: str) -> Tensor:
+        """Reference token log-probs (B, T-1) of ``batch[part]``'s labels; the mask is the model's own (same labels).
+
+        Raises:
+            KeyError: ``part`` has no reference logits: the objective must list it in ``reference_parts``.
+        """
+        if part not in self.logits:
+            raise KeyError(
+                f"No reference logits for batch part {part!r} (computed: {sorted(self.logits)}); add it to the "
+                "objective's reference_parts."
+            )
+        logps, _ = losses.token_logps(self.logits[part], self.batch[part]["labels"])
+        return logps
 
 
 class UnlearningModule(CausalLMModule):
@@ -35,14 +66,23 @@ class UnlearningModule(CausalLMModule):
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn (the fine-tuned target).
-        retain_loss: Retain regulariser: ``"nll"`` (GD), ``"kl"`` or ``"none"``.
+        retain_loss: Retain regulariser, one of :attr:`retain_losses`: ``"nll"`` (GD), ``"kl"`` or ``"none"`` (an
+            objective may add its own, e.g. RMU's ``"rmu"``).
         forget_weight: γ, the weight of the forget term.
         retain_weight: α, the weight of the retain term.
-        lr: Learning rate of the default AdamW optimiser (TOFU: 1e-5 for Llama, 2e-5 for Phi).
-        weight_decay: Weight decay of the default AdamW optimiser (TOFU: 0.01; the G-effect paper's code: 0).
-        warmup_epochs: Linear warm-up length in epochs, followed by linear decay to 0 (TOFU: 1 epoch).
-        optimizer: Replaces the default AdamW(lr, weight_decay) when given; receives the trainable parameters.
-        scheduler: Replaces the default warm-up/decay schedule when given; stepped every optimiser step.
+        lr: Peak learning rate of the default AdamW optimiser; ``None``: 1e-5 (TOFU: 1e-5 for Llama, 2e-5 for Phi).
+        weight_decay: Weight decay of the default AdamW optimiser; ``None``: 0.01 (TOFU; the G-effect paper's code:
+            0).
+        betas: Adam betas of the default optimiser; ``None``: (0.9, 0.999).
+        optimizer: Replaces the default AdamW when given; receives the trainable parameters. Giving ``lr``,
+            ``weight_decay`` or ``betas`` with it is an error.
+        warmup_epochs: Length of the linear warm-up in epochs; ``None``: 1 (TOFU and the G-effect paper).
+        warmup_from_zero: Whether the warm-up starts at 0 (the first step does not move the weights, as in
+            transformers' schedules) or at ``lr / W``; ``None``: ``True``.
+        decay: Decay after the warm-up, ``"linear"`` or ``"cosine"``; ``None``: ``"linear"``.
+        min_lr_ratio: Where the decay ends, as a fraction of ``lr``; ``None``: 0.
+        scheduler: Replaces the default warm-up/decay schedule when given; stepped every optimiser step. Giving
+            ``warmup_epochs``, ``warmup_from_zero``, ``decay`` or ``min_lr_ratio`` with it is an error.
         dtype: Weights dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         attn_implementation: Attention kernel passed to ``from_pretrained`` (``"sdpa"``, ``"eager"``, ...).
         lora: Train LoRA adapters only (needs ``pip install 'lit-unlearn[lora]'``); the reference is then the base
@@ -51,19 +91,27 @@ class UnlearningModule(CausalLMModule):
         evaluation: TOFU evaluation settings for ``validate``/``test`` and in-training validation.
     """
 
-    reference_parts: tuple[str, ...] = ()
+    reference_parts: ClassVar[tuple[str, ...]] = ()
     """Batch parts whose reference log-probs :meth:`forget_loss` needs (e.g. ``("forget",)`` for NPO)."""
+    retain_losses: ClassVar[tuple[str, ...]] = get_args(RetainLoss)
+    """The ``retain_loss`` values this class accepts: the arguments of the Literal its signature declares."""
+    default_adamw = AdamWSettings(lr=1e-5, weight_decay=0.01)
+    default_schedule = ScheduleSettings(warmup_epochs=1.0, warmup_from_zero=True, decay="linear", min_lr_ratio=0.0)
 
     def __init__(
         self,
         model_name_or_path: str,
-        retain_loss: RetainLoss = "nll",
+        retain_loss: str = "nll",
         forget_weight: float = 1.0,
         retain_weight: float = 1.0,
-        lr: float = 1e-5,
-        weight_decay: float = 0.01,
-        warmup_epochs: float = 1.0,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
         optimizer: OptimizerCallable | None = None,
+        warmup_epochs: float | None = None,
+        warmup_from_zero: bool | None = None,
+        decay: Decay | None = None,
+        min_lr_ratio: float | None = None,
         scheduler: LRSchedulerCallable | None = None,
         dtype: DType = "auto",
         attn_implementation: str | None = None,
@@ -71,15 +119,21 @@ class UnlearningModule(CausalLMModule):
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
     ) -> None:
-        if retain_loss not in self._retain_choices():
-            raise ValueError(f"retain_loss={retain_loss!r}; choose one of {self._retain_choices()}.")
+        if retain_loss not in self.retain_losses:
+            raise ValueError(f"{type(self).__name__}: retain_loss={retain_loss!r}; choose one of {self.retain_losses}.")
         if forget_weight < 0 or retain_weight < 0:
             raise ValueError(f"forget_weight and retain_weight must be ≥ 0, got {forget_weight} and {retain_weight}.")
         super().__init__(
             model_name_or_path=model_name_or_path,
             lr=lr,
             weight_decay=weight_decay,
+            betas=betas,
             optimizer=optimizer,
+            warmup_epochs=warmup_epochs,
+            warmup_from_zero=warmup_from_zero,
+            decay=decay,
+            min_lr_ratio=min_lr_ratio,
+            scheduler=scheduler,
             dtype=dtype,
             attn_implementation=attn_implementation,
             lora=lora,
@@ -90,8 +144,6 @@ class UnlearningModule(CausalLMModule):
         self.retain_loss = retain_loss
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
-        self.warmup_epochs = warmup_epochs
-        self.scheduler_factory = scheduler
         self.reference_model: PreTrainedModel | None = None
         if self.needs_reference and not self.uses_lora:
             self.reference_model = load_causal_lm(
@@ -102,10 +154,6 @@ class UnlearningModule(CausalLMModule):
         self.strict_loading = False
 
     # ----------------------------------------------------------------------------------------------- structure
-    @classmethod
-    def _retain_choices(cls) -> tuple[str, ...]:
-        return ("none", "nll", "kl")
-
     @property
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the model before unlearning is needed (reference log-probs, KL, RMU)."""
@@ -132,7 +180,6 @@ class UnlearningModule(CausalLMModule):
         logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
         return losses.token_logps(logits, part["labels"])
 
-    @torch.no_grad()
     def reference_logits(self, parts: Mapping[str, Batch]) -> dict[str, Tensor]:
         """Logits of the frozen reference on several batch parts, in ONE forward.
 
@@ -145,7 +192,8 @@ class UnlearningModule(CausalLMModule):
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.cat([pad_to_width(p["input_ids"], width, pad_id) for p in parts.values()])
         attention_mask = torch.cat([pad_to_width(p["attention_mask"], width, 0) for p in parts.values()])
-        logits = self._reference_forward(input_ids, attention_mask)  # (ΣB, width, V)
+        with self.frozen_reference() as reference:
+            logits = reference(input_ids=input_ids, attention_mask=attention_mask).logits  # (ΣB, width, V)
         out, start = {}, 0
         for name, part in parts.items():
             b, t = part["input_ids"].shape
@@ -153,21 +201,36 @@ class UnlearningModule(CausalLMModule):
             start += b
         return out
 
-    def _reference_forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        if self.uses_lora:
-            with self.model.disable_adapter():
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        if self.reference_model is None:
-            raise RuntimeError(f"{type(self).__name__} asked for reference logits but holds no reference model.")
-        return self.reference_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    @contextmanager
+    def frozen_reference(self) -> Iterator[nn.Module]:
+        """The model before unlearning, to run forwards on under ``no_grad``.
+
+        With LoRA it is the trained model itself with its adapters disabled for the duration of the block (no second
+        copy of the weights); otherwise the frozen :attr:`reference_model`.
+
+        Raises:
+            RuntimeError: the module holds no reference (its objective declared no need for one).
+        """
+        with torch.no_grad():
+            if self.uses_lora:
+                with self.model.disable_adapter():
+                    yield self.model
+            elif self.reference_model is None:
+                raise RuntimeError(
+                    f"{type(self).__name__} asked for the reference model but holds none; an objective that needs "
+                    "reference outputs lists the batch parts in reference_parts (or overrides needs_reference)."
+                )
+            else:
+                yield self.reference_model
 
     # ------------------------------------------------------------------------------------------------ objective
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         """The objective's forget term L_forget (minimised).
 
         Args:
             batch: The whole training batch (``"forget"``, ``"retain"``, maybe ``"idk"``).
-            reference: Reference logits (B, T, V) of the parts named in :attr:`reference_parts`.
+            reference: The reference's outputs on the parts named in :attr:`reference_parts`
+                (``reference.logps("forget")``).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement forget_loss.")
 
@@ -181,12 +244,12 @@ class UnlearningModule(CausalLMModule):
     @override
     def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
         wanted = list(self.reference_parts) + (["retain"] if self.retain_loss == "kl" else [])
-        reference = self.reference_logits({name: batch[name] for name in wanted})
+        reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
         forget = self.forget_loss(batch, reference)
         loss = self.forget_weight * forget
         logs = {"train/forget_loss": forget.detach()}
         if self.retain_loss != "none" and self.retain_weight > 0:
-            retain = self.retain_term(batch["retain"], reference.get("retain"))
+            retain = self.retain_term(batch["retain"], reference.logits.get("retain"))
             loss = loss + self.retain_weight * retain
             logs["train/retain_loss"] = retain.detach()
         if not torch.isfinite(loss):
@@ -227,16 +290,3 @@ class UnlearningModule(CausalLMModule):
                 per_example.append(-(logps * mask).sum(-1) / mask.sum(-1))
             risks[name] = torch.cat(per_example)
         return risks
-
-    # --------------------------------------------------------------------------------------------- optimisation
-    @override
-    def configure_optimizers(self) -> dict:
-        optimizer = self.build_optimizer()
-        if self.scheduler_factory is not None:
-            scheduler = self.scheduler_factory(optimizer)
-        else:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-            warmup = math.ceil(self.warmup_epochs * total / epochs)
-            scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -6,21 +6,58 @@ only the training data differ. With ``tiny`` set, the model is the embedded tiny
 whole pipeline runs offline.
 """
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
+from lit_unlearn.data import load_tofu
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.models import DType, LoraSettings
 from lit_unlearn.models.tiny import TinyLlamaSpec, build_tiny_model
-from lit_unlearn.modules.causal_lm import CausalLMModule
+from lit_unlearn.modules.causal_lm import AdamWSettings, CausalLMModule, Decay, ScheduleSettings
+
+TINY_CORPUS_SPLITS = (
+    "full",
+    "retain_perturbed",
+    "forget10_perturbed",
+    "real_authors_perturbed",
+    "world_facts_perturbed",
+)
+"""TOFU splits whose text trains the tiny model's tokenizer.
+
+Every fictitious author (``full``), the real authors and the world facts (their perturbed files are supersets of the
+plain ones). Paraphrased and perturbed answers are included so that the evaluation texts tokenize into the same merges
+as the training texts; without them, rare names in perturbed answers fall back to byte pieces and their per-token NLL
+is not comparable with the true answers'.
+"""
+
+
+def tiny_tokenizer_corpus(data_dir: str | Path | None = None) -> list[str]:
+    """The texts the tiny model's tokenizer is trained on, in a fixed order (their digest keys the build cache).
+
+    For each row of :data:`TINY_CORPUS_SPLITS`, in file order: the question, the answer, the paraphrased answer (when
+    the split has one) and the perturbed answers.
+
+    Args:
+        data_dir: Local TOFU directory (``None``: ``LIT_UNLEARN_TOFU_DIR``, then the Hub, as ``load_tofu`` resolves).
+
+    Returns:
+        The texts, about 20k strings for TOFU.
+    """
+    texts: list[str] = []
+    for split in TINY_CORPUS_SPLITS:
+        for row in load_tofu(split, data_dir):
+            texts += [row["question"], row["answer"]]
+            if "paraphrased_answer" in row:
+                texts.append(row["paraphrased_answer"])
+            texts += row.get("perturbed_answer", [])
+    return texts
 
 
 class Finetune(CausalLMModule):
@@ -39,16 +76,21 @@ class Finetune(CausalLMModule):
             tokenizer is linked to this path, so it must be a path that holds (or will hold) a tokenizer.
         tiny: Build the embedded tiny Llama (tokenizer trained on TOFU + random weights) at ``model_name_or_path``
             before loading it. ``None``: load an existing model.
-        tiny_data_dir: TOFU directory whose text trains the tiny tokenizer (``None``: ``LIT_UNLEARN_TOFU_DIR``, then
-            the Hub).
-        lr: Peak learning rate of the default AdamW optimiser.
-        weight_decay: Weight decay of the default AdamW optimiser. The tiny recipe uses 0: decay fights the
-            memorisation that fine-tuning on TOFU is for.
-        betas: Adam betas of the default optimiser.
-        warmup_ratio: Fraction of the optimiser steps with a linear warm-up from 0 to ``lr``.
-        min_lr_ratio: After warm-up, the learning rate follows a cosine from ``lr`` down to ``min_lr_ratio * lr``.
-        optimizer: Replaces the default AdamW(lr, weight_decay, betas); receives the trainable parameters.
-        scheduler: Replaces the default warm-up + cosine schedule; stepped every optimiser step.
+        tiny_data_dir: TOFU directory whose text (:func:`tiny_tokenizer_corpus`) trains the tiny tokenizer
+            (``None``: ``LIT_UNLEARN_TOFU_DIR``, then the Hub).
+        lr: Peak learning rate of the default AdamW optimiser; ``None``: 2e-5.
+        weight_decay: Weight decay of the default AdamW optimiser; ``None``: 0. The tiny recipe uses 0: decay fights
+            the memorisation that fine-tuning on TOFU is for.
+        betas: Adam betas of the default optimiser; ``None``: (0.9, 0.999).
+        optimizer: Replaces the default AdamW when given; receives the trainable parameters. Giving ``lr``,
+            ``weight_decay`` or ``betas`` with it is an error.
+        warmup_epochs: Length of the linear warm-up in epochs; ``None``: 1 (TOFU's recipe: 1 warm-up epoch of 5).
+        warmup_from_zero: Whether the warm-up starts at 0 (the first step does not move the weights, as in
+            transformers' schedules) or at ``lr / W``, reaching ``lr`` at step ``W``; ``None``: ``False``.
+        decay: Decay after the warm-up, ``"linear"`` or ``"cosine"``; ``None``: ``"cosine"``.
+        min_lr_ratio: Where the decay ends, as a fraction of ``lr``; ``None``: 0.1.
+        scheduler: Replaces the default warm-up/decay schedule when given; stepped every optimiser step. Giving
+            ``warmup_epochs``, ``warmup_from_zero``, ``decay`` or ``min_lr_ratio`` with it is an error.
         dtype: Weights dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         attn_implementation: Attention kernel passed to ``from_pretrained`` (``"sdpa"``, ``"eager"``, ...).
         lora: Train LoRA adapters only (needs ``pip install 'lit-unlearn[lora]'``).
@@ -57,17 +99,22 @@ class Finetune(CausalLMModule):
         evaluation: TOFU evaluation settings for ``validate``/``test``.
     """
 
+    default_adamw = AdamWSettings(lr=2.0e-5, weight_decay=0.0)
+    default_schedule = ScheduleSettings(warmup_epochs=1.0, warmup_from_zero=False, decay="cosine", min_lr_ratio=0.1)
+
     def __init__(
         self,
         model_name_or_path: str,
         tiny: TinyLlamaSpec | None = None,
         tiny_data_dir: str | None = None,
-        lr: float = 2.0e-5,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_ratio: float = 0.05,
-        min_lr_ratio: float = 0.1,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
         optimizer: OptimizerCallable | None = None,
+        warmup_epochs: float | None = None,
+        warmup_from_zero: bool | None = None,
+        decay: Decay | None = None,
+        min_lr_ratio: float | None = None,
         scheduler: LRSchedulerCallable | None = None,
         dtype: DType = "auto",
         attn_implementation: str | None = None,
@@ -75,19 +122,21 @@ class Finetune(CausalLMModule):
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
     ) -> None:
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}.")
         if tiny is not None:
             # Built here, not in setup(): the CLI instantiates the DataModule, which loads the tokenizer from this
             # same path, right after the model.
-            build_tiny_model(model_name_or_path, tiny, tiny_data_dir)
+            build_tiny_model(model_name_or_path, tiny_tokenizer_corpus(tiny_data_dir), tiny)
         super().__init__(
             model_name_or_path=model_name_or_path,
             lr=lr,
             weight_decay=weight_decay,
+            betas=betas,
             optimizer=optimizer,
+            warmup_epochs=warmup_epochs,
+            warmup_from_zero=warmup_from_zero,
+            decay=decay,
+            min_lr_ratio=min_lr_ratio,
+            scheduler=scheduler,
             dtype=dtype,
             attn_implementation=attn_implementation,
             lora=lora,
@@ -95,10 +144,6 @@ class Finetune(CausalLMModule):
             evaluation=evaluation,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.betas = tuple(betas)
-        self.warmup_ratio = warmup_ratio
-        self.min_lr_ratio = min_lr_ratio
-        self.scheduler_factory = scheduler
 
     # -------------------------------------------------------------------------------------------------- loss
     def answer_nll(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -115,7 +160,7 @@ class Finetune(CausalLMModule):
         loss, accuracy = self.answer_nll(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"Finetune: non-finite loss at global step {self.global_step}. Lower lr or raise warmup_ratio, "
+                f"Finetune: non-finite loss at global step {self.global_step}. Lower lr or raise warmup_epochs, "
                 "or train in float32/bf16 instead of fp16."
             )
         batch_size = batch["input_ids"].shape[0]
@@ -143,28 +188,3 @@ class Finetune(CausalLMModule):
     def risk_losses(self, batches: Sequence[Batch]) -> dict[str, Tensor]:
         """The training risk for ``GEffectCallback``: the mean answer NLL, averaged over the micro-batches."""
         return {"train": torch.stack([self.answer_nll(b)[0] for b in batches]).mean()}
-
-    # ------------------------------------------------------------------------------------------ optimisation
-    @override
-    def configure_optimizers(self) -> dict:
-        optimizer = self.build_optimizer(betas=self.betas)
-        if self.scheduler_factory is not None:
-            scheduler = self.scheduler_factory(optimizer)
-        else:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler = LambdaLR(
-                optimizer, _warmup_cosine(total, math.ceil(self.warmup_ratio * total), self.min_lr_ratio)
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _warmup_cosine(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
-    """LR factor of step ``step``: linear warm-up over ``warmup`` steps, then a cosine down to ``min_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor

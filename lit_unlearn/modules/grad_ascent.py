@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class GradAscent(UnlearningModule):
@@ -27,5 +27,5 @@ class GradAscent(UnlearningModule):
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         return losses.gradient_ascent(*self.answer_logps(batch["forget"]))

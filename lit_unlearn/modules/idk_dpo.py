@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 from lit_unlearn.modules.idk_po import idk_part
 
 
@@ -29,16 +29,13 @@ class IdkDPO(UnlearningModule):
     def __init__(
         self, model_name_or_path: str, beta: float = 0.1, retain_loss: RetainLoss = "nll", **kwargs: Any
     ) -> None:
-        if beta <= 0:
-            raise ValueError(f"IdkDPO needs beta > 0, got {beta}.")
+        losses.check_positive(beta, f"{type(self).__name__} beta")
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         self.beta = beta
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
-        idk, forget = idk_part(self, batch), batch["forget"]
-        chosen, chosen_mask = self.answer_logps(idk)
-        rejected, rejected_mask = self.answer_logps(forget)
-        chosen_ref, _ = losses.token_logps(reference["idk"], idk["labels"])
-        rejected_ref, _ = losses.token_logps(reference["forget"], forget["labels"])
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
+        chosen, chosen_mask = self.answer_logps(idk_part(self, batch))
+        rejected, rejected_mask = self.answer_logps(batch["forget"])
+        chosen_ref, rejected_ref = reference.logps("idk"), reference.logps("forget")
         return losses.dpo(chosen, chosen_ref, chosen_mask, rejected, rejected_ref, rejected_mask, self.beta)

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 def idk_part(module: UnlearningModule, batch: Mapping[str, Batch]) -> Batch:
@@ -37,5 +37,5 @@ class IdkPO(UnlearningModule):
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         return losses.nll(*self.answer_logps(idk_part(self, batch)))

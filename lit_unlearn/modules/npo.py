@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class NPO(UnlearningModule):
@@ -29,13 +29,11 @@ class NPO(UnlearningModule):
     def __init__(
         self, model_name_or_path: str, beta: float = 0.1, retain_loss: RetainLoss = "nll", **kwargs: Any
     ) -> None:
-        if beta <= 0:
-            raise ValueError(f"NPO needs beta > 0, got {beta}.")
+        losses.check_positive(beta, f"{type(self).__name__} beta")
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         self.beta = beta
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         logps, mask = self.answer_logps(batch["forget"])
-        ref_logps, _ = losses.token_logps(reference["forget"], batch["forget"]["labels"])
-        return losses.npo(logps, ref_logps, mask, self.beta)
+        return losses.npo(logps, reference.logps("forget"), mask, self.beta)

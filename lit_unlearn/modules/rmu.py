@@ -2,15 +2,18 @@
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_unlearn import losses
-from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import UnlearningModule
+from lit_unlearn.batch import IGNORE_INDEX, Batch
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+
+RMURetainLoss = Literal[RetainLoss, "rmu"]
+"""RMU's retain regularisers: the shared ones plus ``"rmu"``, activation matching against the frozen model."""
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -32,7 +35,7 @@ class RMU(UnlearningModule):
         model_name_or_path: Hub id or local directory of the model to unlearn.
         layer: Index of the block whose output is steered (original RMU on 7B models: 7).
         trainable_params: Regex over parameter names selecting what trains (original RMU: the MLP down-projections
-            of blocks layer−2..layer).
+            of blocks layer−2..layer). With ``lora`` it selects among the adapter parameters only.
         steering_coeff: c, the norm scale of the control vector (TOFU setting: 2).
         control_vector: ``"unit"``: u uniform in [0,1)^d normalised to unit norm (original RMU); ``"uniform"``: not
             normalised (the G-effect paper's code).
@@ -42,6 +45,8 @@ class RMU(UnlearningModule):
             original RMU's α, e.g. 100-1200 on WMDP).
     """
 
+    retain_losses = get_args(RMURetainLoss)
+
     def __init__(
         self,
         model_name_or_path: str,
@@ -50,7 +55,7 @@ class RMU(UnlearningModule):
         steering_coeff: float = 2.0,
         control_vector: Literal["unit", "uniform"] = "unit",
         seed: int = 0,
-        retain_loss: Literal["none", "nll", "kl", "rmu"] = "rmu",
+        retain_loss: RMURetainLoss = "rmu",
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
@@ -58,11 +63,13 @@ class RMU(UnlearningModule):
         n_layers = len(decoder_layers(self.model))
         if not 0 <= layer < n_layers:
             raise ValueError(f"RMU layer={layer} but the model has {n_layers} blocks (0..{n_layers - 1}).")
-        names = [n for n, _ in self.model.named_parameters()]
+        # With LoRA only the adapters may train: the base weights, adapters disabled, are the frozen reference.
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad or not self.uses_lora]
         chosen = {n for n in names if re.search(trainable_params, n)}
         if not chosen:
             raise ValueError(
-                f"trainable_params={trainable_params!r} matches no parameter; names look like {names[:4]}."
+                f"trainable_params={trainable_params!r} matches no parameter that may train; names look like "
+                f"{names[:4]}."
             )
         for name, param in self.model.named_parameters():
             param.requires_grad_(name in chosen)
@@ -72,11 +79,6 @@ class RMU(UnlearningModule):
             u = u / u.norm()
         # A buffer, so a resumed run steers toward the same direction.
         self.register_buffer("control", steering_coeff * u)
-
-    @override
-    @classmethod
-    def _retain_choices(cls) -> tuple[str, ...]:
-        return ("none", "nll", "kl", "rmu")
 
     @property
     @override
@@ -99,10 +101,10 @@ class RMU(UnlearningModule):
 
     def _steer_loss(self, hidden: Tensor, target: Tensor, labels: Tensor) -> Tensor:
         # Position t's state predicts label t+1: pair hidden[:, :-1] with the shifted answer mask.
-        return losses.rmu(hidden[:, :-1].float(), target, labels[:, 1:] != -100)
+        return losses.rmu(hidden[:, :-1].float(), target, labels[:, 1:] != IGNORE_INDEX)
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         forget = batch["forget"]
         return self._steer_loss(self.hidden_states(self.model, forget), self.control.float(), forget["labels"])
 
@@ -110,10 +112,6 @@ class RMU(UnlearningModule):
     def retain_term(self, retain: Batch, reference_logits: Tensor | None) -> Tensor:
         if self.retain_loss != "rmu":
             return super().retain_term(retain, reference_logits)
-        with torch.no_grad():
-            if self.uses_lora:
-                with self.model.disable_adapter():
-                    target = self.hidden_states(self.model, retain)[:, :-1].float()
-            else:
-                target = self.hidden_states(self.reference_model, retain)[:, :-1].float()
+        with self.frozen_reference() as reference:
+            target = self.hidden_states(reference, retain)[:, :-1].float()
         return self._steer_loss(self.hidden_states(self.model, retain), target, retain["labels"])

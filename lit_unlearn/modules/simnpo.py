@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class SimNPO(UnlearningModule):
@@ -32,12 +32,11 @@ class SimNPO(UnlearningModule):
         retain_loss: RetainLoss = "nll",
         **kwargs: Any,
     ) -> None:
-        if beta <= 0:
-            raise ValueError(f"SimNPO needs beta > 0, got {beta}.")
+        losses.check_positive(beta, f"{type(self).__name__} beta")
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         self.beta = beta
         self.delta = delta
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         return losses.simnpo(*self.answer_logps(batch["forget"]), self.beta, self.delta)

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class TNPO(UnlearningModule):
@@ -18,7 +18,7 @@ class TNPO(UnlearningModule):
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.
-        beta: Inverse temperature β (the paper's code: 4).
+        beta: Inverse temperature β ≥ 0 (the paper's code: 4; β = 0 with eps = 0 is gradient ascent).
         eps: Added to the weight's denominator; the paper's code uses 1e-5, the paper's formula 0.
         retain_loss: Retain regulariser, ``"nll"`` by default.
         **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
@@ -34,15 +34,15 @@ class TNPO(UnlearningModule):
         retain_loss: RetainLoss = "nll",
         **kwargs: Any,
     ) -> None:
-        if beta <= 0 or eps < 0:
-            raise ValueError(f"TNPO needs beta > 0 and eps ≥ 0, got beta={beta}, eps={eps}.")
+        losses.check_positive(beta, f"{type(self).__name__} beta", allow_zero=True)
+        losses.check_positive(eps, f"{type(self).__name__} eps", allow_zero=True)
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         self.beta = beta
         self.eps = eps
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         logps, mask = self.answer_logps(batch["forget"])
-        ref_logps, _ = losses.token_logps(reference["forget"], batch["forget"]["labels"])
+        ref_logps = reference.logps("forget")
         self.log_token_weight(losses.tnpo_weights(logps.detach(), ref_logps, self.beta, self.eps), mask)
         return losses.tnpo(logps, ref_logps, mask, self.beta, self.eps)

@@ -8,7 +8,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class WGA(UnlearningModule):
@@ -27,13 +27,12 @@ class WGA(UnlearningModule):
     def __init__(
         self, model_name_or_path: str, beta: float = 5.0, retain_loss: RetainLoss = "nll", **kwargs: Any
     ) -> None:
-        if beta < 0:
-            raise ValueError(f"WGA needs beta ≥ 0, got {beta}.")
+        losses.check_positive(beta, f"{type(self).__name__} beta", allow_zero=True)
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         self.beta = beta
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: Mapping[str, Tensor]) -> Tensor:
+    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
         logps, mask = self.answer_logps(batch["forget"])
         self.log_token_weight(losses.wga_weights(logps.detach(), self.beta), mask)
         return losses.wga(logps, mask, self.beta)
