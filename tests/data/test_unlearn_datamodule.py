@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from lit_unlearn.data import IGNORE_INDEX, TOFUUnlearnDataModule, idk_answers, load_tofu
-from lit_unlearn.eval.data import EVAL_SPLITS
+from lit_unlearn.data.evaluation import EVAL_SPLITS
 
 
 def _retain_names(**kwargs: object) -> list[str]:

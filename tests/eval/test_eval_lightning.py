@@ -104,7 +104,7 @@ class TinyFitModule(TinyEvalModule):
 def test_evaluation_during_fit_skips_the_sanity_check(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
     settings = EvalSettings(max_new_tokens=3, max_items=2, output_dir=str(tmp_path / "evals"))
     module = TinyFitModule(tiny_model_dir, settings)
-    loaders = small_loaders(tofu_dir, module.tokenizer, items=3, batch_size=2)  # 3 rows: the cap drops the third
+    loaders = small_loaders(tofu_dir, module.tokenizer, items=2, batch_size=2)  # built with the evaluation's cap
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=2,

@@ -26,7 +26,7 @@ from lit_unlearn.metrics import (
     rouge_l_recall,
     truth_ratio,
 )
-from lit_unlearn.metrics.functional.truth_ratio import _truth_ratio_update
+from lit_unlearn.metrics.functional.truth_ratio import truth_ratios
 
 WORLD = 2
 NUM_BATCHES = 4  # batch b goes to rank b % WORLD
@@ -108,4 +108,4 @@ def test_metrics_sync_across_two_processes(tmp_path: Path) -> None:
     for rank in range(WORLD):
         for name, value in expected.items():
             assert results[rank][name] == pytest.approx(value, abs=1e-6), (rank, name)
-        assert results[rank]["ratios"] == pytest.approx(sorted(_truth_ratio_update(data["nll"], data["pert"]).tolist()))
+        assert results[rank]["ratios"] == pytest.approx(sorted(truth_ratios(data["nll"], data["pert"]).tolist()))

@@ -1,4 +1,4 @@
-"""TOFU evaluation datasets and their collator.
+"""TOFU evaluation datasets, their collator and loaders.
 
 Each split becomes one dataset whose items hold every teacher-forced variant of a question (the answer, the
 paraphrased answer, the perturbed answers) and the generation prompt, so that an evaluation step runs one forward per
@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_unlearn.data.collate import pad_sequences
 from lit_unlearn.data.formatting import EncodedPair, PromptFormat, encode_pair, encode_prompt
+from lit_unlearn.data.tofu import load_tofu
 
 EVAL_SPLITS: tuple[str, ...] = ("forget", "retain", "real_authors", "world_facts", "holdout")
 """Evaluation split names, in evaluation order. ``holdout`` (unseen authors) only feeds membership inference."""
@@ -222,8 +223,6 @@ def tofu_eval_dataloaders(
         max_items: keep the first ``max_items`` rows of every split (original TOFU: 300).
         splits: subset of ``EVAL_SPLITS`` (default: all five).
     """
-    from lit_unlearn.data.tofu import load_tofu  # submodule import: safe while lit_unlearn.data is initialising
-
     chosen = list(EVAL_SPLITS if splits is None else splits)
     unknown = [s for s in chosen if s not in EVAL_SPLITS]
     if unknown:
