@@ -69,8 +69,10 @@ class TOFUUnlearnDataModule(LightningDataModule):
             the forget/idk alignment and the retain cycling hold there too.
         data_dir: Folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
             Hub dataset ``locuslab/TOFU``.
-        eval_max_items: Evaluate only the first N rows of each evaluation split (original TOFU: 300);
-            ``None``: all rows (OpenUnlearning).
+        eval_max_items: The evaluation loaders hold only the first N rows of each split (original TOFU: 300);
+            ``None``: all rows (OpenUnlearning). On the command line it is set from ``model.evaluation.max_items``
+            (the one evaluation cap, linked by ``LitUnlearnCLI``); in Python, give it the model's
+            ``EvalSettings.max_items``, or the evaluator stops at the first row beyond its cap.
     """
 
     def __init__(
