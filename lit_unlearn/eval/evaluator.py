@@ -7,6 +7,7 @@ updates the ``lit_unlearn.metrics`` Metric objects of its split, keyed by the TO
 gathered across processes by torchmetrics, and each row counts once, so a DDP evaluation equals a single-process one.
 """
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from lit_unlearn.metrics import (
     ExactMemorization,
     ExtractionStrength,
     ItemMean,
+    ItemMetric,
     MinKMembershipAUC,
     ROUGELRecall,
     TruthRatio,
@@ -203,19 +205,20 @@ class SplitMetrics(torch.nn.Module):
 
     def summary(self) -> dict[str, float]:
         """The split's aggregates, in the order of ``lit_unlearn.eval.aggregate.split_metrics``."""
-        out: dict[str, Tensor] = {"probability": self.probability.compute(), "answer_loss": self.answer_loss.compute()}
+        out = {"probability": float(self.probability.compute()), "answer_loss": float(self.answer_loss.compute())}
         if self.truth_ratio is not None:
-            out["truth_ratio"] = self.truth_ratio.compute()
+            out["truth_ratio"] = float(self.truth_ratio.compute())
         if self.rouge_l_recall is not None:
-            out["rouge_l_recall"] = self.rouge_l_recall.compute()
-        out["extraction_strength"] = self.extraction_strength.compute()
-        out["exact_memorization"] = self.exact_memorization.compute()
-        # NaN means no item had a value (e.g. no answer token besides EOS): the number is absent, as for stored records.
-        return {key: float(value) for key, value in out.items() if not value.isnan()}
+            out["rouge_l_recall"] = float(self.rouge_l_recall.compute())
+        out["extraction_strength"] = float(self.extraction_strength.compute())
+        out["exact_memorization"] = float(self.exact_memorization.compute())
+        # A mean of NaN-skipping metrics is NaN when no item had a value (no answer token besides EOS): absent then,
+        # as for stored records.
+        return {k: v for k, v in out.items() if k in ("probability", "truth_ratio") or not math.isnan(v)}
 
     def per_item(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Per-item ``(indices, values)`` of every metric, keyed by record field."""
-        metrics: dict[str, ItemMean | AnswerProbability | TruthRatio | ROUGELRecall | ExtractionStrength] = {
+        metrics: dict[str, ItemMetric] = {
             "answer_loss": self.answer_loss,
             "probability": self.probability,
             "extraction_strength": self.extraction_strength,
@@ -311,7 +314,8 @@ class TOFUEvaluator:
                 )
             metrics.truth_ratio.update(correct, perturbed, index)
         if split in MEMBERSHIP_SPLITS:
-            self.membership.to(device)
+            if self.membership.device != device:
+                self.membership.to(device)
             self.membership.update(answer.logps, scored, MEMBERSHIP_SPLITS[split], index)
         generation_ids = None
         if metrics.rouge_l_recall is not None:
