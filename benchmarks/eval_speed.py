@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_unlearn.eval import EvalSettings, evaluate, tofu_eval_dataloaders
+from lit_unlearn.data import tofu_eval_dataloaders
+from lit_unlearn.eval import EvalSettings, evaluate
 
 FOUR_SETS = ("forget", "retain", "real_authors", "world_facts")
 

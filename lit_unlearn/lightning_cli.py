@@ -15,12 +15,19 @@ import lit_unlearn  # noqa: F401
 
 
 class LitUnlearnCLI(LightningCLI):
-    """LightningCLI whose data module tokenizes with the model's own tokenizer."""
+    """LightningCLI whose data module tokenizes with the model's own tokenizer and builds its evaluation loaders with
+    the model's evaluation item cap."""
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # One source of truth: the tokenizer always comes from the model being trained or unlearned.
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        # One evaluation item cap, `model.evaluation.max_items`: the data module's loaders then hold (and tokenize)
+        # only the rows that are evaluated. jsonargparse parses the optional dataclass `evaluation: EvalSettings |
+        # None` like a subclass ({class_path, init_args}), hence `.init_args.`; the path without it names no key,
+        # and jsonargparse would skip the link without a word (tests/data/test_unlearn_datamodule.py checks the
+        # loaders). A data module without `eval_max_items` (TOFUFinetuneDataModule) leaves the link unapplied.
+        parser.link_arguments("model.init_args.evaluation.init_args.max_items", "data.init_args.eval_max_items")
 
 
 def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:

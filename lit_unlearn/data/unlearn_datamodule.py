@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import PreTrainedTokenizerBase
 
 from lit_unlearn.data.datasets import PartsCollator, QACollator, QADataset, ZippedDataset
+from lit_unlearn.data.evaluation import EVAL_SPLITS, tofu_eval_dataloaders, tofu_file_of
 from lit_unlearn.data.formatting import PromptFormat
 from lit_unlearn.data.loaders import PartsCombinedLoader, seeded_loader
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, forget_authors, full_indices
@@ -68,8 +69,10 @@ class TOFUUnlearnDataModule(LightningDataModule):
             the forget/idk alignment and the retain cycling hold there too.
         data_dir: Folder holding TOFU's ``{split}.json`` files; ``None``: ``$LIT_UNLEARN_TOFU_DIR``, else the
             Hub dataset ``locuslab/TOFU``.
-        eval_max_items: Evaluate only the first N rows of each evaluation split (original TOFU: 300);
-            ``None``: all rows (OpenUnlearning).
+        eval_max_items: The evaluation loaders hold only the first N rows of each split (original TOFU: 300);
+            ``None``: all rows (OpenUnlearning). On the command line it is set from ``model.evaluation.max_items``
+            (the one evaluation cap, linked by ``LitUnlearnCLI``); in Python, give it the model's
+            ``EvalSettings.max_items``, or the evaluator stops at the first row beyond its cap.
     """
 
     def __init__(
@@ -117,8 +120,6 @@ class TOFUUnlearnDataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download the TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
-        from lit_unlearn.eval.data import EVAL_SPLITS, tofu_file_of  # see _eval_dataloaders for why it is local
-
         hp = self.hparams
         eval_files = {tofu_file_of(split, hp.forget_split) for split in EVAL_SPLITS}
         for split in sorted({hp.forget_split, self.retain_split, "full", *eval_files}):
@@ -223,9 +224,6 @@ class TOFUUnlearnDataModule(LightningDataModule):
         return PartsCombinedLoader({"forget": forget, "retain": retain}, mode="min_size", nested=("forget",))
 
     def _eval_dataloaders(self) -> dict[str, DataLoader]:
-        # Imported here: lit_unlearn.eval builds on lit_unlearn.data, so a module-level import would be circular.
-        from lit_unlearn.eval.data import tofu_eval_dataloaders
-
         if self.tokenizer is None:
             raise RuntimeError("TOFUUnlearnDataModule: call setup() (the Trainer does) before the evaluation loaders.")
         hp = self.hparams
@@ -240,7 +238,7 @@ class TOFUUnlearnDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> dict[str, DataLoader]:
-        """The TOFU evaluation loaders keyed by split name (see ``lit_unlearn.eval.data.tofu_eval_dataloaders``)."""
+        """The TOFU evaluation loaders keyed by split name (see :func:`lit_unlearn.data.tofu_eval_dataloaders`)."""
         return self._eval_dataloaders()
 
     def test_dataloader(self) -> dict[str, DataLoader]:

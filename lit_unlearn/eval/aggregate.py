@@ -1,8 +1,11 @@
-"""From per-item records to TOFU's numbers: per-split metrics, model utility, forget quality, MIA AUC, privleak.
+"""TOFU's numbers from stored per-item records (this project's ``eval_items.json`` or the original TOFU
+``eval_log_aggregated.json``, converted by ``lit_unlearn.eval.io``), and the headline numbers shared with the live
+evaluation.
 
-One implementation serves every source of records: a fresh evaluation, this project's ``eval_items.json`` and the
-original TOFU ``eval_log_aggregated.json`` (converted by ``lit_unlearn.eval.io``). That is what makes the parity tests
-on the TOFU reference logs test the code that produces this project's numbers.
+A live evaluation (``TOFUEvaluator``) aggregates through the ``lit_unlearn.metrics`` Metric classes, which take what a
+model produces (token ids, log-probs, generated text). A stored evaluation holds per-item values instead, so this
+module aggregates them with the same public functional API the Metric classes' ``compute`` calls; a test checks that
+re-reading an evaluation's file reproduces its live summary.
 """
 
 import math
@@ -13,17 +16,27 @@ import torch
 from scipy.stats import ks_2samp
 from torch import Tensor
 
-from lit_unlearn.eval.data import PARAPHRASED_SPLITS
-from lit_unlearn.metrics.functional.aggregates import MODEL_UTILITY_COMPONENTS, forget_quality, model_utility
-from lit_unlearn.metrics.functional.mia import membership_auc, privleak
-from lit_unlearn.metrics.functional.probability import _answer_probability_compute, _answer_probability_update
-from lit_unlearn.metrics.functional.truth_ratio import _truth_ratio_compute, _truth_ratio_update
-
-Records = Mapping[str, Sequence[Mapping[str, Any]]]
-"""Per-item records keyed by evaluation split (see ``lit_unlearn.eval.evaluator.Record``)."""
+from lit_unlearn.data.evaluation import PARAPHRASED_SPLITS
+from lit_unlearn.eval.items import Records
+from lit_unlearn.metrics.functional import (
+    MODEL_UTILITY_COMPONENTS,
+    aggregate_truth_ratios,
+    answer_probabilities,
+    forget_quality,
+    membership_auc,
+    model_utility,
+    privleak,
+    truth_ratios,
+)
+from lit_unlearn.metrics.functional.truth_ratio import TruthRatioAggregation
 
 OPTION_NORMALISED_SPLITS = frozenset({"real_authors", "world_facts"})
 """Splits whose reported probability is ``P(a) / (P(a) + Σ_j P(pert_j))``."""
+
+
+def truth_ratio_aggregation(split: str) -> TruthRatioAggregation:
+    """``closer_to_1_better`` on the forget set, ``true_better`` on the others (TOFU)."""
+    return "closer_to_1_better" if split == "forget" else "true_better"
 
 
 def _column(rows: Sequence[Mapping[str, Any]], key: str) -> Tensor | None:
@@ -35,12 +48,16 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str) -> Tensor | None:
 
 
 def item_probabilities(split: str, rows: Sequence[Mapping[str, Any]]) -> Tensor:
-    """Per-item reported probability: option-normalised on real authors / world facts, plain elsewhere."""
+    """Per-item reported probability: option-normalised on real authors / world facts, plain elsewhere.
+
+    Raises:
+        ValueError: when a record lacks ``answer_loss``.
+    """
     nll = _column(rows, "answer_loss")
     if nll is None:
         raise ValueError(f"Every record of split {split!r} needs 'answer_loss'.")
     perturbed = _column(rows, "perturbed_losses") if split in OPTION_NORMALISED_SPLITS else None
-    return _answer_probability_update(nll, perturbed)
+    return answer_probabilities(nll, perturbed)
 
 
 def item_truth_ratios(split: str, rows: Sequence[Mapping[str, Any]]) -> Tensor | None:
@@ -57,10 +74,11 @@ def item_truth_ratios(split: str, rows: Sequence[Mapping[str, Any]]) -> Tensor |
         correct = _column(rows, "answer_loss")
     if perturbed is None or correct is None:
         return None
-    return _truth_ratio_update(correct, perturbed)
+    return truth_ratios(correct, perturbed)
 
 
-def _finite_mean(values: Tensor | None) -> float | None:
+def finite_mean(values: Tensor | None) -> float | None:
+    """Mean of the non-NaN values as a float; None without values or when every value is NaN."""
     if values is None:
         return None
     x = float(values.nanmean()) if values.numel() else float("nan")
@@ -68,18 +86,17 @@ def _finite_mean(values: Tensor | None) -> float | None:
 
 
 def split_metrics(split: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Aggregates of one split: ``probability``, ``truth_ratio``, ``rouge_l_recall``, ``extraction_strength``,
-    ``exact_memorization``, ``answer_loss`` (those its records allow)."""
+    """Aggregates of one split: ``probability``, ``answer_loss``, ``truth_ratio``, ``rouge_l_recall``,
+    ``extraction_strength``, ``exact_memorization`` (those its records allow)."""
     out: dict[str, float | None] = {
-        "probability": float(_answer_probability_compute(item_probabilities(split, rows))),
-        "answer_loss": _finite_mean(_column(rows, "answer_loss")),
+        "probability": float(item_probabilities(split, rows).mean()),
+        "answer_loss": finite_mean(_column(rows, "answer_loss")),
     }
     ratios = item_truth_ratios(split, rows)
     if ratios is not None:
-        aggregation = "closer_to_1_better" if split == "forget" else "true_better"
-        out["truth_ratio"] = float(_truth_ratio_compute(ratios, aggregation))
+        out["truth_ratio"] = float(aggregate_truth_ratios(ratios, truth_ratio_aggregation(split)))
     for key in ("rouge_l_recall", "extraction_strength", "exact_memorization"):
-        out[key] = _finite_mean(_column(rows, key))
+        out[key] = finite_mean(_column(rows, key))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -92,10 +109,48 @@ def membership_auc_of(records: Records) -> float | None:
     return membership_auc(forget, holdout)
 
 
+def headline_numbers(
+    components: Mapping[str, Any],
+    forget_ratios: Tensor | None,
+    auc: float | None,
+    reference: Records | None,
+    default_reference_auc: float,
+) -> dict[str, Any]:
+    """Model utility, forget quality and privleak of an evaluation.
+
+    Args:
+        components: the per-split numbers, keyed ``<split>/<metric>`` (model utility needs the nine of
+            ``MODEL_UTILITY_COMPONENTS``).
+        forget_ratios: per-item truth ratios on the forget set, or None.
+        auc: min-k% membership AUC of forget vs holdout, or None.
+        reference: per-item records of the retain model on the same forget split (forget quality; its own
+            forget/holdout AUC, when it has one, is privleak's reference).
+        default_reference_auc: privleak's reference AUC when ``reference`` has none.
+
+    Returns:
+        ``model_utility`` and ``forget_quality`` (None when unavailable), plus ``ks_statistic`` with a reference and
+        ``mia_min_k_auc``, ``privleak_reference_auc``, ``privleak`` with an AUC.
+    """
+    out: dict[str, Any] = {"model_utility": None, "forget_quality": None}
+    if all(k in components for k in MODEL_UTILITY_COMPONENTS):
+        out["model_utility"] = model_utility(components)
+    if reference is not None and forget_ratios is not None and "forget" in reference:
+        reference_ratios = item_truth_ratios("forget", reference["forget"])
+        if reference_ratios is not None:
+            out["forget_quality"] = forget_quality(forget_ratios, reference_ratios)
+            out["ks_statistic"] = float(ks_2samp(forget_ratios.tolist(), reference_ratios.tolist()).statistic)
+    if auc is not None:
+        reference_auc = membership_auc_of(reference) if reference is not None else None
+        out["mia_min_k_auc"] = auc
+        out["privleak_reference_auc"] = reference_auc if reference_auc is not None else default_reference_auc
+        out["privleak"] = privleak(auc, out["privleak_reference_auc"])
+    return out
+
+
 def summarize_records(
     records: Records, reference: Records | None = None, default_reference_auc: float = 0.5
 ) -> dict[str, Any]:
-    """All TOFU numbers of an evaluation.
+    """All TOFU numbers of a stored evaluation.
 
     Args:
         records: per-item records of the evaluated model, keyed by split.
@@ -115,32 +170,7 @@ def summarize_records(
         summary[f"num_items/{split}"] = len(rows)
         for key, value in split_metrics(split, rows).items():
             summary[f"{split}/{key}"] = value
-    if all(k in summary for k in MODEL_UTILITY_COMPONENTS):
-        summary["model_utility"] = model_utility(summary)
-    if reference is not None and "forget" in records and "forget" in reference:
-        ratios = item_truth_ratios("forget", records["forget"])
-        reference_ratios = item_truth_ratios("forget", reference["forget"])
-        if ratios is not None and reference_ratios is not None:
-            summary["forget_quality"] = forget_quality(ratios, reference_ratios)
-            summary["ks_statistic"] = float(ks_2samp(ratios.tolist(), reference_ratios.tolist()).statistic)
-    auc = membership_auc_of(records)
-    if auc is not None:
-        reference_auc = membership_auc_of(reference) if reference is not None else None
-        summary["mia_min_k_auc"] = auc
-        summary["privleak_reference_auc"] = reference_auc if reference_auc is not None else default_reference_auc
-        summary["privleak"] = privleak(auc, summary["privleak_reference_auc"])
+    forget_ratios = item_truth_ratios("forget", records["forget"]) if records.get("forget") else None
+    headline = headline_numbers(summary, forget_ratios, membership_auc_of(records), reference, default_reference_auc)
+    summary.update(headline)
     return summary
-
-
-def items_with_derived_values(split: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Records plus their per-item ``probability`` and ``truth_ratio``, for the per-item JSON."""
-    probabilities = item_probabilities(split, rows).tolist()
-    ratios = item_truth_ratios(split, rows)
-    out = []
-    for i, row in enumerate(rows):
-        item = dict(row)
-        item["probability"] = probabilities[i]
-        if ratios is not None:
-            item["truth_ratio"] = float(ratios[i])
-        out.append(item)
-    return out

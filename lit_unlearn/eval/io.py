@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lit_unlearn.eval.aggregate import Records, items_with_derived_values
+from lit_unlearn.eval.items import Records
 
 ITEMS_FILE = "eval_items.json"
 SUMMARY_FILE = "summary.json"
@@ -64,6 +64,12 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write ``eval_items.json`` (per item, readable back as a retain reference), ``summary.json`` and ``summary.md``.
 
+    Args:
+        out_dir: the folder (created when missing).
+        records: per-item records keyed by split (``TOFUEvaluator.records``), written as they are.
+        summary: the flat summary (``TOFUEvaluator.compute``).
+        metadata: what was evaluated, how (stored under ``metadata``).
+
     Returns:
         The written paths, keyed ``items``, ``summary``, ``table``.
     """
@@ -74,7 +80,7 @@ def write_outputs(
         "version": FORMAT_VERSION,
         "metadata": dict(metadata or {}),
         "summary": dict(summary),
-        "splits": {split: items_with_derived_values(split, rows) for split, rows in records.items() if rows},
+        "splits": {split: list(rows) for split, rows in records.items() if rows},
     }
     paths = {"items": out / ITEMS_FILE, "summary": out / SUMMARY_FILE, "table": out / TABLE_FILE}
     paths["items"].write_text(json.dumps(_json_safe(items), indent=1, ensure_ascii=False), encoding="utf-8")

@@ -2,9 +2,9 @@
 
 ``class UnlearningModule(TOFUEvalMixin, LightningModule)`` gets ``validation_step``/``test_step`` and the epoch-end
 aggregation, logging (``val/<split>/<metric>``, ``val/model_utility``, ``val/forget_quality``, ...) and files. Pair it
-with a DataModule whose ``val_dataloader``/``test_dataloader`` return ``tofu_eval_dataloaders(...)``. To evaluate
-every N epochs while unlearning, set ``Trainer(check_val_every_n_epoch=N)``: Lightning's own loop brings progress bars,
-device placement, DDP and logger plumbing that a callback would have to re-create.
+with a DataModule whose ``val_dataloader``/``test_dataloader`` return ``lit_unlearn.data.tofu_eval_dataloaders(...)``.
+To evaluate every N epochs while unlearning, set ``Trainer(check_val_every_n_epoch=N)``: Lightning's own loop brings
+progress bars, device placement, DDP and logger plumbing that a callback would have to re-create.
 """
 
 import math
@@ -15,7 +15,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_unlearn.eval.evaluator import TOFUEvaluator
+from lit_unlearn.eval.evaluator import TOFUEvaluator, eval_datasets
 from lit_unlearn.eval.io import write_outputs
 from lit_unlearn.eval.settings import EvalSettings
 
@@ -69,7 +69,7 @@ class TOFUEvalMixin:
         if isinstance(loaders, Mapping):
             return list(loaders)[dataloader_idx]
         raise ValueError(
-            "TOFU evaluation batches must come from lit_unlearn.eval.tofu_eval_dataloaders (their batches carry "
+            "TOFU evaluation batches must come from lit_unlearn.data.tofu_eval_dataloaders (their batches carry "
             f"'split'); got a batch with keys {list(batch) if isinstance(batch, Mapping) else type(batch).__name__}."
         )
 
@@ -80,10 +80,16 @@ class TOFUEvalMixin:
     def _tofu_eval_epoch_end(self, stage: str) -> None:
         evaluator = self._tofu_evaluator()
         trainer = self.trainer
-        if trainer.sanity_checking or not evaluator.records:
+        if trainer.sanity_checking or not evaluator.splits:
             evaluator.reset()
             return
-        records, summary = evaluator.compute()
+        settings = evaluator.settings
+        # Both gather from every process: every rank calls them, rank 0 alone writes the files.
+        summary = evaluator.compute()
+        records = None
+        if settings.write_outputs:
+            loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+            records = evaluator.records(eval_datasets(loaders))
         evaluator.reset()
         self.tofu_eval_summary = summary
         for key, value in summary.items():
@@ -96,8 +102,7 @@ class TOFUEvalMixin:
         if summary.get("forget_quality"):
             # float32 logging flushes p-values like 1e-239 (gradient ascent) to 0; the exponent survives.
             self.log(f"{stage}/forget_quality_log10", math.log10(summary["forget_quality"]), sync_dist=True)
-        settings = evaluator.settings
-        if settings.write_outputs and trainer.is_global_zero:
+        if records is not None and trainer.is_global_zero:
             root = settings.output_dir or trainer.log_dir or trainer.default_root_dir
             out_dir = _fresh_dir(
                 Path(root) / "tofu_eval" / f"{stage}-epoch={trainer.current_epoch}-step={trainer.global_step}"

@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_unlearn.data.evaluation import tofu_eval_dataloaders
 from lit_unlearn.data.formatting import PromptFormat
-from lit_unlearn.eval.data import tofu_eval_dataloaders
-from lit_unlearn.eval.evaluator import TOFUEvaluator
+from lit_unlearn.eval.evaluator import TOFUEvaluator, eval_datasets
 from lit_unlearn.eval.io import write_outputs
 from lit_unlearn.eval.settings import EvalSettings
 
@@ -56,7 +56,8 @@ def evaluate(
         batch_size: questions per batch.
         max_length: truncation length of teacher-forced sequences.
         splits: evaluation splits (default: forget, retain, real_authors, world_facts, holdout).
-        dataloaders: ready-made loaders keyed by split (e.g. from ``tofu_eval_dataloaders``); overrides the data args.
+        dataloaders: ready-made loaders keyed by split (e.g. from ``lit_unlearn.data.tofu_eval_dataloaders``), built
+            with ``settings.max_items``; overrides the data args.
         progress: show progress bars.
 
     Returns:
@@ -82,7 +83,8 @@ def evaluate(
             seconds[split] = time.perf_counter() - start
     finally:
         model.train(was_training)
-    records, summary = evaluator.compute()
+    summary = evaluator.compute()
+    records = evaluator.records(eval_datasets(dataloaders))
     paths = {}
     if settings.output_dir is not None and settings.write_outputs:
         metadata = {

@@ -11,8 +11,9 @@ class EvalSettings:
         max_new_tokens: Greedy-generation budget per answer (OpenUnlearning: 200 new tokens; original TOFU used 200
             tokens in total, prompt included).
         max_items: Evaluate only the first ``max_items`` rows of every split (original TOFU: 300, which caps forget10
-            and retain_perturbed; OpenUnlearning: no cap). Enforced on any evaluation loader; build the loaders with
-            the same cap to avoid iterating rows that are skipped.
+            and retain_perturbed; OpenUnlearning: no cap). The evaluation loaders hold only those rows: the command
+            line links this setting to the data module's ``eval_max_items``, the plain runner builds its loaders with
+            it, and the evaluator raises on a row beyond it rather than dropping it.
         retain_eval_path: Per-item evaluation of the retain model on the same forget split (this project's
             ``eval_items.json``, a folder holding it, or an original TOFU ``eval_log_aggregated.json``): the reference
             of forget quality and privleak.

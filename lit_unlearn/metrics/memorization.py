@@ -3,38 +3,33 @@
 from typing import Any
 
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
 from lit_unlearn.batch import IGNORE_INDEX
 from lit_unlearn.metrics.functional.memorization import exact_memorization, extraction_strength
+from lit_unlearn.metrics.item_metric import ItemMetric
 
 
-class _PerItemTokenMetric(Metric):
-    """Mean of a per-item score of aligned (preds, target) token ids; per-item scores are a ``cat`` list state."""
-
-    is_differentiable = False
-    full_state_update = False
-    scores: list[Tensor]
+class _TokenScoreMetric(ItemMetric):
+    """Mean of a per-item score of aligned (preds, target) token ids; items without answer tokens are left out."""
 
     def __init__(self, ignore_index: int = IGNORE_INDEX, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ignore_index = ignore_index
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
 
     def _score(self, preds: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add a batch: argmax ids ``preds`` (B, T) aligned with ``target`` (B, T), ``ignore_index`` off the answer."""
-        self.scores.append(self._score(preds, target))
+    def update(self, preds: Tensor, target: Tensor, indices: Tensor | None = None) -> None:
+        """Add a batch: argmax ids ``preds`` (B, T) aligned with ``target`` (B, T), ``ignore_index`` off the answer;
+        ``indices`` (B,), optional item ids (each id counts once)."""
+        self._append(self._score(preds, target), indices)
 
     def compute(self) -> Tensor:
-        """Mean over items."""
-        return dim_zero_cat(self.scores).nanmean()
+        """Mean over items (NaN scores, items without answer tokens, left out)."""
+        return self._items()[1].nanmean()
 
 
-class ExtractionStrength(_PerItemTokenMetric):
+class ExtractionStrength(_TokenScoreMetric):
     """Mean extraction strength ``1 − k/n`` (see ``functional.extraction_strength``).
 
     Args:
@@ -55,7 +50,7 @@ class ExtractionStrength(_PerItemTokenMetric):
         return extraction_strength(preds, target, self.ignore_index)
 
 
-class ExactMemorization(_PerItemTokenMetric):
+class ExactMemorization(_TokenScoreMetric):
     """Mean fraction of answer tokens predicted exactly under teacher forcing.
 
     Args:

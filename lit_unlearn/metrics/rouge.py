@@ -1,20 +1,23 @@
-"""``ROUGELRecall``: torchmetrics' ROUGE restricted to TOFU's number, ROUGE-L recall with Porter stemming."""
+"""``ROUGELRecall``: TOFU's ROUGE-L recall (Porter stemming) of generations, one value per item."""
 
-from typing import Any
+from collections.abc import Sequence
 
+import torch
 from torch import Tensor
-from torchmetrics.text import ROUGEScore
+
+from lit_unlearn.metrics.functional.rouge import rouge_l_recall_batch
+from lit_unlearn.metrics.item_metric import ItemMetric
 
 
-class ROUGELRecall(ROUGEScore):
+class ROUGELRecall(ItemMetric):
     """Mean ROUGE-L recall of generations against ground-truth answers (TOFU's ``rougeL_recall``).
 
-    A thin wrapper of ``torchmetrics.text.ROUGEScore(rouge_keys="rougeL", use_stemmer=True)`` whose ``compute``
-    returns the recall tensor only, so ``LightningModule.log`` can take the metric object. Per-sample scores are
-    list states, gathered across processes by torchmetrics.
+    The per-pair recall comes from torchmetrics' ``rouge_score`` (see ``lit_unlearn.metrics.functional.rouge``); the
+    metric keeps one recall per item, so generations of items repeated across processes count once.
 
     Inputs of ``update``: ``preds`` (generated answers) and ``target`` (ground-truth answers), a string or a sequence
-    of strings each. ``compute`` returns a scalar tensor: the mean recall over every pair seen.
+    of strings each; ``indices`` (B,), optional item ids. ``compute`` returns a scalar float64 tensor: the mean
+    recall over every item seen.
 
     Args:
         kwargs: forwarded to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
@@ -28,10 +31,14 @@ class ROUGELRecall(ROUGEScore):
 
     higher_is_better = True
 
-    def __init__(self, **kwargs: Any) -> None:
-        # rougeLsum is never requested: it downloads NLTK's punkt model.
-        super().__init__(rouge_keys="rougeL", use_stemmer=True, **kwargs)
+    def update(self, preds: str | Sequence[str], target: str | Sequence[str], indices: Tensor | None = None) -> None:
+        """Add a batch of (generation, answer) pairs."""
+        preds = [preds] if isinstance(preds, str) else list(preds)
+        target = [target] if isinstance(target, str) else list(target)
+        self._append(
+            torch.tensor(rouge_l_recall_batch(preds, target), dtype=torch.float64, device=self.device), indices
+        )
 
     def compute(self) -> Tensor:
-        """Mean ROUGE-L recall over all pairs."""
-        return super().compute()["rougeL_recall"]
+        """Mean ROUGE-L recall over all items."""
+        return self._items()[1].mean()

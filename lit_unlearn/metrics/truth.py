@@ -3,22 +3,18 @@
 from typing import Any
 
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities.data import dim_zero_cat
 
-from lit_unlearn.metrics.functional.truth_ratio import (
-    TruthRatioAggregation,
-    _truth_ratio_compute,
-    _truth_ratio_update,
-)
+from lit_unlearn.metrics.functional.truth_ratio import TruthRatioAggregation, aggregate_truth_ratios, truth_ratios
+from lit_unlearn.metrics.item_metric import ItemMetric
 
 
-class TruthRatio(Metric):
+class TruthRatio(ItemMetric):
     """Aggregated truth ratio ``R = P_pert / P_correct`` (TOFU; see ``lit_unlearn.metrics.functional.truth_ratio``).
 
     Inputs of ``update``: ``correct_nll`` (B,), the average NLL of the paraphrased (forget/retain) or original (real
-    authors, world facts) answer; ``perturbed_nll`` (B, K), the average NLLs of the perturbed answers. The metric takes
-    NLLs, not logits: it cannot run the two forwards itself, and a model has no place in a metric.
+    authors, world facts) answer; ``perturbed_nll`` (B, K), the average NLLs of the perturbed answers; ``indices``
+    (B,), optional item ids (each id counts once). The metric takes NLLs, not logits: it cannot run the two forwards
+    itself, and a model has no place in a metric.
 
     ``compute`` returns ``mean min(R, 1/R)`` (``closer_to_1_better``, forget set) or ``mean max(0, 1 − R)``
     (``true_better``, the others). ``ratios()`` returns the per-item ``R`` (synchronised), the input of
@@ -36,10 +32,7 @@ class TruthRatio(Metric):
         0.6321
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
-    values: list[Tensor]
 
     def __init__(self, aggregation: TruthRatioAggregation = "true_better", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -49,18 +42,15 @@ class TruthRatio(Metric):
                 "or 'true_better' (retain, real authors, world facts)."
             )
         self.aggregation = aggregation
-        # A list state, not running sums: forget quality needs the per-item distribution.
-        self.add_state("values", default=[], dist_reduce_fx="cat")
 
-    def update(self, correct_nll: Tensor, perturbed_nll: Tensor) -> None:
+    def update(self, correct_nll: Tensor, perturbed_nll: Tensor, indices: Tensor | None = None) -> None:
         """Add a batch of items."""
-        self.values.append(_truth_ratio_update(correct_nll, perturbed_nll))
+        self._append(truth_ratios(correct_nll, perturbed_nll), indices)
 
     def compute(self) -> Tensor:
         """The aggregated truth ratio."""
-        return _truth_ratio_compute(dim_zero_cat(self.values), self.aggregation)
+        return aggregate_truth_ratios(self._items()[1], self.aggregation)
 
     def ratios(self) -> Tensor:
         """Per-item truth ratios ``R`` of every item seen, synchronised across processes, shape (N,)."""
-        with self.sync_context(should_sync=self._to_sync, should_unsync=True):
-            return dim_zero_cat(self.values).clone()
+        return self.per_item()[1]

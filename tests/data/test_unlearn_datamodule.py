@@ -1,4 +1,5 @@
-"""TOFUUnlearnDataModule: retain pool (hold-out, subset), paired epochs, idk alignment, seeding, Trainer wiring."""
+"""TOFUUnlearnDataModule: retain pool (hold-out, subset), paired epochs, idk alignment, seeding, Trainer wiring, and
+the evaluation item cap linked from the model through the CLI."""
 
 import math
 from pathlib import Path
@@ -8,7 +9,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from lit_unlearn.data import IGNORE_INDEX, TOFUUnlearnDataModule, idk_answers, load_tofu
-from lit_unlearn.eval.data import EVAL_SPLITS
+from lit_unlearn.data.evaluation import EVAL_SPLITS
+from lit_unlearn.lightning_cli import run_lightning_cli
 
 
 def _retain_names(**kwargs: object) -> list[str]:
@@ -232,3 +234,43 @@ def test_evaluation_loaders_are_the_tofu_evaluation_sets(tiny_model_dir: Path) -
     assert set(loaders) == set(EVAL_SPLITS)
     assert all(len(loader.dataset) == 2 for loader in loaders.values())
     assert set(dm.test_dataloader()) == set(loaders)
+
+
+FORGET01_EVAL_ROWS = {"forget": 40, "retain": 400, "real_authors": 100, "world_facts": 117, "holdout": 40}
+"""Rows of the forget01 evaluation files (forget01_perturbed, retain_perturbed, ..., holdout01)."""
+
+
+def _eval_rows_through_the_cli(args: list[str]) -> tuple[int | None, dict[str, int]]:
+    """The model's evaluation cap and the rows of every evaluation loader of the data module the CLI builds."""
+    cli = run_lightning_cli([*args, "--trainer.logger=false"], run=False)
+    cli.datamodule.setup("validate")
+    rows = {split: len(loader.dataset) for split, loader in cli.datamodule.val_dataloader().items()}
+    assert {split: len(loader.dataset) for split, loader in cli.datamodule.test_dataloader().items()} == rows
+    return cli.model.eval_settings.max_items, rows
+
+
+@pytest.mark.parametrize("cap", [50, None])
+def test_the_cli_builds_the_evaluation_loaders_with_the_models_item_cap(tiny_model_dir: Path, cap: int | None) -> None:
+    args = [
+        "--model=lit_unlearn.GradAscent",
+        f"--model.model_name_or_path={tiny_model_dir}",
+        "--data=lit_unlearn.TOFUUnlearnDataModule",
+        "--data.forget_split=forget01",
+    ]
+    if cap is not None:
+        args.append(f"--model.evaluation.max_items={cap}")
+    model_cap, rows = _eval_rows_through_the_cli(args)
+    assert model_cap == cap
+    # Exactly the cap per split, fewer where the split is smaller (forget01 and holdout01 have 40 rows).
+    expected = {split: n if cap is None else min(n, cap) for split, n in FORGET01_EVAL_ROWS.items()}
+    assert rows == expected
+    if cap is not None:
+        assert rows == {"forget": 40, "retain": 50, "real_authors": 50, "world_facts": 50, "holdout": 40}
+
+
+def test_a_shipped_config_with_an_evaluation_block_gets_the_cap_too(tiny_model_dir: Path) -> None:
+    config = Path(__file__).resolve().parents[2] / "configs" / "tofu_tiny" / "grad_ascent.yaml"
+    args = ["--config", str(config), f"--model.model_name_or_path={tiny_model_dir}", "--model.evaluation.max_items=3"]
+    model_cap, rows = _eval_rows_through_the_cli(args)
+    assert model_cap == 3
+    assert rows == dict.fromkeys(FORGET01_EVAL_ROWS, 3)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 from tofu_eval_helpers import small_loaders
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from lit_unlearn.data.evaluation import TOFUEvalCollator
 from lit_unlearn.data.formatting import encode_pair, encode_prompt
 from lit_unlearn.eval.evaluator import TOFUEvaluator, generate_answers
 from lit_unlearn.eval.settings import EvalSettings
@@ -44,7 +45,8 @@ def test_batch_records_match_unpadded_single_item_computation(tofu_dir: Path, ti
     loader = small_loaders(tofu_dir, tokenizer, items=3, batch_size=3)["forget"]
     rows = loader.dataset.rows
     evaluator = TOFUEvaluator(tokenizer, EvalSettings(max_new_tokens=6))
-    records = evaluator.update(model, next(iter(loader)))
+    evaluator.update(model, next(iter(loader)))
+    records = evaluator.records({"forget": loader.dataset})["forget"]
     for record, row in zip(records, rows, strict=True):
         pair = encode_pair(tokenizer, row["question"], row["answer"])
         naive = _naive(model, pair["input_ids"], pair["labels"])
@@ -76,8 +78,8 @@ class _ScriptedLM(torch.nn.Module):
         self.continuation = continuation
         self.generation_config = None
 
-    def generate(self, input_ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        tail = torch.tensor([self.continuation]).expand(input_ids.shape[0], -1)
+    def generate(self, input_ids: torch.Tensor, generation_config: GenerationConfig, **kwargs: object) -> torch.Tensor:
+        tail = torch.tensor([self.continuation[: generation_config.max_new_tokens]]).expand(input_ids.shape[0], -1)
         return torch.cat([input_ids, tail], dim=1)
 
 
@@ -90,29 +92,35 @@ def test_generation_is_cut_at_eos(tiny: tuple) -> None:
     assert text == "Paris is nice"
 
 
-def test_gathered_merges_ranks_sorts_and_drops_sampler_repeats(monkeypatch: pytest.MonkeyPatch, tiny: tuple) -> None:
-    """DistributedSampler pads shards by repeating items: rank 0 gets rows 0, 2, 4 and rank 1 rows 1, 3, 0."""
-    evaluator = TOFUEvaluator(tiny[1])
-    evaluator.records = {"forget": [{"index": i, "answer_loss": float(i)} for i in (0, 2, 4)]}
-    other_rank = {"forget": [{"index": i, "answer_loss": float(i)} for i in (1, 3, 0)], "holdout": [{"index": 0}]}
-
-    def fake_all_gather_object(out: list, obj: object) -> None:
-        out[0], out[1] = obj, other_rank
-
-    # A context, not the test-wide monkeypatch: the process-group cleanup fixture must see the real functions.
-    with monkeypatch.context() as patch:
-        patch.setattr(torch.distributed, "is_initialized", lambda: True)
-        patch.setattr(torch.distributed, "get_world_size", lambda: 2)
-        patch.setattr(torch.distributed, "all_gather_object", fake_all_gather_object)
-        merged = evaluator.gathered()
-    assert [r["index"] for r in merged["forget"]] == [0, 1, 2, 3, 4]
-    assert merged["holdout"] == [{"index": 0}]
-
-
-def test_max_items_cap_skips_and_filters(tofu_dir: Path, tiny: tuple) -> None:
+def test_rows_beyond_the_cap_raise_naming_both_settings(tofu_dir: Path, tiny: tuple) -> None:
+    """A loader built without the cap must not be cut silently: the error names both settings."""
     model, tokenizer = tiny
     loader = small_loaders(tofu_dir, tokenizer, items=5, batch_size=3)["holdout"]
-    evaluator = TOFUEvaluator(tokenizer, EvalSettings(max_items=2))
-    batches = list(loader)
-    assert [r["index"] for r in evaluator.update(model, batches[0])] == [0, 1]
-    assert evaluator.update(model, batches[1]) == []  # rows 3, 4: not even run
+    evaluator = TOFUEvaluator(tokenizer, EvalSettings(max_items=3))
+    first, second = list(loader)
+    evaluator.update(model, first)  # rows 0, 1, 2: within the cap
+    with pytest.raises(ValueError, match=r"rows \[3, 4\] beyond the evaluation cap max_items=3") as err:
+        evaluator.update(model, second)
+    assert "model.evaluation.max_items" in str(err.value)
+    assert "data.eval_max_items" in str(err.value)
+    assert evaluator.compute()["num_items/holdout"] == 3
+
+
+def test_items_repeated_by_a_sampler_count_once(tofu_dir: Path, tiny: tuple) -> None:
+    """The batches two DistributedSampler shards of 5 rows give (rows 0, 2, 4 and 1, 3, 0), fed to one evaluator,
+    give the single pass over the 5 rows, in row order."""
+    model, tokenizer = tiny
+    dataset = small_loaders(tofu_dir, tokenizer, items=5, batch_size=5)["retain"].dataset
+    collate = TOFUEvalCollator(tokenizer.pad_token_id)
+    settings = EvalSettings(max_new_tokens=4)
+    single, sharded = TOFUEvaluator(tokenizer, settings), TOFUEvaluator(tokenizer, settings)
+    for i in range(5):
+        single.update(model, collate([dataset[i]]))
+    for i in (0, 2, 4, 1, 3, 0):
+        sharded.update(model, collate([dataset[i]]))
+    assert sharded.compute() == single.compute()
+    assert sharded.compute()["num_items/retain"] == 5
+    records = sharded.records({"retain": dataset})["retain"]
+    assert records == single.records({"retain": dataset})["retain"]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["question"] for r in records] == [row["question"] for row in dataset.rows]

@@ -6,7 +6,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_unlearn.eval.data import EVAL_SPLITS, eval_dataloader, tofu_file_of
+from lit_unlearn.data.evaluation import EVAL_SPLITS, eval_dataloader, tofu_file_of
 
 
 def read_rows(tofu_dir: Path, name: str, limit: int) -> list[dict]:

@@ -124,3 +124,22 @@ def test_min_k_auc_metric_matches_functional() -> None:
     expected = membership_auc(min_k_scores(forget, mask_f, 0.4), min_k_scores(holdout, mask_h, 0.4))
     assert metric.compute().item() == pytest.approx(expected)
     assert expected > 0.8
+
+
+def _pairwise_auc(members: list[float], others: list[float]) -> float:
+    """P(non-member scores above member), ties 1/2, by counting every pair."""
+    pairs = [(1.0 if o > m else 0.5 if o == m else 0.0) for m in members for o in others]
+    return sum(pairs) / len(pairs)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_membership_auc_vs_brute_force_pairwise_count(scale: float) -> None:
+    """Continuous scores with some exact ties, small and far past where a sigmoid rounds to 1 (unlearned models reach
+    min-k NLLs of 100 and more): binary_auroc must see their order, not squashed ties."""
+    gen = torch.Generator().manual_seed(5)
+    members = torch.rand(50, generator=gen, dtype=torch.float64) * scale + 40 * (scale > 1)
+    others = torch.rand(45, generator=gen, dtype=torch.float64) * scale * 1.3 + 40 * (scale > 1)
+    others[:5] = members[:5]  # exact ties across the two sides
+    expected = _pairwise_auc(members.tolist(), others.tolist())
+    assert membership_auc(members, others) == pytest.approx(expected, rel=1e-6)
+    assert 0.55 < expected < 0.95  # neither separable nor indistinguishable: the order matters

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lit_unlearn.metrics import AnswerProbability, TruthRatio, answer_probability, truth_ratio
-from lit_unlearn.metrics.functional.truth_ratio import _truth_ratio_update
+from lit_unlearn.metrics.functional.truth_ratio import truth_ratios
 
 NLL = torch.tensor([0.5, 1.0, 2.0])
 PERTURBED = torch.tensor([[1.0, 2.0], [1.0, 1.0], [0.5, 1.5]])
@@ -28,7 +28,7 @@ def test_option_normalised_probability_hand_computed() -> None:
 
 
 def test_truth_ratio_is_geometric_mean_of_perturbed_over_correct() -> None:
-    ratios = _truth_ratio_update(PARAPHRASED, PERTURBED)
+    ratios = truth_ratios(PARAPHRASED, PERTURBED)
     for r, c, perts in zip(ratios.tolist(), PARAPHRASED.tolist(), PERTURBED.tolist(), strict=True):
         geometric = math.prod(math.exp(-x) for x in perts) ** (1 / len(perts))
         assert r == pytest.approx(geometric / math.exp(-c))
@@ -48,7 +48,7 @@ def test_truth_ratio_class_keeps_per_item_values(aggregation: str) -> None:
     assert batch_value.item() == pytest.approx(truth_ratio(PARAPHRASED[:2], PERTURBED[:2], aggregation).item())
     metric.update(PARAPHRASED[2:], PERTURBED[2:])
     assert metric.compute().item() == pytest.approx(truth_ratio(PARAPHRASED, PERTURBED, aggregation).item())
-    assert metric.ratios().tolist() == pytest.approx(_truth_ratio_update(PARAPHRASED, PERTURBED).tolist())
+    assert metric.ratios().tolist() == pytest.approx(truth_ratios(PARAPHRASED, PERTURBED).tolist())
     restored = pickle.loads(pickle.dumps(metric))
     assert restored.compute().item() == pytest.approx(metric.compute().item())
     metric.reset()

@@ -9,6 +9,7 @@ import math
 
 import torch
 from torch import Tensor
+from torchmetrics.functional.classification import binary_auroc
 
 
 def min_k_scores(token_logps: Tensor, mask: Tensor, k: float = 0.4) -> Tensor:
@@ -42,34 +43,47 @@ def min_k_scores(token_logps: Tensor, mask: Tensor, k: float = 0.4) -> Tensor:
 
 
 def membership_auc(member_scores: Tensor, nonmember_scores: Tensor) -> float:
-    """ROC AUC of separating members (forget set) from non-members (holdout) by score.
+    """ROC AUC of separating members (forget set) from non-members (holdout) by score, with torchmetrics'
+    ``binary_auroc``.
 
     OpenUnlearning convention: labels 0 for members, 1 for non-members, scores where higher means "less likely a
     member". The AUC is the probability that a random non-member scores above a random member (ties count 1/2), so
     AUC ≈ 1 means the forget set looks far more "seen" than the holdout and 0.5 means indistinguishable.
 
+    Args:
+        member_scores: scores of the members, any shape (flattened).
+        nonmember_scores: scores of the non-members, any shape (flattened).
+
+    Returns:
+        The AUC in [0, 1] (``binary_auroc`` accumulates in float32: about 7 significant digits).
+
     Raises:
-        ValueError: when either side is empty.
+        ValueError: when either side is empty or a score is NaN.
+
+    Example:
+        >>> membership_auc(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 3.0]))  # pairs 1, 1, 1/2, 1 of 4
+        0.875
     """
     if member_scores.numel() == 0 or nonmember_scores.numel() == 0:
         raise ValueError(
             f"membership_auc needs scores on both sides, got {member_scores.numel()} member and "
             f"{nonmember_scores.numel()} non-member scores (evaluate both the forget and the holdout split)."
         )
-    members = member_scores.double().flatten()
-    others = nonmember_scores.double().flatten()
-    # Mann-Whitney U via average ranks: exact, O(n log n), ties counted 1/2.
-    scores = torch.cat([members, others])
-    order = torch.argsort(scores)
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
-    unique, inverse = torch.unique(scores, return_inverse=True)
-    rank_sum = torch.zeros_like(unique).index_add_(0, inverse, ranks)
-    counts = torch.zeros_like(unique).index_add_(0, inverse, torch.ones_like(ranks))
-    ranks = (rank_sum / counts)[inverse]
-    n_other = others.numel()
-    u = ranks[members.numel() :].sum() - n_other * (n_other + 1) / 2
-    return float(u / (members.numel() * n_other))
+    scores = torch.cat([member_scores.flatten(), nonmember_scores.flatten()]).double()
+    if scores.isnan().any():
+        raise ValueError(
+            "membership_auc got NaN scores (items without a scored token); min-k scores need at least one answer "
+            "token besides EOS."
+        )
+    target = torch.cat([torch.zeros(member_scores.numel()), torch.ones(nonmember_scores.numel())]).to(
+        device=scores.device, dtype=torch.long
+    )
+    # binary_auroc reads scores outside [0, 1] as logits and squashes them with a sigmoid, which rounds to 1.0 in
+    # float64 past ~37 (NLLs of an unlearned model go there) and would turn distinct scores into ties. The AUC
+    # depends only on the order of the scores, so their dense ranks scaled into [0, 1] keep it, ties included.
+    distinct, ranks = torch.unique(scores, return_inverse=True)
+    preds = ranks.double() / max(distinct.numel() - 1, 1)
+    return float(binary_auroc(preds, target))
 
 
 def privleak(auc: float, retain_auc: float = 0.5) -> float:

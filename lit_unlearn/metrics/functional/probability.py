@@ -19,12 +19,22 @@ def _check_nll_shapes(nll: Tensor, perturbed_nll: Tensor | None) -> None:
         )
 
 
-def _answer_probability_update(nll: Tensor, perturbed_nll: Tensor | None = None) -> Tensor:
-    """Per-item probabilities, shape (B,): ``exp(−nll)``, or option-normalised when ``perturbed_nll`` is given.
+def answer_probabilities(nll: Tensor, perturbed_nll: Tensor | None = None) -> Tensor:
+    """Per-item probabilities: ``exp(−nll)``, or option-normalised when ``perturbed_nll`` is given.
 
     Args:
         nll: average NLL of the correct answer, shape (B,).
         perturbed_nll: average NLLs of the K wrong answers, shape (B, K); ``None`` for the plain probability.
+
+    Returns:
+        Shape (B,), float64.
+
+    Raises:
+        ValueError: on shapes other than (B,) and (B, K).
+
+    Example:
+        >>> answer_probabilities(torch.tensor([0.0]), torch.tensor([[0.0, 0.0, 0.0]])).item()  # 1 / (1 + 3)
+        0.25
     """
     _check_nll_shapes(nll, perturbed_nll)
     p_true = torch.exp(-nll.double())
@@ -34,11 +44,6 @@ def _answer_probability_update(nll: Tensor, perturbed_nll: Tensor | None = None)
     return p_true / (p_true + p_wrong)
 
 
-def _answer_probability_compute(probabilities: Tensor) -> Tensor:
-    """Mean over items (NaN for no item)."""
-    return probabilities.mean()
-
-
 def answer_probability(nll: Tensor, perturbed_nll: Tensor | None = None) -> Tensor:
     """Mean length-normalised answer probability (plain, or option-normalised with ``perturbed_nll``).
 
@@ -46,8 +51,11 @@ def answer_probability(nll: Tensor, perturbed_nll: Tensor | None = None) -> Tens
         nll: average NLL of the correct answer per item, shape (B,).
         perturbed_nll: average NLLs of the wrong answers, shape (B, K), for ``P(a) / (P(a) + Σ_j P(pert_j))``.
 
+    Returns:
+        A scalar float64 tensor, the mean of :func:`answer_probabilities` (NaN without items).
+
     Example:
         >>> answer_probability(torch.tensor([0.0, 1.0])).item()  # (1 + e^-1) / 2
         0.6839397205857212
     """
-    return _answer_probability_compute(_answer_probability_update(nll, perturbed_nll))
+    return answer_probabilities(nll, perturbed_nll).mean()

@@ -1,4 +1,4 @@
-"""TOFU evaluation datasets and their collator.
+"""TOFU evaluation datasets, their collator and loaders.
 
 Each split becomes one dataset whose items hold every teacher-forced variant of a question (the answer, the
 paraphrased answer, the perturbed answers) and the generation prompt, so that an evaluation step runs one forward per
@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_unlearn.data.collate import pad_sequences
 from lit_unlearn.data.formatting import EncodedPair, PromptFormat, encode_pair, encode_prompt
+from lit_unlearn.data.tofu import load_tofu
 
 EVAL_SPLITS: tuple[str, ...] = ("forget", "retain", "real_authors", "world_facts", "holdout")
 """Evaluation split names, in evaluation order. ``holdout`` (unseen authors) only feeds membership inference."""
@@ -33,8 +34,19 @@ _FORGET_SPLIT = re.compile(r"forget(\d\d)")
 def tofu_file_of(split: str, forget_split: str = "forget10") -> str:
     """The TOFU file (Hub config) behind an evaluation split, e.g. ``forget`` → ``forget10_perturbed``.
 
+    Args:
+        split: one of ``EVAL_SPLITS``.
+        forget_split: ``forget01``, ``forget05`` or ``forget10``; picks the forget and holdout files.
+
+    Returns:
+        The file name without ``.json``.
+
     Raises:
         ValueError: on an unknown split or a ``forget_split`` other than ``forget01``/``forget05``/``forget10``.
+
+    Example:
+        >>> [tofu_file_of(split, "forget01") for split in EVAL_SPLITS]
+        ['forget01_perturbed', 'retain_perturbed', 'real_authors_perturbed', 'world_facts_perturbed', 'holdout01']
     """
     match = _FORGET_SPLIT.fullmatch(forget_split)
     if match is None:
@@ -193,7 +205,20 @@ def eval_dataloader(
     max_length: int = 512,
     max_items: int | None = None,
 ) -> DataLoader:
-    """A sequential ``DataLoader`` over one evaluation split built from already loaded rows."""
+    """A sequential ``DataLoader`` over one evaluation split built from already loaded rows.
+
+    Args:
+        rows: the split's rows with Hub field names.
+        split: evaluation split name, one of ``EVAL_SPLITS``.
+        tokenizer: the model's tokenizer.
+        prompt_format: see ``lit_unlearn.data.formatting.PromptFormat``.
+        batch_size: questions per batch.
+        max_length: truncation length of teacher-forced sequences.
+        max_items: keep only the first ``max_items`` rows (the evaluation's ``EvalSettings.max_items``).
+
+    Returns:
+        A loader of ``TOFUEvalCollator`` batches, in row order.
+    """
     dataset = TOFUEvalDataset(rows, split, tokenizer, prompt_format, max_length, max_items)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=TOFUEvalCollator(pad_token_id_of(tokenizer))
@@ -219,11 +244,16 @@ def tofu_eval_dataloaders(
         prompt_format: see ``lit_unlearn.data.formatting.PromptFormat``.
         batch_size: questions per batch (each brings its paraphrased and perturbed variants along).
         max_length: truncation length of teacher-forced sequences.
-        max_items: keep the first ``max_items`` rows of every split (original TOFU: 300).
+        max_items: keep the first ``max_items`` rows of every split (original TOFU: 300); give the evaluation's
+            ``EvalSettings.max_items``, which the evaluator enforces.
         splits: subset of ``EVAL_SPLITS`` (default: all five).
-    """
-    from lit_unlearn.data.tofu import load_tofu  # submodule import: safe while lit_unlearn.data is initialising
 
+    Returns:
+        One sequential loader per split, in ``splits`` order.
+
+    Raises:
+        ValueError: on an unknown split name.
+    """
     chosen = list(EVAL_SPLITS if splits is None else splits)
     unknown = [s for s in chosen if s not in EVAL_SPLITS]
     if unknown:

@@ -1,21 +1,27 @@
 """Evaluation datasets and collator: every answer variant encoded with ``encode_pair``, right padding for teacher
 forcing, left padding for generation, item-major flattening of the perturbed answers."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from tofu_eval_helpers import read_rows
 from transformers import AutoTokenizer
 
-from lit_unlearn.data.formatting import IGNORE_INDEX, encode_pair, encode_prompt
-from lit_unlearn.eval.data import (
+from lit_unlearn.data.evaluation import (
     TOFUEvalCollator,
     TOFUEvalDataset,
     eval_dataloader,
     tofu_eval_dataloaders,
     tofu_file_of,
 )
+from lit_unlearn.data.formatting import IGNORE_INDEX, encode_pair, encode_prompt
+
+
+def read_rows(tofu_dir: Path, name: str, limit: int) -> list[dict]:
+    """The first ``limit`` rows of ``{name}.json``, parsed independently of ``lit_unlearn.data.load_tofu``."""
+    with open(tofu_dir / f"{name}.json", encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(limit), f, strict=False)]
 
 
 @pytest.fixture(scope="module")
