@@ -7,7 +7,13 @@ is accepted too, since hand-made copies are often written that way.
 
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
+
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 TOFU_REPO_ID = "locuslab/TOFU"
 TOFU_DIR_ENV = "LIT_UNLEARN_TOFU_DIR"
@@ -81,16 +87,42 @@ def resolve_tofu_file(split: str, data_dir: str | Path | None = None) -> Path:
                 f"{TOFU_REPO_ID}), or unset it to download from the Hub."
             )
         return path
-    from huggingface_hub import hf_hub_download
-
+    try:
+        # A copy downloaded earlier needs no network at all.
+        return Path(
+            hf_hub_download(repo_id=TOFU_REPO_ID, filename=filename, repo_type="dataset", local_files_only=True)
+        )
+    except LocalEntryNotFoundError:
+        pass
+    fix = (
+        f"point at a local copy of the TOFU files: pass data_dir=... (--data.data_dir / --data-dir) or set "
+        f"{TOFU_DIR_ENV}=/path/to/tofu (the folder holding {filename})."
+    )
+    unreachable = "offline mode is on (HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else _unreachable_hub()
+    if unreachable:
+        # Fail now: huggingface_hub would retry five times with back-off (about 25 s per file) before giving up.
+        raise FileNotFoundError(
+            f"TOFU split {split!r} ({filename} of the Hub dataset {TOFU_REPO_ID}) is not cached and "
+            f"{unreachable}; {fix}"
+        )
     try:
         return Path(hf_hub_download(repo_id=TOFU_REPO_ID, filename=filename, repo_type="dataset"))
-    except Exception as err:  # offline mode, no network, file missing on the Hub: all need the same fix
+    except Exception as err:  # file missing on the Hub, network lost mid-way: all need the same fix
         raise FileNotFoundError(
             f"TOFU split {split!r}: could not download {filename} from the Hub dataset {TOFU_REPO_ID} "
-            f"({type(err).__name__}: {err}). Without network, point at a local copy of the TOFU files: pass "
-            f"data_dir=... or set {TOFU_DIR_ENV}=/path/to/tofu (the folder holding {filename})."
+            f"({type(err).__name__}: {err}). Without network, {fix}"
         ) from err
+
+
+def _unreachable_hub(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be reached (no name resolution, no TCP connection within ``timeout`` s), or None."""
+    url = urlparse(hub_constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"the Hub ({host}) cannot be reached ({err.strerror or type(err).__name__})"
 
 
 def _parse_rows(path: Path, split: str) -> list[tuple[str, object]]:

@@ -1,7 +1,7 @@
 """``evaluate``: a TOFU evaluation of an HF causal LM without a Trainer (scripts, the quickstart, benchmarks)."""
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -40,6 +40,7 @@ def evaluate(
     splits: Sequence[str] | None = None,
     dataloaders: Mapping[str, DataLoader] | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the TOFU evaluation splits.
 
@@ -58,7 +59,9 @@ def evaluate(
         splits: evaluation splits (default: forget, retain, real_authors, world_facts, holdout).
         dataloaders: ready-made loaders keyed by split (e.g. from ``lit_unlearn.data.tofu_eval_dataloaders``), built
             with ``settings.max_items``; overrides the data args.
-        progress: show progress bars.
+        progress: show a progress bar per split.
+        log: called with one line per finished split (items, seconds), for output shared with other processes,
+            where progress bars would overwrite each other.
 
     Returns:
         ``{"summary": ..., "records": ..., "paths": ..., "seconds": ...}``: the flat summary (see
@@ -81,6 +84,8 @@ def evaluate(
             for batch in tqdm(loader, desc=f"TOFU eval [{split}]", disable=not progress, leave=False):
                 evaluator.update(model, move_to_device(batch, device))
             seconds[split] = time.perf_counter() - start
+            if log is not None:
+                log(f"evaluated {split}: {len(loader.dataset)} items in {seconds[split]:.0f} s")
     finally:
         model.train(was_training)
     summary = evaluator.compute()

@@ -1,12 +1,15 @@
 """load_tofu: every split, source resolution (argument, environment, Hub) and every bad-input case."""
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import huggingface_hub
 import pytest
+from huggingface_hub.errors import LocalEntryNotFoundError
 
-from lit_unlearn.data import TOFU_SPLITS, TOFUDataError, load_tofu
+from lit_unlearn.data import TOFU_SPLITS, TOFUDataError, load_tofu, tofu
 from lit_unlearn.data.tofu import TOFU_DIR_ENV, TOFU_REPO_ID
 
 
@@ -61,14 +64,44 @@ def test_environment_variable_is_used(tofu_dir: Path, tmp_path: Path, monkeypatc
 def test_hub_download_when_no_local_folder(tofu_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fake_download(repo_id: str, filename: str, repo_type: str) -> str:
-        calls.append((repo_id, filename, repo_type))
+    def fake_download(repo_id: str, filename: str, repo_type: str, local_files_only: bool = False) -> str:
+        calls.append((repo_id, filename, repo_type, local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
         return str(tofu_dir / filename)
 
     monkeypatch.delenv(TOFU_DIR_ENV)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(tofu, "hf_hub_download", fake_download)
+    monkeypatch.setattr(tofu, "_unreachable_hub", lambda: None)
     assert len(load_tofu("world_facts")) == 117
-    assert calls == [(TOFU_REPO_ID, "world_facts.json", "dataset")]
+    # The cache is asked first, then the Hub.
+    assert calls == [
+        (TOFU_REPO_ID, "world_facts.json", "dataset", True),
+        (TOFU_REPO_ID, "world_facts.json", "dataset", False),
+    ]
+
+
+def test_unreachable_hub_fails_at_once_without_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network and no cached copy: one quick probe, no download attempt (huggingface_hub retries 5 times)."""
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    downloads = []
+
+    def fake_download(repo_id: str, filename: str, repo_type: str, local_files_only: bool = False) -> str:
+        downloads.append(local_files_only)
+        raise LocalEntryNotFoundError("not cached")
+
+    monkeypatch.delenv(TOFU_DIR_ENV)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(tofu, "hf_hub_download", fake_download)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"127\.0\.0\.1\) cannot be reached.*LIT_UNLEARN_TOFU_DIR"):
+        load_tofu("forget01")
+    assert time.perf_counter() - start < 10
+    assert downloads == [True]  # only the cache lookup
 
 
 def test_offline_without_cache_says_how_to_point_at_a_local_copy(
