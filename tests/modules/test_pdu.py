@@ -95,7 +95,7 @@ class ScriptedPDU(SpyPDU):
         self.script = iter(P2_RETAIN)
 
     def _zero(self) -> Tensor:
-        return 0.0 * next(self.model.parameters()).sum()
+        return 0.0 * next(self.model.parameters()).float().sum()  # float32 even under bf16-true, like the real losses
 
     def forget_loss(self, batch, reference) -> Tensor:
         return 13.0 + self._zero()
@@ -132,10 +132,12 @@ def test_dual_ascent_worked_example_p2() -> None:
     assert dual_ascent(0.5, 0.0, epsilon=0.3, step_size=5.0) == 0.0  # projected onto λ ≥ 0
 
 
-def test_worked_example_p2_through_training(tiny_model_dir, batches, tmp_path) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_worked_example_p2_through_training(precision, tiny_model_dir, batches, tmp_path) -> None:
+    """bf16-true casts the module's floating buffers to bf16 (100.25 would become 100): λ must not be one."""
     module = ScriptedPDU(str(tiny_model_dir), epsilon=0.3, dual_step_size=5.0, retain_weight=100.0)
     recorder = Recorder()
-    trainer = _fit(module, batches, tmp_path, [recorder], max_steps=4)
+    trainer = _fit(module, batches, tmp_path, [recorder], max_steps=4, precision=precision)
     assert module.seen_loss == pytest.approx(P2_LOSS, abs=1e-4)  # float32 losses
     assert recorder.dual == pytest.approx(P2_DUAL, abs=1e-5)
     assert float(trainer.callback_metrics["train/dual"]) == pytest.approx(P2_DUAL[2])  # λ that formed the last loss
