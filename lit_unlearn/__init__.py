@@ -2,9 +2,12 @@
 
 from lit_unlearn.data import TOFUFinetuneDataModule, TOFUUnlearnDataModule, load_tofu
 from lit_unlearn.modules import (
+    CEU,
     NPO,
+    PDU,
     RMU,
     TNPO,
+    UNDIAL,
     WGA,
     WTNPO,
     Finetune,
@@ -12,14 +15,18 @@ from lit_unlearn.modules import (
     GradDiff,
     IdkDPO,
     IdkPO,
+    SatImp,
     SimNPO,
     UnlearningModule,
 )
 
 __all__ = [
+    "CEU",
     "NPO",
+    "PDU",
     "RMU",
     "TNPO",
+    "UNDIAL",
     "WGA",
     "WTNPO",
     "Finetune",
@@ -27,6 +34,7 @@ __all__ = [
     "GradDiff",
     "IdkDPO",
     "IdkPO",
+    "SatImp",
     "SimNPO",
     "TOFUFinetuneDataModule",
     "TOFUUnlearnDataModule",

@@ -8,17 +8,20 @@ is the probability of answer token i, ``ce_i = -log p_i``, ``p_o,i`` the same un
 ``sg[.]`` stop-gradient.
 
 Inputs are the ``(logps, mask)`` pair returned by :func:`token_logps`: shape ``(B, T-1)``, ``logps`` float32, ``mask``
-bool and False on prompt and padding positions. No function here runs a model or reads a batch dict.
+bool and False on prompt and padding positions. The losses that need whole distributions (``kl_divergence``, and
+``undial``, ``ceu``, ``pdu_forget`` from OpenUnlearning's further methods) take ``(B, T, V)`` logits with the unshifted
+``(B, T)`` labels and apply the same shift. No function here runs a model or reads a batch dict.
 
 Averaging levels are part of each objective and are kept exactly (β values are only comparable with published ones
-that way): token mean over the whole micro-batch for NLL/GA/WGA/TNPO/WTNPO, per-sequence log-prob SUM inside logσ for
-NPO/DPO, per-sequence MEAN for SimNPO.
+that way): token mean over the whole micro-batch for NLL/GA/WGA/TNPO/WTNPO/SatImp (and position mean for
+KL/UNDIAL/CE-U/PDU), per-sequence log-prob SUM inside logσ for NPO/DPO, per-sequence MEAN for SimNPO.
 
 A masked position never contributes a value or a gradient. This matters because cross-entropy at an ignored label is 0,
 so ``exp(-ce) = 1`` there: an unmasked weighted loss would count every prompt token with the largest possible weight.
 """
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,7 @@ from lit_unlearn.batch import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
+    "ceu",
     "check_positive",
     "dpo",
     "gradient_ascent",
@@ -35,12 +39,16 @@ __all__ = [
     "mean_token_nll",
     "nll",
     "npo",
+    "pdu_forget",
     "rmu",
+    "satimp",
+    "satimp_weights",
     "sequence_logps",
     "simnpo",
     "tnpo",
     "tnpo_weights",
     "token_logps",
+    "undial",
     "wga",
     "wga_weights",
     "wtnpo",
@@ -620,3 +628,229 @@ def dpo(
         rejected_ref_logps.detach(), rejected_mask
     )  # (B,)
     return -(2.0 / beta) * F.logsigmoid(beta * (chosen - rejected)).mean()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# further objectives (OpenUnlearning's SatImp, UNDIAL, CE-U, PDU)
+
+
+def satimp_weights(logps: Tensor, beta1: float, beta2: float) -> Tensor:
+    """Per-token SatImp weights ``sg[p_i^β1 · (1 - p_i)^β2]``, detached.
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs.
+        beta1: saturation exponent β1 ≥ 0 (the authors: 5).
+        beta2: importance exponent β2 ≥ 0 (the authors' README: 0.1; OpenUnlearning: 1).
+
+    Returns:
+        ``(B, T-1)`` weights in [0, 1]; 1 everywhere when β1 = β2 = 0. Values at masked positions are meaningless
+        (there log p = 0): always apply the mask.
+    """
+    check_positive(beta1, "beta1", allow_zero=True)
+    check_positive(beta2, "beta2", allow_zero=True)
+    lp = _upcast(logps.detach())
+    # 1 - p as -expm1(log p): exact near p = 1, where 1 - exp(log p) cancels. pow keeps 0^0 = 1, so β2 = 0 is exactly
+    # the WGA weight even for a certain token; a log-space form would give 0 · log 0 = NaN there.
+    return torch.exp(beta1 * lp) * (-torch.expm1(lp)).pow(beta2)
+
+
+def satimp(logps: Tensor, mask: Tensor, beta1: float, beta2: float) -> Tensor:
+    """SatImp (Yang et al., "Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning", ICML 2025).
+
+    ``F = (1/N) Σ_{valid i} w_i log p_i`` with ``w_i = sg[p_i^β1 · (1 - p_i)^β2]``: gradient ascent reweighted per
+    token by saturation (``p^β1``, like WGA: tokens already forgotten stop being pushed) and importance (``(1-p)^β2``:
+    tokens the model is certain of, often trivial ones, are pushed less). Token mean over the micro-batch, as in the
+    authors' code (``satimp`` in ``dataloader/dataloader_sat.py``; the formula is taken from there). The weights are
+    constants, so ``∂F/∂log p_i = w_i / N``. Limiting cases: β1 = β2 = 0 is :func:`gradient_ascent`; β2 = 0 is
+    :func:`wga` with β = β1.
+
+    The authors recommend β1 = 5, β2 = 0.1 (README) and pair it with ``forget 1 · F + 0.1 · NLL_retain``
+    (``satimp_gd``). OpenUnlearning's SatImp config differs: β2 = 1, and forget/retain weights 0.1/1 (swapped
+    relative to its own class defaults and to the authors').
+
+    Args:
+        logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
+        mask: ``(B, T-1)`` bool, False on prompt and padding.
+        beta1: saturation exponent β1 ≥ 0 (the authors: 5).
+        beta2: importance exponent β2 ≥ 0 (the authors' README: 0.1; OpenUnlearning: 1).
+
+    Returns:
+        Scalar tensor (≤ 0).
+
+    Raises:
+        ValueError: if ``beta1`` or ``beta2`` is negative or ``mask`` has no True entry.
+    """
+    _check_pair(logps, mask)
+    logps = _clean(logps, mask)
+    return _masked_mean(satimp_weights(logps, beta1, beta2) * logps, mask)
+
+
+def _check_logits_labels(logits: Tensor, labels: Tensor) -> None:
+    if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
+        raise ValueError(
+            f"expected logits (B, T, V) and labels (B, T) with the same B and T, got logits {tuple(logits.shape)} "
+            f"and labels {tuple(labels.shape)}."
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer token ids, got dtype {labels.dtype}.")
+
+
+def _check_label_ids(targets: Tensor, vocab: int) -> None:
+    """Token ids (-100 aside) must index the vocabulary: an out-of-range id would be a cryptic scatter error."""
+    scored = targets[targets != IGNORE_INDEX]
+    if scored.numel() and not bool(((scored >= 0) & (scored < vocab)).all()):
+        raise ValueError(
+            f"labels hold ids outside [0, {vocab}) other than -100 (min {int(scored.min())}, max {int(scored.max())}); "
+            "the labels and the logits come from different tokenizers or models."
+        )
+
+
+def _answer_rows(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Shifted answer positions only: logits ``(N, V)`` upcast to float32 and their labels ``(N,)``.
+
+    Selecting before upcasting keeps the float32 temporaries (N, V) instead of (B, T-1, V).
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+    if not bool(mask.any()):
+        raise ValueError(
+            "labels are -100 everywhere: no answer position to average over. Check the label masking (an answer "
+            "truncated away by max_length?) or drop empty examples."
+        )
+    return _upcast(logits[:, :-1][mask]), labels[:, 1:][mask]
+
+
+def undial(
+    logits: Tensor, ref_logits: Tensor, labels: Tensor, beta: float, positions: Literal["answer", "all"] = "answer"
+) -> Tensor:
+    """UNDIAL (Dong et al., "UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in LLMs", NAACL 2025).
+
+    Self-distillation towards the frozen initial model with the label's logit lowered by β:
+    ``q_t = softmax(z^T_t - β e_{y_t})`` (detached), ``ℓ_t = -Σ_v q_t,v log softmax(z^S_t)_v`` (KL(q_t ‖ p_S) plus the
+    constant entropy of q_t), ``F = mean_t ℓ_t`` over the answer positions (logits shifted like :func:`token_logps`).
+    The target keeps the teacher's distribution over the other tokens; only the label's probability drops, to
+    ``q_y = p^T_y e^-β / (1 - p^T_y + p^T_y e^-β)``. ``∇_{z^S_t} ℓ_t = softmax(z^S_t) - q_t`` (over N).
+    Limiting cases: β = 0 with student = teacher gives the mean teacher entropy and zero gradient; β → ∞ gives
+    :func:`ceu`'s target (the label removed from the teacher's distribution).
+
+    OpenUnlearning (``compute_undial_loss``) averages over ALL B·(T-1) positions, prompt and padding included
+    (``positions="all"`` reproduces that: a masked position contributes plain distillation towards the teacher), and
+    subtracts β at vocabulary entry -100 there, i.e. at token V-100 by index wrap-around (an IndexError for V < 100).
+    That wrap-around is never reproduced. Computed in float32 (float64 inputs stay float64).
+
+    Args:
+        logits: ``(B, T, V)`` logits of the model being unlearned (the student).
+        ref_logits: ``(B, T, V)`` logits of the frozen initial model on the same inputs (the teacher; detached here).
+        labels: ``(B, T)`` labels, -100 on prompt and padding.
+        beta: β ≥ 0, how far the label's logit is lowered (OpenUnlearning's config: 10; the paper: 3, 10 or 30).
+        positions: ``"answer"`` (default): mean over answer positions; ``"all"``: OpenUnlearning's mean over every
+            position (its value then depends on prompt length and padding).
+
+    Returns:
+        Scalar tensor (≥ 0).
+
+    Raises:
+        ValueError: on shape mismatch, a negative β, an unknown ``positions``, a label id outside the vocabulary, or
+            no answer position.
+    """
+    _check_logits_labels(logits, labels)
+    if logits.shape != ref_logits.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} differ in shape; run both models "
+            "on the same batch."
+        )
+    check_positive(beta, "beta", allow_zero=True)
+    vocab = logits.shape[-1]
+    if positions == "answer":
+        student, _ = _answer_rows(logits, labels)  # (N, V)
+        teacher, targets = _answer_rows(ref_logits.detach(), labels)  # (N, V), (N,)
+    elif positions == "all":
+        if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+            raise ValueError("labels are -100 everywhere: UNDIAL has no answer token to lower.")
+        student = _upcast(logits[:, :-1].reshape(-1, vocab))  # (N, V), N = B*(T-1)
+        teacher = _upcast(ref_logits[:, :-1].detach().reshape(-1, vocab))
+        targets = labels[:, 1:].reshape(-1)  # (N,), -100 at prompt and padding
+    else:
+        raise ValueError(f"positions={positions!r}; choose 'answer' (the paper's) or 'all' (OpenUnlearning's).")
+    _check_label_ids(targets, vocab)
+    lowered = targets != IGNORE_INDEX  # (N,), all True for "answer"
+    # Lower the label's logit only where there is a label; where(), not β·lowered, so that β = inf stays NaN-free.
+    shift = torch.where(lowered, -beta, 0.0).to(teacher.dtype)  # (N,)
+    teacher = teacher.scatter_add(-1, targets.masked_fill(~lowered, 0)[:, None], shift[:, None])
+    target_probs = torch.softmax(teacher, dim=-1)  # (N, V), a constant
+    return F.cross_entropy(student, target_probs)
+
+
+def ceu(logits: Tensor, labels: Tensor, ignore_first_n: int = 1) -> Tensor:
+    """CE-U, cross-entropy unlearning (Bo Yang, "CE-U: Cross Entropy Unlearning", arXiv 2503.01224).
+
+    Cross-entropy to the model's OWN detached distribution with the label removed:
+    ``q_t = softmax(sg[z_t] with z_t,y_t := -inf)`` (so ``q_t,y = 0``), ``ℓ_t = -Σ_{v≠y_t} q_t,v log p_t,v``,
+    ``F = mean_t ℓ_t`` over answer positions (shifted like :func:`token_logps`). Identity:
+    ``ℓ_t = H(q_t) - log(1 - p_t,y_t)``, and its gradient ``∇_{z_t} ℓ_t = p_t - q_t`` equals that of the unlikelihood
+    loss ``-log(1 - p_t,y_t)``: bounded, unlike gradient ascent's, as ``p_y → 0``. No reference model, no retain term in
+    the paper. Limiting case: :func:`undial` with student = teacher and β → ∞.
+
+    The first ``ignore_first_n`` answer tokens of each sequence are relabelled -100 BEFORE the shift (the paper's
+    footnote, per OpenUnlearning's ``compute_batch_ceu``), so their positions neither count nor get a gradient.
+    Computed in float32 (float64 inputs stay float64).
+
+    Args:
+        logits: ``(B, T, V)`` logits of the model being unlearned, V ≥ 2.
+        labels: ``(B, T)`` labels, -100 on prompt and padding.
+        ignore_first_n: answer tokens skipped at the start of every answer, ≥ 0 (OpenUnlearning's config: 1).
+
+    Returns:
+        Scalar tensor (≥ 0).
+
+    Raises:
+        ValueError: on shape mismatch, a negative ``ignore_first_n``, V < 2, a label id outside the vocabulary, or no
+            answer position left after skipping.
+    """
+    _check_logits_labels(logits, labels)
+    if isinstance(ignore_first_n, bool) or not isinstance(ignore_first_n, int) or ignore_first_n < 0:
+        raise ValueError(f"ignore_first_n must be an integer >= 0, got {ignore_first_n!r}.")
+    if logits.shape[-1] < 2:
+        raise ValueError(f"CE-U needs a vocabulary of at least 2 tokens (one removed), got V={logits.shape[-1]}.")
+    answer = labels != IGNORE_INDEX  # (B, T)
+    skipped = answer & (answer.cumsum(dim=-1) <= ignore_first_n)
+    labels = labels.masked_fill(skipped, IGNORE_INDEX)
+    if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+        raise ValueError(
+            f"no answer token left after skipping the first ignore_first_n={ignore_first_n} of each answer; lower "
+            "ignore_first_n or check the label masking."
+        )
+    z, targets = _answer_rows(logits, labels)  # (N, V), (N,)
+    _check_label_ids(targets, z.shape[-1])
+    target_logits = z.detach().scatter(-1, targets[:, None], float("-inf"))  # (N, V)
+    # q_y = 0 exactly, so the label's log-prob never enters: the loss is the cross-entropy over the other tokens.
+    return F.cross_entropy(z, torch.softmax(target_logits, dim=-1))
+
+
+def pdu_forget(logits: Tensor, labels: Tensor) -> Tensor:
+    """PDU's forget loss (Entesari et al., "Constrained Entropic Unlearning: A Primal-Dual Framework for LLMs", 2025).
+
+    Logit-margin flattening: ``F = (1/N) Σ_{valid t} (max_v z_t,v - mean_v z_t,v)^2`` over the answer positions,
+    logits shifted like :func:`token_logps` (position t predicts label t+1). F pushes every answer position's output
+    towards the uniform distribution without naming the label. It is 0 exactly when the logits are constant at every
+    answer position and invariant to adding a constant to a position's logits. PDU minimises it subject to
+    ``R_retain ≤ ε`` (see :class:`lit_unlearn.modules.PDU`).
+
+    OpenUnlearning (``PDU.compute_loss``) masks the UNSHIFTED positions (``labels != -100`` on ``logits``): it scores
+    the logits after each final answer token and drops the last prompt position, which predicts the first answer
+    token. Here the mask is shifted like every other loss of this module; OpenUnlearning's value is this function's
+    on labels moved one position later.
+
+    Args:
+        logits: ``(B, T, V)`` logits of the model being unlearned (any float dtype; math in float32).
+        labels: ``(B, T)`` labels, -100 on prompt and padding; only their mask is used, not the ids.
+
+    Returns:
+        Scalar tensor (≥ 0).
+
+    Raises:
+        ValueError: on shape mismatch or when no position has a label.
+    """
+    _check_logits_labels(logits, labels)
+    z, _ = _answer_rows(logits, labels)  # (N, V)
+    # amax spreads the gradient evenly over tied maxima, so the derivative is symmetric in the tied entries.
+    return (z.amax(dim=-1) - z.mean(dim=-1)).pow(2).mean()

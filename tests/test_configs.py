@@ -13,7 +13,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml
 
 def test_configs_exist() -> None:
     names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
-    for objective in ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_po", "idk_dpo", "rmu", "wga", "tnpo", "wtnpo"):
+    objectives = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_po", "idk_dpo", "rmu", "wga", "tnpo", "wtnpo")
+    objectives += ("satimp", "undial", "ceu", "pdu")
+    for objective in objectives:
         assert f"tofu/{objective}.yaml" in names
         assert f"tofu_tiny/{objective}.yaml" in names
 

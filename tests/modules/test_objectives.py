@@ -35,8 +35,25 @@ OBJECTIVES = [
     ("TNPO", {"retain_loss": "kl"}, 2, 1),
     ("WTNPO", {}, 2, 1),
     ("WTNPO", {"retain_loss": "kl"}, 2, 1),
+    ("SatImp", {}, 2, 0),
+    ("UNDIAL", {}, 1, 1),
+    ("CEU", {}, 1, 0),
+    ("PDU", {"epsilon": 0.3}, 2, 0),
 ]
-RISES = ["GradAscent", "WGA", "NPO", "TNPO", "WTNPO"]
+# The other retain terms of the objectives above whose default differs: budget only, as the CLI path is the same.
+RETAIN_VARIANTS = [
+    ("SatImp", {"retain_loss": "kl"}, 2, 1),
+    ("UNDIAL", {"retain_loss": "nll"}, 2, 1),
+    ("UNDIAL", {"retain_loss": "kl"}, 2, 1),
+    ("UNDIAL", {"positions": "all", "retain_loss": "kl"}, 2, 1),
+    ("CEU", {"retain_loss": "nll"}, 2, 0),
+    ("CEU", {"retain_loss": "kl"}, 2, 1),
+    ("PDU", {"epsilon": 0.3, "retain_loss": "kl"}, 2, 1),
+    ("PDU", {"epsilon": 0.3, "retain_loss": "none"}, 1, 0),
+]
+RISES = ["GradAscent", "WGA", "NPO", "TNPO", "WTNPO", "SatImp", "UNDIAL", "CEU", "PDU"]
+REQUIRED = {"PDU": {"epsilon": 0.3}}
+"""Arguments without a default, per objective."""
 TRAINED = [(name, kwargs) for name, kwargs, _, _ in OBJECTIVES]
 
 
@@ -75,7 +92,7 @@ class _Counter:
         return self._forward(*args, **kwargs)
 
 
-@pytest.mark.parametrize(("name", "kwargs", "model_calls", "ref_calls"), OBJECTIVES)
+@pytest.mark.parametrize(("name", "kwargs", "model_calls", "ref_calls"), OBJECTIVES + RETAIN_VARIANTS)
 def test_forward_budget(name, kwargs, model_calls, ref_calls, tiny_model_dir, batch) -> None:
     """One forward with grad per batch part, at most one reference forward per batch."""
     module: UnlearningModule = getattr(lit_unlearn, name)(model_name_or_path=str(tiny_model_dir), **kwargs)
@@ -203,6 +220,13 @@ def test_bad_arguments(tiny_model_dir) -> None:
         (lit_unlearn.WGA, {"beta": -1.0}, "WGA beta must be >= 0, got -1.0."),
         (lit_unlearn.TNPO, {"eps": -1e-5}, "TNPO eps must be >= 0, got -1e-05."),
         (lit_unlearn.WTNPO, {"alpha": -1.0}, "WTNPO alpha must be >= 0, got -1.0."),
+        (lit_unlearn.SatImp, {"beta2": -0.1}, "SatImp beta2 must be >= 0, got -0.1."),
+        (lit_unlearn.UNDIAL, {"beta": -1.0}, "UNDIAL beta must be >= 0, got -1.0."),
+        (lit_unlearn.UNDIAL, {"positions": "prompt"}, "UNDIAL: positions='prompt'; choose 'answer' or 'all'."),
+        (lit_unlearn.CEU, {"ignore_first_n": -1}, "CEU ignore_first_n must be >= 0, got -1."),
+        (lit_unlearn.PDU, {"epsilon": -0.1}, "PDU epsilon must be >= 0, got -0.1."),
+        (lit_unlearn.PDU, {"epsilon": float("inf")}, "PDU epsilon must be finite, got inf."),
+        (lit_unlearn.PDU, {"epsilon": 0.3, "dual_step_size": -1.0}, "PDU dual_step_size must be >= 0, got -1.0."),
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             cls(model_name_or_path=str(tiny_model_dir), **kwargs)
@@ -302,6 +326,7 @@ def test_forget_nll_rises(name, memorised_model_dir, batch, tmp_path) -> None:
     before = _forget_nll(initial, batch["forget"])
     assert before < 3.0  # the fixture did memorise
     extra = ["--model.retain_loss=none", "--model.lr=1e-4"]
+    extra += [f"--model.{k}={v}" for k, v in REQUIRED.get(name, {}).items()]
     cli = run_lightning_cli(_cli_args(name, memorised_model_dir, tmp_path, extra))
     assert _forget_nll(cli.model.model, batch["forget"]) > before + 1e-3
 
