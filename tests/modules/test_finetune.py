@@ -70,6 +70,34 @@ def test_loss_and_accuracy_match_references(tiny_model_dir: Path, tofu_dir: Path
     torch.testing.assert_close(risks["train"], reference)
 
 
+@pytest.mark.parametrize("rows_per_forward", [1, 2, 5])
+def test_chunked_forward_has_the_whole_batch_loss_and_gradient(
+    tiny_model_dir: Path, tofu_dir: Path, rows_per_forward: int
+) -> None:
+    """Length-sorted chunks, each cut to its own longest row, give the batch's token-mean loss, accuracy and
+    gradient (Hugging Face's ``outputs.loss`` on the padded batch is the reference)."""
+    rows = load_tofu("full", tofu_dir)[:3] + load_tofu("world_facts_perturbed", tofu_dir)[:2]  # long and short
+    batch = _batch_rows(tiny_model_dir, rows)
+    whole, chunked = Finetune(str(tiny_model_dir)), Finetune(str(tiny_model_dir), rows_per_forward=rows_per_forward)
+    reference = whole.model(**batch).loss
+    reference.backward()
+    loss, accuracy = chunked.answer_nll(batch)
+    loss.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    logits = whole.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    hits, total = _hand_accuracy(logits, batch["labels"])
+    assert accuracy.item() == pytest.approx(hits / total)
+    for (name, a), b in zip(whole.model.named_parameters(), chunked.model.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_forward_refuses_left_padding(tiny_model_dir: Path, tofu_dir: Path) -> None:
+    batch = _batch(tiny_model_dir, tofu_dir)
+    left = {k: torch.flip(v, dims=[1]) for k, v in batch.items()}  # padding now comes first
+    with pytest.raises(ValueError, match="right-padded"):
+        Finetune(str(tiny_model_dir), rows_per_forward=1).answer_nll(left)
+
+
 def test_training_lowers_the_loss_and_saves_a_loadable_model(
     tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path
 ) -> None:

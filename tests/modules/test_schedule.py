@@ -30,11 +30,11 @@ OLD_FINETUNE = {"tofu_tiny": (0.05, 0.1), "tofu": (0.2, 0.0)}
 OLD_WARMUP_EPOCHS = 1.0
 ADAMW_BETAS = (0.9, 0.999)  # torch's default, which the old UnlearningModule left in place
 
-# Training rows of each fine-tuning config (tiny: 20 authors, plus the 2 forget01 authors for the target, plus 100
-# real-author and 117 world-fact questions).
+# Training rows of each fine-tuning config (tiny: authors 0-4 and 20-24, plus the 2 forget01 authors for the target,
+# plus 100 real-author and 117 world-fact questions).
 FINETUNE_ROWS = {
-    "tofu_tiny/finetune_target.yaml": 440 + 217,
-    "tofu_tiny/finetune_retain.yaml": 400 + 217,
+    "tofu_tiny/finetune_target.yaml": 200 + 40 + 217,
+    "tofu_tiny/finetune_retain.yaml": 200 + 217,
     "tofu/finetune_target.yaml": 4000,
     "tofu/finetune_retain.yaml": 3600,
 }

@@ -1,0 +1,39 @@
+"""``EpochProgress``: one plain line per training epoch, for runs whose output is interleaved with others'.
+
+Lightning's progress bars redraw one terminal line; two processes training side by side (the quickstart builds its
+target and retain models in parallel) would overwrite each other's bars. One prefixed line per epoch reads cleanly.
+"""
+
+import time
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+
+class EpochProgress(Callback):
+    """Print ``[prefix] epoch e/E · <metric> v · t s`` when each training epoch ends (global rank 0 only).
+
+    Args:
+        prefix: Label of the run in the printed lines.
+        metric: Logged metric shown on each line (skipped when not logged).
+    """
+
+    def __init__(self, prefix: str = "fit", metric: str = "train/loss") -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.metric = metric
+        self._start = 0.0
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        value = trainer.callback_metrics.get(self.metric)
+        shown = f" · {self.metric} {float(value):.4g}" if value is not None else ""
+        elapsed = time.perf_counter() - self._start
+        print(f"[{self.prefix}] epoch {trainer.current_epoch + 1}/{total}{shown} · {elapsed:.0f} s", flush=True)
