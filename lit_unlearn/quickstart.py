@@ -1,182 +1,549 @@
 """``lit-unlearn quickstart``: the whole G-effect pipeline on the embedded tiny TOFU model, in minutes on a CPU.
 
-1. build (or reuse from the cache) the tiny target model (first 20 authors + the forget01 authors + world-knowledge
-   QA) and the retain model (the same without the forget authors), with ``configs/tofu_tiny/finetune_*.yaml``;
-2. evaluate both on TOFU's forget01 protocol (the retain model's per-item truth ratios are forget quality's reference);
-3. unlearn the target with WGA + GD (``configs/tofu_tiny/wga.yaml``) under the ``GEffectCallback``;
-4. evaluate the unlearned model and write ``report.md``, figures and TensorBoard logs into the output directory.
+1. check every input (configs, TOFU files, output folder) before any work starts;
+2. build, or reuse from the cache, the tiny target model (TOFU authors 0-4 and 20-24, the forget01 authors and
+   world-knowledge QA) and the retain model (the same without the forget01 authors), and evaluate both on TOFU's
+   forget01 protocol; the two builds run side by side, one process and one torch thread each;
+3. unlearn the target (``configs/tofu_tiny/<method>.yaml``) under the ``GEffectCallback``, which measures the raw
+   gradient's G-effect, the real update's and the realised risk change at every step;
+4. evaluate the unlearned model and write ``report.md``, ``summary.json``, figures and TensorBoard logs.
+
+Every torch computation runs on one pinned thread, so the same command on the same kind of CPU with the same torch
+gives the same numbers, whatever the machine's core count or the user's ``OMP_NUM_THREADS``.
 """
 
 import argparse
 import hashlib
 import json
+import logging
+import multiprocessing
+import os
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lit_unlearn.config_hub import shipped_config
-from lit_unlearn.data import load_tofu
+import yaml
+
+from callbacks import GEffectCallback
+from lit_unlearn.config_hub import shipped_config, shipped_configs
+from lit_unlearn.data import load_tofu, resolve_tofu_file
+from lit_unlearn.data.tofu import TOFU_DIR_ENV
+from lit_unlearn.eval.io import FORMAT_VERSION
+from lit_unlearn.eval.runner import evaluate
+from lit_unlearn.eval.settings import EvalSettings
+from lit_unlearn.eval.summarize import summarize
 from lit_unlearn.lightning_cli import run_lightning_cli
+from lit_unlearn.models import load_causal_lm, load_tokenizer
+from lit_unlearn.modules.finetune import TINY_CORPUS_SPLITS
+from lit_unlearn.report import readings_of, write_report
+from lit_unlearn.reproducibility import environment, pin_threads
 
 FORGET_SPLIT = "forget01"
+DEFAULT_METHOD = "tnpo"
+"""The objective docs/results.md found best at this scale (see the README); any shipped tiny config works."""
+DEFAULT_LR = 1.0e-3
+THREADS = 1
+"""Torch threads per process: one is both the fastest and the reproducible setting for the tiny models."""
+RECIPE_VERSION = 2
+"""Bump when the build or evaluation procedure changes, so that cached models and evaluations are redone."""
+
+# Every TOFU file the quickstart reads: fine-tuning data, the tokenizer corpus, the unlearning pool, evaluation.
+NEEDED_SPLITS = tuple(
+    dict.fromkeys(
+        [
+            "full",
+            FORGET_SPLIT,
+            "retain99",
+            f"{FORGET_SPLIT}_perturbed",
+            "retain_perturbed",
+            "real_authors_perturbed",
+            "world_facts_perturbed",
+            "holdout01",
+            *TINY_CORPUS_SPLITS,
+        ]
+    )
+)
 
 
-def _say(message: str) -> None:
-    print(f"[lit-unlearn quickstart {time.strftime('%H:%M:%S')}] {message}", flush=True)
+class QuickstartError(ValueError):
+    """A bad input, reported as one line naming the culprit and the fix."""
+
+
+def _say(message: str, who: str = "quickstart") -> None:
+    print(f"[{who} {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def ensure_finetuned(
-    config: Path, out_dir: Path, init_dir: Path, runs_dir: Path, data_dir: str | None, rebuild: bool = False
-) -> Path:
-    """Fine-tune with ``config`` into ``out_dir`` unless an identical recipe already built it there.
+# ------------------------------------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class Inputs:
+    """Everything the run reads, checked and resolved before any work starts."""
 
-    The cache key is the config text plus the TOFU folder, stored as ``recipe.sha256`` next to the weights and
-    written last, so an interrupted build is never mistaken for a finished one.
+    output_dir: Path
+    cache_dir: Path
+    data_dir: str
+    data_fingerprint: str
+    target_config: str
+    retain_config: str
+    unlearn_config: str
+    unlearn_config_name: str
+    lr: float
+    seed: int
+    g_effect_every: int
+    max_new_tokens: int
+    max_items: int | None
+    rebuild: bool
+
+
+def _config_text(path_or_name: str, what: str) -> tuple[str, str]:
+    """``(text, label)`` of a config given as a path or a shipped name (``tofu_tiny/wga``), parsed as YAML."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        try:
+            path = shipped_config(path_or_name)
+        except FileNotFoundError as err:
+            raise QuickstartError(
+                f"{what}: no file {path_or_name!r} and no shipped config of that name. {err}"
+            ) from err
+    text = path.read_text(encoding="utf-8")
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise QuickstartError(f"{what}: {path} is not valid YAML ({err}).") from err
+    if not isinstance(parsed, dict) or "model" not in parsed:
+        raise QuickstartError(f"{what}: {path} is not a lit-unlearn config (it has no 'model' section).")
+    return text, str(path)
+
+
+def _writable(folder: Path, flag: str) -> Path:
+    folder = folder.expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{time.time_ns()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise QuickstartError(f"{flag} {folder}: cannot write there ({err.strerror}); choose another folder.") from err
+    return folder
+
+
+def _data_dir(given: str | None) -> tuple[str, str]:
+    """The TOFU folder (every needed file checked and parsed) and a fingerprint of its contents.
+
+    ``--data-dir``, else ``$LIT_UNLEARN_TOFU_DIR``, else the Hub's cached copy (downloaded once; without network and
+    without a cached copy this fails at once, see ``resolve_tofu_file``).
     """
-    key = _digest(config.read_text(), str(data_dir))
-    stamp = out_dir / "recipe.sha256"
-    if not rebuild and stamp.is_file() and stamp.read_text() == key and (out_dir / "config.json").is_file():
-        _say(f"reusing {out_dir} (same recipe as {config.name})")
-        return out_dir
-    _say(f"fine-tuning {out_dir.name} model with {config} (a few minutes on 2 CPU cores)")
-    start = time.perf_counter()
-    args = [
-        "fit",
-        "--config",
-        str(config),
-        f"--model.model_name_or_path={init_dir}",
-        f"--model.output_dir={out_dir}",
-        "--trainer.limit_val_batches=0",
-        f"--trainer.logger.init_args.save_dir={runs_dir}",
-    ]
-    if data_dir:
-        args.append(f"--data.data_dir={data_dir}")
-    run_lightning_cli(args)
-    stamp.write_text(key)
-    _say(f"{out_dir.name} model ready in {time.perf_counter() - start:.0f} s")
-    return out_dir
+    source = given or os.environ.get(TOFU_DIR_ENV)
+    folder = Path(source).expanduser().resolve() if source else None
+    if folder is not None and not folder.is_dir():
+        flag = "--data-dir" if given else f"${TOFU_DIR_ENV}"
+        raise QuickstartError(f"{flag} {folder} is not a folder; point it at the TOFU files (full.json, ...).")
+    fingerprint = hashlib.sha256()
+    path = None
+    for split in NEEDED_SPLITS:
+        try:
+            path = resolve_tofu_file(split, folder)
+            load_tofu(split, folder)  # parses and validates every row: a bad line fails now, not in 5 minutes
+        except (FileNotFoundError, ValueError) as err:
+            raise QuickstartError(str(err)) from None
+        fingerprint.update(split.encode() + path.read_bytes())
+    # The Hub's files of one revision share a snapshot folder, which then serves as the data folder.
+    return str(folder or path.parent), fingerprint.hexdigest()
 
 
-def evaluate_dir(
-    model_dir: Path, out_dir: Path, data_dir: str | None, retain_eval: Path | None, max_new_tokens: int
-) -> dict[str, Any]:
-    """Run the TOFU evaluation of the model saved in ``model_dir``; files go to ``out_dir``."""
-    from lit_unlearn.eval.runner import evaluate
-    from lit_unlearn.eval.settings import EvalSettings
-    from lit_unlearn.models import load_causal_lm, load_tokenizer
+def _eval_settings(unlearn_config: str) -> tuple[int, int | None]:
+    """``max_new_tokens`` and ``max_items`` of the unlearning config's evaluation: one source of truth for every model
+    the quickstart evaluates, the same as ``lit-unlearn fit --config`` would use."""
+    evaluation = (yaml.safe_load(unlearn_config).get("model", {}).get("init_args", {}) or {}).get("evaluation") or {}
+    return int(evaluation.get("max_new_tokens", EvalSettings.max_new_tokens)), evaluation.get("max_items")
 
-    settings = EvalSettings(
+
+def check_inputs(args: argparse.Namespace) -> Inputs:
+    """Validate every input of the run; raises :class:`QuickstartError` with the culprit and the fix."""
+    if args.g_effect_every < 1:
+        raise QuickstartError(f"--g-effect-every must be ≥ 1, got {args.g_effect_every}.")
+    if not args.lr > 0:
+        raise QuickstartError(f"--lr must be positive, got {args.lr}.")
+    methods = sorted(Path(c).stem for c in shipped_configs() if c.startswith("tofu_tiny/") and "finetune" not in c)
+    method = args.method
+    if args.unlearn_config is None and method not in methods:
+        raise QuickstartError(f"--method {method!r} is not a shipped tiny objective; choose one of {methods}.")
+    target_text, _ = _config_text(args.target_config or "tofu_tiny/finetune_target", "--target-config")
+    retain_text, _ = _config_text(args.retain_config or "tofu_tiny/finetune_retain", "--retain-config")
+    unlearn_text, unlearn_name = _config_text(args.unlearn_config or f"tofu_tiny/{method}", "--unlearn-config")
+    data_dir, fingerprint = _data_dir(args.data_dir)
+    max_new_tokens, max_items = _eval_settings(unlearn_text)
+    return Inputs(
+        output_dir=_writable(Path(args.output_dir), "--output-dir"),
+        cache_dir=_writable(Path(args.cache_dir), "--cache-dir"),
+        data_dir=data_dir,
+        data_fingerprint=fingerprint,
+        target_config=target_text,
+        retain_config=retain_text,
+        unlearn_config=unlearn_text,
+        unlearn_config_name=unlearn_name,
+        lr=args.lr,
+        seed=args.seed,
+        g_effect_every=args.g_effect_every,
         max_new_tokens=max_new_tokens,
-        output_dir=str(out_dir),
-        retain_eval_path=str(retain_eval) if retain_eval is not None else None,
+        max_items=max_items,
+        rebuild=args.rebuild,
     )
-    model, tokenizer = load_causal_lm(str(model_dir)), load_tokenizer(str(model_dir))
+
+
+# ------------------------------------------------------------------------------------- target and retain models
+@dataclass(frozen=True)
+class ModelJob:
+    """Build (or reuse) one tiny model and its evaluation; picklable, so it runs in a spawned process."""
+
+    kind: str
+    config: str
+    cache_dir: str
+    data_dir: str
+    data_fingerprint: str
+    max_new_tokens: int
+    max_items: int | None
+    rebuild: bool
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """A ready model: where it and its evaluation are, and what preparing them cost (0 when cached)."""
+
+    kind: str
+    model_dir: str
+    eval_dir: str
+    fit_seconds: float
+    eval_seconds: float
+
+
+def _recipe_key(job: ModelJob) -> str:
+    import torch
+
+    return _digest(job.config, job.data_fingerprint, torch.__version__, str(THREADS), str(RECIPE_VERSION))
+
+
+def ensure_finetuned(job: ModelJob, run: Callable[[list[str]], Any] = run_lightning_cli) -> tuple[Path, float]:
+    """Fine-tune the ``job.kind`` model unless the cache holds one built from the same recipe.
+
+    The key covers the config text, the TOFU files, the torch version and the thread count. The config text is
+    written into the cache and THAT file is trained from, so the stamp always describes what was built; the stamp is
+    written last, so an interrupted build is never taken for a finished one.
+
+    Returns:
+        The model folder and the seconds spent (0.0 when reused).
+    """
+    cache = Path(job.cache_dir)
+    out_dir, stamp = cache / job.kind, cache / job.kind / "recipe.sha256"
+    key = _recipe_key(job)
+    if not job.rebuild and stamp.is_file() and stamp.read_text() == key and (out_dir / "config.json").is_file():
+        _say("reusing the cached model (same recipe, data, torch and threads)", job.kind)
+        return out_dir, 0.0
+    cache.mkdir(parents=True, exist_ok=True)
+    recipe = cache / f"{job.kind}_recipe.yaml"
+    recipe.write_text(job.config, encoding="utf-8")
+    stamp.unlink(missing_ok=True)
+    _say("fine-tuning from scratch (a few minutes; one line per epoch)", job.kind)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, FORGET_SPLIT, data_dir=data_dir, settings=settings, batch_size=32)
-    _say(f"evaluated {model_dir.name} in {time.perf_counter() - start:.0f} s → {out_dir}")
-    return result["summary"]
+    run(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            f"--model.model_name_or_path={cache / f'init_{job.kind}'}",
+            f"--model.output_dir={out_dir}",
+            f"--data.data_dir={job.data_dir}",
+            "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.logger.init_args.save_dir={cache / 'runs'}",
+            "--trainer.callbacks+=lit_unlearn.progress.EpochProgress",
+            f"--trainer.callbacks.prefix={job.kind}",
+        ]
+    )
+    stamp.write_text(key)
+    seconds = time.perf_counter() - start
+    _say(f"model ready in {seconds:.0f} s", job.kind)
+    return out_dir, seconds
 
 
-def unlearn(
-    config: Path, target: Path, out_dir: Path, data_dir: str | None, every_n_steps: int
-) -> tuple[Path, list[dict[str, Any]], Path]:
-    """Unlearn ``target`` with ``config`` under the G-effect callback; returns the model dir, history and log dir."""
-    from callbacks import GEffectCallback
+def ensure_evaluated(job: ModelJob, model_dir: Path) -> tuple[Path, float]:
+    """Evaluate the model on forget01 unless its cached evaluation has the same model and settings.
 
-    model_dir = out_dir / "unlearned"
+    Returns:
+        The evaluation folder and the seconds spent (0.0 when reused).
+    """
+    eval_dir = model_dir / "eval"
+    stamp = eval_dir / "eval.sha256"
+    key = _digest(
+        (model_dir / "recipe.sha256").read_text(),
+        str(job.max_new_tokens),
+        str(job.max_items),
+        FORGET_SPLIT,
+        str(FORMAT_VERSION),
+    )
+    if not job.rebuild and stamp.is_file() and stamp.read_text() == key:
+        _say("reusing its cached evaluation", job.kind)
+        return eval_dir, 0.0
+    stamp.unlink(missing_ok=True)
+    _say(f"evaluating on TOFU {FORGET_SPLIT} (teacher-forced passes and greedy answers)", job.kind)
+    start = time.perf_counter()
+    settings = EvalSettings(max_new_tokens=job.max_new_tokens, max_items=job.max_items, output_dir=str(eval_dir))
+    model, tokenizer = load_causal_lm(str(model_dir)), load_tokenizer(str(model_dir))
+    evaluate(
+        model,
+        tokenizer,
+        FORGET_SPLIT,
+        data_dir=job.data_dir,
+        settings=settings,
+        batch_size=32,
+        progress=False,
+        log=lambda line: _say(line, job.kind),
+    )
+    stamp.write_text(key)
+    return eval_dir, time.perf_counter() - start
+
+
+def prepare_model(job: ModelJob) -> PreparedModel:
+    """Build and evaluate one tiny model (the body of each parallel process)."""
+    pin_threads(THREADS)
+    # Lightning's start-up banners (accelerator, log folder) from two processes would bury the progress lines.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    model_dir, fit_seconds = ensure_finetuned(job)
+    eval_dir, eval_seconds = ensure_evaluated(job, model_dir)
+    return PreparedModel(job.kind, str(model_dir), str(eval_dir), fit_seconds, eval_seconds)
+
+
+def prepare_models(jobs: Sequence[ModelJob]) -> dict[str, PreparedModel]:
+    """Run the jobs side by side, one spawned process each (spawn: no fork of a process that already runs torch)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
+        results = list(pool.map(prepare_model, jobs))
+    return {r.kind: r for r in results}
+
+
+# ----------------------------------------------------------------------------------------------------- unlearning
+@dataclass(frozen=True)
+class UnlearningRun:
+    """What the unlearning step produced."""
+
+    model_dir: Path
+    history: list
+    hyperparameters: dict[str, Any]
+    steps: int
+    epochs: int
+    seconds: float
+
+
+def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
+    """Unlearn ``target`` under the G-effect callback (raw gradient, real update and realised risk change)."""
+    out = inputs.output_dir
+    config = out / "unlearn_config.yaml"
+    config.write_text(inputs.unlearn_config, encoding="utf-8")
     args = [
         "fit",
         "--config",
         str(config),
+        f"--seed_everything={inputs.seed}",
         f"--model.model_name_or_path={target}",
-        f"--model.output_dir={model_dir}",
+        f"--model.lr={inputs.lr}",
+        f"--model.output_dir={out / 'unlearned'}",
+        f"--model.evaluation.retain_eval_path={retain_eval}",
+        f"--data.data_dir={inputs.data_dir}",
         "--trainer.limit_val_batches=0",
-        f"--trainer.logger.init_args.save_dir={out_dir / 'tensorboard'}",
+        f"--trainer.logger.init_args.save_dir={out / 'tensorboard'}",
         "--trainer.callbacks+=callbacks.GEffectCallback",
-        f"--trainer.callbacks.every_n_steps={every_n_steps}",
+        f"--trainer.callbacks.every_n_steps={inputs.g_effect_every}",
         "--trainer.callbacks.coarse_groups=true",
         "--trainer.callbacks.realised_change=true",
-        f"--trainer.callbacks.output_dir={out_dir / 'g_effect'}",
+        "--trainer.callbacks.measure_update=true",
+        f"--trainer.callbacks.output_dir={out / 'g_effect'}",
     ]
-    if data_dir:
-        args.append(f"--data.data_dir={data_dir}")
-    _say(f"unlearning with {config.name} under the G-effect callback (every {every_n_steps} step(s))")
+    _say(f"unlearning with {Path(inputs.unlearn_config_name).name} at lr {inputs.lr:g} under the G-effect callback")
     start = time.perf_counter()
     cli = run_lightning_cli(args)
-    _say(f"unlearning done in {time.perf_counter() - start:.0f} s")
-    g_effect = next(cb for cb in cli.trainer.callbacks if isinstance(cb, GEffectCallback))
-    return model_dir, g_effect.history, Path(cli.trainer.log_dir or out_dir)
+    seconds = time.perf_counter() - start
+    callback = next(cb for cb in cli.trainer.callbacks if isinstance(cb, GEffectCallback))
+    # The objective's own settings (β, α, weights, lr, ...); paths, dtype and jsonargparse's bookkeeping are shown
+    # elsewhere or say nothing about the method.
+    hparams = {
+        k: v
+        for k, v in dict(cli.model.hparams).items()
+        if isinstance(v, int | float | str | bool)
+        and not k.startswith("_")
+        and k not in ("model_name_or_path", "output_dir", "dtype", "attn_implementation")
+    }
+    _say(f"unlearning done in {seconds:.0f} s ({cli.trainer.global_step} optimiser steps)")
+    return UnlearningRun(
+        model_dir=out / "unlearned",
+        history=list(callback.history),
+        hyperparameters={"class": type(cli.model).__name__, **hparams},
+        steps=cli.trainer.global_step,
+        epochs=cli.trainer.current_epoch,
+        seconds=seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------- outputs
+def archive_previous(out: Path) -> Path | None:
+    """Move a previous run's results out of the way (into ``out/previous/<time>``) instead of overwriting them."""
+    if not (out / "summary.json").is_file():
+        return None
+    stamp = datetime.fromtimestamp((out / "summary.json").stat().st_mtime, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dest = out / "previous" / stamp
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in out.iterdir():
+        if entry.name != "previous":
+            shutil.move(str(entry), dest / entry.name)
+    return dest
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lit-unlearn quickstart",
+        description="Build the tiny TOFU models, unlearn under the G-effect callback, write a report.",
+    )
+    parser.add_argument(
+        "--output-dir", default="outputs/quickstart", help="report, figures, logs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cache-dir", default="outputs/tofu_tiny", help="tiny target/retain models and their evaluations"
+    )
+    parser.add_argument("--data-dir", default=None, help="local TOFU folder (default: $LIT_UNLEARN_TOFU_DIR)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, help="shipped tiny objective (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="unlearning learning rate (default: %(default)g)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the unlearning run (default: %(default)s)")
+    parser.add_argument("--unlearn-config", default=None, help="unlearning config (overrides --method)")
+    parser.add_argument("--target-config", default=None, help="fine-tuning config of the target model")
+    parser.add_argument("--retain-config", default=None, help="fine-tuning config of the retain model")
+    parser.add_argument("--g-effect-every", type=int, default=1, help="measure the G-effect every N steps")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild and re-evaluate the cached tiny models")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lit-unlearn quickstart``."""
-    parser = argparse.ArgumentParser(
-        prog="lit-unlearn quickstart",
-        description="Build the tiny TOFU models, unlearn with WGA under the G-effect callback, write a report.",
-    )
-    parser.add_argument("--output-dir", default="outputs/quickstart", help="where the report, figures and logs go")
-    parser.add_argument("--cache-dir", default="outputs/tofu_tiny", help="tiny target/retain models and their evals")
-    parser.add_argument("--data-dir", default=None, help="local TOFU folder (default: $LIT_UNLEARN_TOFU_DIR, else Hub)")
-    parser.add_argument("--target-config", default=None, help="fine-tuning config of the target model")
-    parser.add_argument("--retain-config", default=None, help="fine-tuning config of the retain model")
-    parser.add_argument("--unlearn-config", default=None, help="unlearning config (default: tofu_tiny/wga.yaml)")
-    parser.add_argument("--g-effect-every", type=int, default=1, help="measure the G-effect every N steps")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation budget for ROUGE")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached tiny models")
-    args = parser.parse_args(argv)
-
-    from lit_unlearn.eval.summarize import summarize
-    from lit_unlearn.report import write_report
-
+    """Entry point of ``lit-unlearn quickstart``; returns the exit status."""
+    args = _parser().parse_args(argv)
     start = time.perf_counter()
-    out = Path(args.output_dir).resolve()
-    cache = Path(args.cache_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    load_tofu("full", args.data_dir)  # fail in seconds, with the fix, when TOFU cannot be found
-    target_cfg = Path(args.target_config) if args.target_config else shipped_config("tofu_tiny/finetune_target")
-    retain_cfg = Path(args.retain_config) if args.retain_config else shipped_config("tofu_tiny/finetune_retain")
-    unlearn_cfg = Path(args.unlearn_config) if args.unlearn_config else shipped_config("tofu_tiny/wga")
-    runs = out / "tensorboard"
+    try:
+        inputs = check_inputs(args)
+    except QuickstartError as err:
+        print(f"lit-unlearn quickstart: error: {err}", file=sys.stderr)
+        return 2
+    pin_threads(THREADS)
+    out = inputs.output_dir
+    previous = archive_previous(out)
+    if previous is not None:
+        _say(f"the previous run's results were moved to {previous}")
 
-    target = ensure_finetuned(target_cfg, cache / "target", cache / "init", runs, args.data_dir, args.rebuild)
-    retain = ensure_finetuned(retain_cfg, cache / "retain", cache / "init", runs, args.data_dir, args.rebuild)
-    retain_eval_dir = cache / "retain" / "eval"
-    eval_key = _digest((retain / "recipe.sha256").read_text(), str(args.max_new_tokens))
-    if (
-        args.rebuild
-        or not (retain_eval_dir / "eval.sha256").is_file()
-        or ((retain_eval_dir / "eval.sha256").read_text() != eval_key)
-    ):
-        evaluate_dir(retain, retain_eval_dir, args.data_dir, None, args.max_new_tokens)
-        (retain_eval_dir / "eval.sha256").write_text(eval_key)
-    # Against itself the retain model's forget quality is 1 by definition; recomputed from its files, not re-run.
-    retain_summary = summarize(retain_eval_dir, retain_eval_dir)
-    before = evaluate_dir(target, out / "eval_target", args.data_dir, retain_eval_dir, args.max_new_tokens)
-    unlearned, history, log_dir = unlearn(unlearn_cfg, target, out, args.data_dir, args.g_effect_every)
-    after = evaluate_dir(unlearned, out / "eval_unlearned", args.data_dir, retain_eval_dir, args.max_new_tokens)
+    jobs = [
+        ModelJob(
+            kind,
+            config,
+            str(inputs.cache_dir),
+            inputs.data_dir,
+            inputs.data_fingerprint,
+            inputs.max_new_tokens,
+            inputs.max_items,
+            inputs.rebuild,
+        )
+        for kind, config in (("target", inputs.target_config), ("retain", inputs.retain_config))
+    ]
+    _say("preparing the tiny target and retain models side by side (one process and one thread each)")
+    prepared = prepare_models(jobs)
+    target, retain = Path(prepared["target"].model_dir), Path(prepared["retain"].model_dir)
+    retain_eval, target_eval = Path(prepared["retain"].eval_dir), Path(prepared["target"].eval_dir)
+    retain_summary = summarize(retain_eval, retain_eval)
+    target_summary = summarize(target_eval, retain_eval)
+    prepared_s = time.perf_counter() - start
 
+    run = unlearn(inputs, target, retain_eval)
+    eval_start = time.perf_counter()
+    _say(f"evaluating the unlearned model on TOFU {FORGET_SPLIT}")
+    settings = EvalSettings(
+        max_new_tokens=inputs.max_new_tokens,
+        max_items=inputs.max_items,
+        output_dir=str(out / "eval_unlearned"),
+        retain_eval_path=str(retain_eval),
+    )
+    after = evaluate(
+        load_causal_lm(str(run.model_dir)),
+        load_tokenizer(str(run.model_dir)),
+        FORGET_SPLIT,
+        data_dir=inputs.data_dir,
+        settings=settings,
+        batch_size=32,
+        log=_say,
+    )["summary"]
+    eval_s = time.perf_counter() - eval_start
+
+    method = run.hyperparameters["class"]
+    summaries = {"target (before)": target_summary, "retain (oracle)": retain_summary, f"unlearned ({method})": after}
+    readings = readings_of(
+        run.history,
+        {"forget": (target_summary.get("forget/answer_loss"), after.get("forget/answer_loss"))},
+    )
+    total = time.perf_counter() - start
+    env = environment()
+    what_ran = {
+        "method": method,
+        "config": inputs.unlearn_config_name,
+        **{k: v for k, v in run.hyperparameters.items() if k != "class"},
+        "optimiser steps": run.steps,
+        "seed": inputs.seed,
+        "forget split": f"{FORGET_SPLIT} (40 QA pairs, 2 authors)",
+        "evaluation": f"greedy, {inputs.max_new_tokens} new tokens, first {inputs.max_items} rows per split",
+        "target model": str(target),
+        "retain model": str(retain),
+        "unlearned model": str(run.model_dir),
+        "TensorBoard logs": str(out / "tensorboard"),
+        **env,
+        "total time": f"{total:.0f} s",
+    }
     report = write_report(
         out,
-        summaries={"target (before)": before, "retain (oracle)": retain_summary, "unlearned (WGA)": after},
-        history=history,
-        g_effect_plot=out / "g_effect" / "g_effect.png",
-        details={
-            "unlearning config": str(unlearn_cfg),
-            "target model": str(target),
-            "retain model": str(retain),
-            "unlearned model": str(unlearned),
-            "TensorBoard logs": str(log_dir),
-            "forget split": FORGET_SPLIT,
-            "total time": f"{time.perf_counter() - start:.0f} s",
-        },
+        summaries,
+        run.history,
+        what_ran,
+        readings,
+        unlearned=f"unlearned ({method})",
+        target="target (before)",
+        notes=[
+            "The forget risk of the G-effect is measured on each step's forget batch and the evaluation-set change on "
+            f"all {FORGET_SPLIT} questions; the retain risk on each step's batch of the regulariser's pool (authors "
+            "20-24), which the evaluated retain rows (authors 0-4) never enter."
+        ],
     )
+    summary = {
+        "target": target_summary,
+        "retain": retain_summary,
+        "unlearned": after,
+        "method": method,
+        "what_ran": what_ran,
+        "g_effect": {risk: reading.as_dict() for risk, reading in readings.items()},
+        "seconds": {
+            "total": total,
+            "prepare target and retain (parallel)": prepared_s,
+            **{f"{p.kind} fine-tuning": p.fit_seconds for p in prepared.values()},
+            **{f"{p.kind} evaluation": p.eval_seconds for p in prepared.values()},
+            "unlearning": run.seconds,
+            "unlearned evaluation": eval_s,
+        },
+        "environment": env,
+        "models": {k: asdict(v) for k, v in prepared.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     _say(f"report: {report}")
+    _say(f"summary: {out / 'summary.json'} ({total:.0f} s in all)")
     print(json.dumps({k: after.get(k) for k in ("forget_quality", "model_utility")}), flush=True)
     return 0
 

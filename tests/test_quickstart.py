@@ -1,46 +1,194 @@
-"""`lit-unlearn quickstart`: model caching, missing-config errors, and (slow) the whole job end to end."""
+"""`lit-unlearn quickstart`: input checks, model and evaluation caching, thread-independent builds, end to end."""
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from safetensors.torch import load_file
 
 from lit_unlearn import quickstart
+from lit_unlearn.config_hub import shipped_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fine_tuning_is_cached_by_recipe(monkeypatch, tmp_path) -> None:
-    """A finished build with the same config is reused; a changed config or a missing stamp rebuilds."""
-    calls: list[list[str]] = []
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = quickstart.main(argv)
+    return code, capsys.readouterr().err
+
+
+def _tofu_copy(tofu_dir: Path, dest: Path) -> Path:
+    """The TOFU files the quickstart reads, copied (so a test can break one of them)."""
+    dest.mkdir()
+    for split in quickstart.NEEDED_SPLITS:
+        (dest / f"{split}.json").write_bytes((tofu_dir / f"{split}.json").read_bytes())
+    return dest
+
+
+# ------------------------------------------------------------------------------------------ inputs, checked first
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "nope"], r"--method 'nope' is not a shipped tiny objective; choose one of \[.*'wga'"),
+        (["--lr", "0"], r"--lr must be positive"),
+        (["--g-effect-every", "0"], r"--g-effect-every must be ≥ 1"),
+        (["--unlearn-config", "missing.yaml"], r"--unlearn-config: no file 'missing.yaml'"),
+        (["--data-dir", "/nonexistent/tofu"], r"--data-dir /nonexistent/tofu is not a folder"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_fix(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"), *extra], capsys)
+    assert code == 2
+    assert err.count("\n") == 1, err  # one line, no traceback, no usage dump
+    assert err.startswith("lit-unlearn quickstart: error: ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "c" / "target").exists()  # nothing started
+
+
+def test_missing_and_malformed_tofu_files_are_named(
+    tofu_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _tofu_copy(tofu_dir, tmp_path / "tofu")
+    (data / "holdout01.json").unlink()
+    args = ["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"), "--data-dir", str(data)]
+    code, err = _run(args, capsys)
+    assert code == 2
+    assert "holdout01.json does not exist" in err
+    (data / "holdout01.json").write_bytes((tofu_dir / "holdout01.json").read_bytes())
+    lines = (data / "world_facts_perturbed.json").read_text().splitlines()
+    lines[6] = lines[6][:-5]  # cut the JSON object short
+    (data / "world_facts_perturbed.json").write_text("\n".join(lines) + "\n")
+    code, err = _run(args, capsys)
+    assert code == 2
+    assert "world_facts_perturbed.json, line 7: malformed JSON" in err
+
+
+def test_unwritable_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = _run(["--output-dir", str(blocker / "out"), "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == 2
+    assert f"--output-dir {blocker / 'out'}: cannot write there" in err
+
+
+def test_offline_without_data_folder_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("LIT_UNLEARN_TOFU_DIR")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    code, err = _run(["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == 2
+    assert "is not cached and offline mode is on" in err
+    assert "LIT_UNLEARN_TOFU_DIR" in err
+
+
+# ----------------------------------------------------------------------------------------------------- caching
+def _job(tmp_path: Path, config: str, rebuild: bool = False) -> quickstart.ModelJob:
+    return quickstart.ModelJob("target", config, str(tmp_path), "/data", "fingerprint", 64, 100, rebuild)
+
+
+def test_fine_tuning_is_cached_by_recipe(tmp_path: Path) -> None:
+    """Reused only for the same recipe with a finished stamp; the build trains from the exact text it stamps."""
+    calls: list[str] = []
 
     def fake_cli(args: list[str]) -> None:
-        calls.append(args)
+        calls.append(Path(args[args.index("--config") + 1]).read_text())
         out = Path(next(a for a in args if a.startswith("--model.output_dir=")).split("=", 1)[1])
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr("lit_unlearn.quickstart.run_lightning_cli", fake_cli)
-    config = tmp_path / "finetune.yaml"
-    config.write_text("model: {}\n")
-    out = tmp_path / "target"
-    build = lambda: quickstart.ensure_finetuned(config, out, tmp_path / "init", tmp_path / "runs", None)  # noqa: E731
-    build()
-    build()
-    assert len(calls) == 1
-    config.write_text("model: {lr: 1.0}\n")
-    build()
-    assert len(calls) == 2
-    (out / "recipe.sha256").unlink()  # an interrupted build leaves no stamp
-    build()
-    assert len(calls) == 3
+    first = "model: {}\n"
+    quickstart.ensure_finetuned(_job(tmp_path, first), fake_cli)
+    assert quickstart.ensure_finetuned(_job(tmp_path, first), fake_cli) == (tmp_path / "target", 0.0)
+    assert calls == [first]
+    quickstart.ensure_finetuned(_job(tmp_path, "model: {lr: 1.0}\n"), fake_cli)  # another recipe
+    assert calls == [first, "model: {lr: 1.0}\n"]
+    (tmp_path / "target" / "recipe.sha256").unlink()  # an interrupted build leaves no stamp
+    quickstart.ensure_finetuned(_job(tmp_path, "model: {lr: 1.0}\n"), fake_cli)
+    quickstart.ensure_finetuned(_job(tmp_path, "model: {lr: 1.0}\n", rebuild=True), fake_cli)
+    assert len(calls) == 4
 
 
+def test_previous_results_are_moved_not_overwritten(tmp_path: Path) -> None:
+    assert quickstart.archive_previous(tmp_path) is None  # nothing to keep yet
+    (tmp_path / "summary.json").write_text('{"old": 1}')
+    (tmp_path / "report.md").write_text("old report")
+    moved = quickstart.archive_previous(tmp_path)
+    assert moved is not None
+    assert moved.parent == tmp_path / "previous"
+    assert (moved / "report.md").read_text() == "old report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous"]
+
+
+# --------------------------------------------------------------------------------------------- same numbers
+def _short_recipe() -> str:
+    """The shipped target recipe, cut to a few optimiser steps (same model, data, optimiser and schedule)."""
+    raw = yaml.safe_load(shipped_config("tofu_tiny/finetune_target").read_text())
+    raw["trainer"]["max_epochs"] = 1
+    raw["trainer"]["limit_train_batches"] = 6
+    return yaml.safe_dump(raw)
+
+
+def test_builds_under_different_thread_settings_are_identical(tmp_path: Path, tofu_dir: Path) -> None:
+    """Two builds whose environments ask for 1 and for 2 threads give bit-identical weights: the quickstart pins
+    the thread count itself."""
+    config = _short_recipe()
+    procs = []
+    for threads in ("1", "2"):
+        cache = tmp_path / f"omp{threads}"
+        job = quickstart.ModelJob("target", config, str(cache), str(tofu_dir), "fp", 8, 2, False)
+        code = (
+            "import sys; from lit_unlearn.quickstart import ModelJob, prepare_model; "
+            f"prepare_model(ModelJob(*{tuple(job.__dict__.values())!r}))"
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stderr=subprocess.PIPE))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    one = load_file(tmp_path / "omp1" / "target" / "model.safetensors")
+    two = load_file(tmp_path / "omp2" / "target" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        assert one[name].equal(two[name]), name
+    init = load_file(tmp_path / "omp1" / "init_target" / "model.safetensors")
+    assert any(not one[n].equal(init[n]) for n in one)  # it did train
+    evals = [json.loads((tmp_path / d / "target" / "eval" / "summary.json").read_text()) for d in ("omp1", "omp2")]
+    assert evals[0] == evals[1]
+
+
+# ------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_quickstart_end_to_end(tmp_path, tofu_dir) -> None:
-    """The README's main job: models built from scratch, report with forget quality and model utility, figures."""
+def test_quickstart_end_to_end_from_an_empty_cache(tmp_path: Path, tofu_dir: Path) -> None:
+    """The README's main job: models built from scratch, a convincing unlearning, a report that follows its data."""
     out, cache = tmp_path / "out", tmp_path / "cache"
     assert quickstart.main(["--output-dir", str(out), "--cache-dir", str(cache), "--data-dir", str(tofu_dir)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    target, unlearned = summary["target"], summary["unlearned"]
+    assert unlearned["forget_quality"] >= 0.05
+    assert unlearned["model_utility"] >= 0.9 * target["model_utility"]
+    assert summary["retain"]["forget_quality"] == 1.0
+    assert summary["seconds"]["total"] > 0
     report = (out / "report.md").read_text()
-    assert "forget quality" in report
-    assert "model utility" in report
-    assert (out / "fq_vs_mu.png").is_file()
-    assert (out / "g_effect" / "g_effect.png").is_file()
-    assert (cache / "target" / "config.json").is_file()
+    for risk, reading in summary["g_effect"].items():
+        word = "ROSE" if reading["realised"] > 0 else "FELL"
+        assert f"**{risk} risk {word}**" in report
+    for name in ("fq_vs_mu.png", "g_effect_steps.png", "risk_changes.png"):
+        assert (out / name).stat().st_size > 5000
+    # A second run reuses every cached model and evaluation and gives identical numbers.
+    assert quickstart.main(["--output-dir", str(out), "--cache-dir", str(cache), "--data-dir", str(tofu_dir)]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["seconds"]["target fine-tuning"] == again["seconds"]["target evaluation"] == 0.0
+    assert again["seconds"]["retain fine-tuning"] == again["seconds"]["retain evaluation"] == 0.0
+    for model in ("target", "retain", "unlearned"):
+        assert again[model] == summary[model], model
+    assert (out / "previous").is_dir()  # the first run's files were kept

@@ -1,4 +1,4 @@
-"""The run report: its tables hold the numbers passed in, its G-effect summary the means of the history rows."""
+"""The run report: readings follow the measured signs, tables hold the numbers passed in, figures are drawn."""
 
 import random
 import statistics
@@ -9,16 +9,17 @@ import pytest
 
 from callbacks import GEffectRow
 from lit_unlearn.metrics.functional.aggregates import MODEL_UTILITY_COMPONENTS
-from lit_unlearn.report import HEADLINE, g_effect_summary, write_report
+from lit_unlearn.report import HEADLINE, RiskReading, g_effect_summary, readings_of, risk_reading, verdict, write_report
 
 # The report prints 3 significant digits.
 DIGITS = {"rel": 5e-3, "abs": 1e-12}
 
 GROUPS = (
+    ("embedding", "group"),
     ("layer_00", "group"),
     ("layer_01", "group"),
     ("layer_02", "group"),
-    ("final_norm", "group"),
+    ("lm_head", "group"),
     ("shallow", "coarse"),
     ("middle", "coarse"),
     ("deep", "coarse"),
@@ -26,61 +27,32 @@ GROUPS = (
 )
 
 
-def _row(step: int, risk: str, group: str, level: str, e: float, cum: float) -> GEffectRow:
-    return GEffectRow(
-        step=step,
-        risk=risk,
-        group=group,
-        level=level,
-        g_effect=e,
-        risk_value=1.0,
-        predicted_change=0.0,
-        realised_change=None,
-        update_change=None,
-        cumulative_predicted_change=cum,
-        cumulative_realised_change=None,
-        cumulative_update_change=None,
-    )
-
-
-HISTORY = [
-    _row(0, "forget", "layer_00", "group", -3.0, 0.3),
-    _row(0, "forget", "shallow", "coarse", -3.0, 0.3),
-    _row(0, "forget", "total", "total", -4.0, 0.4),
-    _row(1, "forget", "layer_00", "group", 1.0, 0.2),
-    _row(1, "forget", "shallow", "coarse", 1.0, 0.2),
-    _row(1, "forget", "total", "total", -2.0, 0.6),
-    _row(0, "retain", "total", "total", 0.5, -0.05),
-    _row(1, "retain", "total", "total", -1.5, 0.1),
-]
-
-
-def test_g_effect_summary_by_hand() -> None:
-    summary = g_effect_summary(HISTORY)
-    assert summary["forget"]["total"]["mean"] == pytest.approx(-3.0)
-    assert summary["forget"]["total"]["negative_fraction"] == 1.0
-    assert summary["forget"]["layer_00"]["mean"] == pytest.approx(-1.0)
-    assert summary["forget"]["layer_00"]["negative_fraction"] == 0.5
-    assert summary["forget"]["total"]["cumulative_predicted_change"] == 0.6  # the last running sum
-    assert summary["retain"]["total"]["mean"] == pytest.approx(-0.5)
-    assert summary["forget"]["shallow"]["level"] == "coarse"
-
-
-def random_history(forget_sign: float, seed: int = 0, every_n_steps: int = 2, lr: float = 0.01) -> list[GEffectRow]:
-    """Five measured steps of G-effects of mixed signs; the forget values lean to ``forget_sign``, retain the other
-    way. Running sums are accumulated here, as the callback does."""
+def make_history(
+    effects: dict[str, Sequence[float]],
+    lr: float = 0.01,
+    update_scale: float | None = -50.0,
+    realised_scale: float | None = -60.0,
+    every_n_steps: int = 1,
+    seed: int = 0,
+) -> list[GEffectRow]:
+    """Whole-model G-effects per risk and step as given (group values random around them); the realised change and
+    the update-aware prediction are ``scale × e`` per step, the raw prediction ``−lr × e``. Running sums are
+    accumulated here as the callback does."""
     rng = random.Random(seed)
+    rows: list[GEffectRow] = []
     running: dict[tuple[str, str, str], float] = {}
-    rows = []
-    for step in range(0, 5 * every_n_steps, every_n_steps):
-        for risk, sign in (("forget", forget_sign), ("retain", -forget_sign)):
+    for risk, values in effects.items():
+        for i, e_total in enumerate(values):
+            step = i * every_n_steps
             for group, level in GROUPS:
-                scale = {"middle": 4.0, "layer_01": 3.0}.get(group, 1.0)
-                e = sign * scale * rng.uniform(-0.5, 2.0)
-                predicted = -lr * e
-                realised = 1.1 * predicted if level == "total" else None
+                e = e_total if level == "total" else e_total * rng.uniform(-0.2, 0.6)
+                changes = {
+                    "predicted": -lr * e,
+                    "update": None if update_scale is None else update_scale * e,
+                    "realised": None if realised_scale is None or level != "total" else realised_scale * e,
+                }
                 cumulative = {}
-                for key, value in (("predicted", predicted), ("realised", realised)):
+                for key, value in changes.items():
                     if value is not None:
                         running[(risk, group, key)] = running.get((risk, group, key), 0.0) + every_n_steps * value
                         cumulative[key] = running[(risk, group, key)]
@@ -92,17 +64,96 @@ def random_history(forget_sign: float, seed: int = 0, every_n_steps: int = 2, lr
                         level=level,
                         g_effect=e,
                         risk_value=2.0,
-                        predicted_change=predicted,
-                        realised_change=realised,
-                        update_change=None,
+                        predicted_change=changes["predicted"],
+                        realised_change=changes["realised"],
+                        update_change=changes["update"],
                         cumulative_predicted_change=cumulative["predicted"],
                         cumulative_realised_change=cumulative.get("realised"),
-                        cumulative_update_change=None,
+                        cumulative_update_change=cumulative.get("update"),
                     )
                 )
     return rows
 
 
+# ------------------------------------------------------------------------------------------------------ readings
+def test_reading_by_hand() -> None:
+    history = make_history({"forget": [-1.0, -2.0, 3.0, -4.0]})
+    r = risk_reading(history, "forget", eval_before=1.5, eval_after=2.25)
+    assert r.steps == 4
+    assert r.mean_g_effect == pytest.approx(-1.0)
+    assert r.median_g_effect == pytest.approx(-1.5)
+    assert r.negative_fraction == 0.75
+    assert r.raw_prediction == pytest.approx(-0.01 * -4.0)
+    assert r.update_prediction == pytest.approx(-50.0 * -4.0)
+    assert r.realised_batches == pytest.approx(-60.0 * -4.0)
+    assert r.realised_eval == pytest.approx(0.75)
+    assert r.realised == r.realised_batches  # the training batches are the basis when measured
+    assert r.top_steps == (3,)  # top decile of 4 steps: one step, |−4| the largest
+    assert r.top_share == pytest.approx(4.0 / 10.0)
+
+
+def test_reading_without_rows_names_the_risk() -> None:
+    with pytest.raises(ValueError, match="'retain'"):
+        risk_reading(make_history({"forget": [1.0]}), "retain")
+
+
+def _verdict(**overrides: object) -> str:
+    base = dict(
+        risk="forget",
+        steps=10,
+        mean_g_effect=-0.5,
+        median_g_effect=-0.4,
+        negative_fraction=0.8,
+        raw_prediction=0.002,
+        update_prediction=2.0,
+        realised_batches=2.5,
+        realised_eval=1.0,
+        top_steps=(4,),
+        top_share=0.2,
+    )
+    return "\n".join(verdict(RiskReading(**{**base, **overrides})))
+
+
+def test_verdict_direction_follows_the_realised_sign() -> None:
+    assert "**forget risk ROSE** by +2.5" in _verdict()
+    assert "**forget risk FELL** by -2.5" in _verdict(realised_batches=-2.5)
+    assert "**retain risk ROSE**" in _verdict(risk="retain")
+    assert "collateral damage" in _verdict(risk="retain")
+    # Without per-step realised changes the evaluation-set change is the basis.
+    assert "**forget risk FELL** by -0.3" in _verdict(realised_batches=None, realised_eval=-0.3)
+    assert "was not measured" in _verdict(realised_batches=None, realised_eval=None)
+
+
+def test_verdict_says_which_predictions_agree() -> None:
+    text = _verdict()
+    assert "update-aware prediction Σ ∇R·Δθ (+2) agrees in direction, 1.2× smaller than realised" in text
+    assert "raw-gradient prediction Σ −η·e (+0.002) agrees in direction, 1.2e+03× smaller than realised" in text
+    assert "DISAGREE" not in text
+    text = _verdict(raw_prediction=-0.002)
+    assert "raw-gradient prediction Σ −η·e (-0.002) points the OTHER way" in text
+    assert "raw-gradient and update-aware readings DISAGREE" in text
+    text = _verdict(realised_batches=-2.5)
+    assert "update-aware prediction Σ ∇R·Δθ (+2) points the OTHER way" in text
+
+
+def test_verdict_flags_dominant_steps_and_mean_median_split() -> None:
+    assert "A few steps dominate" not in _verdict()
+    text = _verdict(top_steps=(40, 45), top_share=0.78)
+    assert "step(s) 40, 45 carry 78% of Σ|e|" in text
+    assert "opposite signs" not in text
+    assert "opposite signs" in _verdict(mean_g_effect=0.3)
+    assert "mean G-effect -0.5, median -0.4, negative on 80% of the 10 measured steps" in _verdict()
+    # A negative mean predicts a rise; a negative η-weighted sum Σ −η·e a fall: that split is stated.
+    assert "point in opposite directions" not in _verdict()
+    assert "point in opposite directions" in _verdict(raw_prediction=-0.002)
+
+
+def test_evaluation_and_batches_disagreement_is_stated() -> None:
+    assert "OPPOSITE direction" in _verdict(realised_eval=-1.0)
+    assert "the same direction" in _verdict(realised_eval=1.0)
+
+
+# ------------------------------------------------------------------------------------------------------ report.md
 Table = tuple[list[str], list[list[str]]]
 
 
@@ -141,13 +192,28 @@ def write(tmp_path: Path, history: list[GEffectRow]) -> tuple[str, dict[str, dic
     summaries["target"]["forget_quality"] = 3.2e-5  # printed in scientific notation
     for summary in summaries.values():
         summary.update({key: rng.uniform(0.1, 0.9) for key in MODEL_UTILITY_COMPONENTS})
-    text = write_report(tmp_path, summaries, history, {"forget split": "forget01", "method": "GradDiff"}).read_text()
-    return text, summaries
+    readings = readings_of(history)
+    path = write_report(
+        tmp_path,
+        summaries,
+        history,
+        {"forget split": "forget01", "method": "GradDiff"},
+        readings,
+        unlearned="unlearned",
+        target="target",
+    )
+    return path.read_text(), summaries
 
 
 @pytest.mark.parametrize("forget_sign", [-1.0, 1.0])
 def test_report_tables_hold_the_numbers_passed_in(tmp_path: Path, forget_sign: float) -> None:
-    history = random_history(forget_sign)
+    rng = random.Random(3)
+    history = make_history(
+        {
+            "forget": [forget_sign * rng.uniform(-0.5, 2.0) for _ in range(6)],
+            "retain": [-forget_sign * rng.uniform(-0.5, 2.0) for _ in range(6)],
+        }
+    )
     text, summaries = write(tmp_path, history)
     tables = markdown_tables(text)
 
@@ -165,39 +231,42 @@ def test_report_tables_hold_the_numbers_passed_in(tmp_path: Path, forget_sign: f
     for row in components:
         for key in MODEL_UTILITY_COMPONENTS:
             assert number(row[key]) == pytest.approx(summaries[row["model"]][key], **DIGITS), (row["model"], key)
+    mu_ratio = summaries["unlearned"]["model_utility"] / summaries["target"]["model_utility"]
+    assert f"is {mu_ratio:.1%} of the target's" in text
 
-    # The G-effect table against means computed here from the history rows.
-    g_table = table_with(tables, "mean G-effect")
-    keys = sorted({(r["risk"], r["group"]) for r in history})
-    assert sorted((r["risk"], r["group"]) for r in g_table) == keys
-    means = {}
+    # The group table against means and sums computed here from the history rows.
+    g_table = table_with(tables, "mean e, forget")
+    shown = [r["group"] for r in g_table]
+    assert shown == ["embedding", "lm_head", "shallow", "middle", "deep", "total"]  # fine block groups are left out
     for cells in g_table:
-        rows = [r for r in history if (r["risk"], r["group"]) == (cells["risk"], cells["group"])]
-        values = [r["g_effect"] for r in rows]
-        means[(cells["risk"], cells["group"])] = statistics.fmean(values)
-        assert cells["level"] == rows[0]["level"]
-        assert number(cells["mean G-effect"]) == pytest.approx(statistics.fmean(values), **DIGITS)
-        negative = sum(v < 0 for v in values) / len(values)
-        assert number(cells["share of negative steps"]) == pytest.approx(negative, **DIGITS)
-        assert number(cells["Σ −η·e"]) == pytest.approx(sum(2 * r["predicted_change"] for r in rows), **DIGITS)
+        for risk in ("forget", "retain"):
+            rows = [r for r in history if (r["risk"], r["group"]) == (risk, cells["group"])]
+            assert number(cells[f"mean e, {risk}"]) == pytest.approx(
+                statistics.fmean(r["g_effect"] for r in rows), **DIGITS
+            )
+            assert number(cells[f"Σ ∇R·Δθ, {risk}"]) == pytest.approx(sum(r["update_change"] for r in rows), **DIGITS)
+    coarse = {
+        g: statistics.fmean(r["g_effect"] for r in history if (r["risk"], r["group"]) == ("forget", g))
+        for g in ("shallow", "middle", "deep")
+    }
+    top = max(coarse, key=lambda g: abs(coarse[g]))
+    assert f"largest mean |G-effect| on the forget risk is in the **{top}** blocks" in text
 
-    # The plain-language reading follows the signs and sizes of those means.
-    forget_mean, retain_mean = means[("forget", "total")], means[("retain", "total")]
-    assert (forget_mean < 0) == (forget_sign < 0)  # the two parametrisations exercise both readings
-    assert ("the forget risk rises, as unlearning intends" in text) == (forget_mean < 0)
-    assert ("the forget risk FALLS" in text) == (forget_mean >= 0)
-    assert ("collateral damage" in text) == (retain_mean < 0)
+    # Each risk's stated direction is the sign of its realised change.
     for risk in ("forget", "retain"):
-        coarse = {g: m for (r, g), m in means.items() if r == risk and g in ("shallow", "middle", "deep")}
-        top = max(coarse, key=lambda g: abs(coarse[g]))
-        assert f"Largest |{risk} G-effect| among the block thirds: **{top}**" in text
-        fine = {g: m for (r, g), m in means.items() if r == risk and g.startswith(("layer_", "final_norm"))}
-        top = max(fine, key=lambda g: abs(fine[g]))
-        assert f"Largest |{risk} G-effect| among all groups: **{top}**" in text
-        realised = sum(2 * r["realised_change"] for r in history if r["risk"] == risk and r["group"] == "total")
-        line = next(li for li in text.splitlines() if li.startswith(f"- {risk} risk change over the run"))
-        assert number(line.split("realised ")[1].split(" ")[0]) == pytest.approx(realised, **DIGITS)
-    assert (tmp_path / "fq_vs_mu.png").stat().st_size > 1000
+        realised = sum(r["realised_change"] for r in history if (r["risk"], r["group"]) == (risk, "total"))
+        word = "ROSE" if realised > 0 else "FELL"
+        assert f"**{risk} risk {word}**" in text
+    for name in ("fq_vs_mu.png", "g_effect_steps.png", "risk_changes.png"):
+        assert (tmp_path / name).stat().st_size > 5000
+
+
+def test_g_effect_summary_keeps_only_the_applied_gradient() -> None:
+    history = make_history({"forget": [-1.0, -3.0]}, update_scale=None, realised_scale=None)
+    unlearn = [dict(r, term="unlearn", g_effect=100.0) for r in history]
+    summary = g_effect_summary([*history, *unlearn])
+    assert summary["forget"]["total"]["mean"] == pytest.approx(-2.0)
+    assert summary["forget"]["total"]["cumulative_update_change"] is None
 
 
 def test_report_without_history_has_no_g_effect_section(tmp_path: Path) -> None:

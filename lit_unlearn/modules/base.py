@@ -1,4 +1,5 @@
-"""``UnlearningModule``: the model to unlearn, its frozen reference, and ``γ·L_forget + α·L_retain``.
+"""``UnlearningModule``: the model to unlearn, its frozen reference, and the objective
+``forget_weight·L_forget + retain_weight·L_retain`` (OpenUnlearning's γ and α).
 
 Each objective is a small subclass that implements :meth:`UnlearningModule.forget_loss` over the log-probs this base
 class computes. Forward passes live here, so every objective does exactly one forward with gradient per batch part
@@ -68,8 +69,9 @@ class UnlearningModule(CausalLMModule):
         model_name_or_path: Hub id or local directory of the model to unlearn (the fine-tuned target).
         retain_loss: Retain regulariser, one of :attr:`retain_losses`: ``"nll"`` (GD), ``"kl"`` or ``"none"`` (an
             objective may add its own, e.g. RMU's ``"rmu"``).
-        forget_weight: γ, the weight of the forget term.
-        retain_weight: α, the weight of the retain term.
+        forget_weight: Weight of the forget term (γ in OpenUnlearning).
+        retain_weight: Weight of the retain regulariser (OpenUnlearning calls it α; it is not WTNPO's exponent
+            ``alpha``).
         lr: Peak learning rate of the default AdamW optimiser; ``None``: 1e-5 (TOFU: 1e-5 for Llama, 2e-5 for Phi).
         weight_decay: Weight decay of the default AdamW optimiser; ``None``: 0.01 (TOFU; the G-effect paper's code:
             0).
