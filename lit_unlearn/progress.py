@@ -10,6 +10,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 
+def say(message: str, who: str = "lit-unlearn") -> None:
+    """Print one progress line, ``[who HH:MM:SS] message``, flushed at once (output shared with other processes)."""
+    print(f"[{who} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 class EpochProgress(Callback):
     """Print ``[prefix] epoch e/E · <metric> v · t s`` when each training epoch ends (global rank 0 only).
 

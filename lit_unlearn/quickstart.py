@@ -13,16 +13,12 @@ gives the same numbers, whatever the machine's core count or the user's ``OMP_NU
 """
 
 import argparse
-import hashlib
 import json
-import logging
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,13 +30,14 @@ from callbacks import GEffectCallback
 from lit_unlearn.config_hub import shipped_config, shipped_configs
 from lit_unlearn.data import load_tofu, resolve_tofu_file
 from lit_unlearn.data.tofu import TOFU_DIR_ENV
-from lit_unlearn.eval.io import FORMAT_VERSION
 from lit_unlearn.eval.runner import evaluate
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.eval.summarize import summarize
 from lit_unlearn.lightning_cli import run_lightning_cli
+from lit_unlearn.model_cache import THREADS, ModelJob, prepare_models, tofu_fingerprint
 from lit_unlearn.models import load_causal_lm, load_tokenizer
 from lit_unlearn.modules.finetune import TINY_CORPUS_SPLITS
+from lit_unlearn.progress import say
 from lit_unlearn.report import readings_of, write_report
 from lit_unlearn.reproducibility import environment, pin_threads
 
@@ -48,10 +45,6 @@ FORGET_SPLIT = "forget01"
 DEFAULT_METHOD = "tnpo"
 """The objective docs/results.md found best at this scale (see the README); any shipped tiny config works."""
 DEFAULT_LR = 1.0e-3
-THREADS = 1
-"""Torch threads per process: one is both the fastest and the reproducible setting for the tiny models."""
-RECIPE_VERSION = 2
-"""Bump when the build or evaluation procedure changes, so that cached models and evaluations are redone."""
 
 # Every TOFU file the quickstart reads: fine-tuning data, the tokenizer corpus, the unlearning pool, evaluation.
 NEEDED_SPLITS = tuple(
@@ -75,12 +68,8 @@ class QuickstartError(ValueError):
     """A bad input, reported as one line naming the culprit and the fix."""
 
 
-def _say(message: str, who: str = "quickstart") -> None:
-    print(f"[{who} {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+def _say(message: str) -> None:
+    say(message, "quickstart")
 
 
 # ------------------------------------------------------------------------------------------------------- checks
@@ -147,7 +136,6 @@ def _data_dir(given: str | None) -> tuple[str, str]:
     if folder is not None and not folder.is_dir():
         flag = "--data-dir" if given else f"${TOFU_DIR_ENV}"
         raise QuickstartError(f"{flag} {folder} is not a folder; point it at the TOFU files (full.json, ...).")
-    fingerprint = hashlib.sha256()
     path = None
     for split in NEEDED_SPLITS:
         try:
@@ -155,9 +143,9 @@ def _data_dir(given: str | None) -> tuple[str, str]:
             load_tofu(split, folder)  # parses and validates every row: a bad line fails now, not in 5 minutes
         except (FileNotFoundError, ValueError) as err:
             raise QuickstartError(str(err)) from None
-        fingerprint.update(split.encode() + path.read_bytes())
     # The Hub's files of one revision share a snapshot folder, which then serves as the data folder.
-    return str(folder or path.parent), fingerprint.hexdigest()
+    data_dir = str(folder or path.parent)
+    return data_dir, tofu_fingerprint(data_dir, NEEDED_SPLITS)
 
 
 def _eval_settings(unlearn_config: str) -> tuple[int, int | None]:
@@ -198,137 +186,6 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         max_items=max_items,
         rebuild=args.rebuild,
     )
-
-
-# ------------------------------------------------------------------------------------- target and retain models
-@dataclass(frozen=True)
-class ModelJob:
-    """Build (or reuse) one tiny model and its evaluation; picklable, so it runs in a spawned process."""
-
-    kind: str
-    config: str
-    cache_dir: str
-    data_dir: str
-    data_fingerprint: str
-    max_new_tokens: int
-    max_items: int | None
-    rebuild: bool
-
-
-@dataclass(frozen=True)
-class PreparedModel:
-    """A ready model: where it and its evaluation are, and what preparing them cost (0 when cached)."""
-
-    kind: str
-    model_dir: str
-    eval_dir: str
-    fit_seconds: float
-    eval_seconds: float
-
-
-def _recipe_key(job: ModelJob) -> str:
-    import torch
-
-    return _digest(job.config, job.data_fingerprint, torch.__version__, str(THREADS), str(RECIPE_VERSION))
-
-
-def ensure_finetuned(job: ModelJob, run: Callable[[list[str]], Any] = run_lightning_cli) -> tuple[Path, float]:
-    """Fine-tune the ``job.kind`` model unless the cache holds one built from the same recipe.
-
-    The key covers the config text, the TOFU files, the torch version and the thread count. The config text is
-    written into the cache and THAT file is trained from, so the stamp always describes what was built; the stamp is
-    written last, so an interrupted build is never taken for a finished one.
-
-    Returns:
-        The model folder and the seconds spent (0.0 when reused).
-    """
-    cache = Path(job.cache_dir)
-    out_dir, stamp = cache / job.kind, cache / job.kind / "recipe.sha256"
-    key = _recipe_key(job)
-    if not job.rebuild and stamp.is_file() and stamp.read_text() == key and (out_dir / "config.json").is_file():
-        _say("reusing the cached model (same recipe, data, torch and threads)", job.kind)
-        return out_dir, 0.0
-    cache.mkdir(parents=True, exist_ok=True)
-    recipe = cache / f"{job.kind}_recipe.yaml"
-    recipe.write_text(job.config, encoding="utf-8")
-    stamp.unlink(missing_ok=True)
-    _say("fine-tuning from scratch (a few minutes; one line per epoch)", job.kind)
-    start = time.perf_counter()
-    run(
-        [
-            "fit",
-            "--config",
-            str(recipe),
-            f"--model.model_name_or_path={cache / f'init_{job.kind}'}",
-            f"--model.output_dir={out_dir}",
-            f"--data.data_dir={job.data_dir}",
-            "--trainer.limit_val_batches=0",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            f"--trainer.logger.init_args.save_dir={cache / 'runs'}",
-            "--trainer.callbacks+=lit_unlearn.progress.EpochProgress",
-            f"--trainer.callbacks.prefix={job.kind}",
-        ]
-    )
-    stamp.write_text(key)
-    seconds = time.perf_counter() - start
-    _say(f"model ready in {seconds:.0f} s", job.kind)
-    return out_dir, seconds
-
-
-def ensure_evaluated(job: ModelJob, model_dir: Path) -> tuple[Path, float]:
-    """Evaluate the model on forget01 unless its cached evaluation has the same model and settings.
-
-    Returns:
-        The evaluation folder and the seconds spent (0.0 when reused).
-    """
-    eval_dir = model_dir / "eval"
-    stamp = eval_dir / "eval.sha256"
-    key = _digest(
-        (model_dir / "recipe.sha256").read_text(),
-        str(job.max_new_tokens),
-        str(job.max_items),
-        FORGET_SPLIT,
-        str(FORMAT_VERSION),
-    )
-    if not job.rebuild and stamp.is_file() and stamp.read_text() == key:
-        _say("reusing its cached evaluation", job.kind)
-        return eval_dir, 0.0
-    stamp.unlink(missing_ok=True)
-    _say(f"evaluating on TOFU {FORGET_SPLIT} (teacher-forced passes and greedy answers)", job.kind)
-    start = time.perf_counter()
-    settings = EvalSettings(max_new_tokens=job.max_new_tokens, max_items=job.max_items, output_dir=str(eval_dir))
-    model, tokenizer = load_causal_lm(str(model_dir)), load_tokenizer(str(model_dir))
-    evaluate(
-        model,
-        tokenizer,
-        FORGET_SPLIT,
-        data_dir=job.data_dir,
-        settings=settings,
-        batch_size=32,
-        progress=False,
-        log=lambda line: _say(line, job.kind),
-    )
-    stamp.write_text(key)
-    return eval_dir, time.perf_counter() - start
-
-
-def prepare_model(job: ModelJob) -> PreparedModel:
-    """Build and evaluate one tiny model (the body of each parallel process)."""
-    pin_threads(THREADS)
-    # Lightning's start-up banners (accelerator, log folder) from two processes would bury the progress lines.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    model_dir, fit_seconds = ensure_finetuned(job)
-    eval_dir, eval_seconds = ensure_evaluated(job, model_dir)
-    return PreparedModel(job.kind, str(model_dir), str(eval_dir), fit_seconds, eval_seconds)
-
-
-def prepare_models(jobs: Sequence[ModelJob]) -> dict[str, PreparedModel]:
-    """Run the jobs side by side, one spawned process each (spawn: no fork of a process that already runs torch)."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as pool:
-        results = list(pool.map(prepare_model, jobs))
-    return {r.kind: r for r in results}
 
 
 # ----------------------------------------------------------------------------------------------------- unlearning
@@ -461,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _say("preparing the tiny target and retain models side by side (one process and one thread each)")
     prepared = prepare_models(jobs)
     target, retain = Path(prepared["target"].model_dir), Path(prepared["retain"].model_dir)
-    retain_eval, target_eval = Path(prepared["retain"].eval_dir), Path(prepared["target"].eval_dir)
+    retain_eval = Path(prepared["retain"].eval_dirs[FORGET_SPLIT])
+    target_eval = Path(prepared["target"].eval_dirs[FORGET_SPLIT])
     retain_summary = summarize(retain_eval, retain_eval)
     target_summary = summarize(target_eval, retain_eval)
     prepared_s = time.perf_counter() - start
@@ -533,8 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": {
             "total": total,
             "prepare target and retain (parallel)": prepared_s,
-            **{f"{p.kind} fine-tuning": p.fit_seconds for p in prepared.values()},
-            **{f"{p.kind} evaluation": p.eval_seconds for p in prepared.values()},
+            **{f"{p.name} fine-tuning": p.fit_seconds for p in prepared.values()},
+            **{f"{p.name} evaluation": p.eval_seconds for p in prepared.values()},
             "unlearning": run.seconds,
             "unlearned evaluation": eval_s,
         },
