@@ -143,11 +143,16 @@ class SupportsPerExampleObjective(Protocol):
     rounding). The share follows the objective's own averaging, which is not always a mean of per-example losses.
     With ``k`` micro-batches and forget weight ``γ``, for an example ``i`` of micro-batch ``j``:
 
-    * a token mean over the micro-batch (GA, WGA, TNPO, WTNPO, the IdK NLL): ``γ/k · Σ_{t ∈ answer(i)} ℓ_t / N_j``,
-      where ``N_j`` counts the answer tokens of the whole micro-batch ``j``; NOT ``γ/k · mean_{t ∈ answer(i)} ℓ_t /
-      B_j``, which differs whenever answers have different lengths;
+    * a token mean over the micro-batch (GA, WGA, TNPO, WTNPO, the IdK NLL; RMU's per-position distance):
+      ``γ/k · Σ_{t ∈ answer(i)} ℓ_t / N_j``, with ``ℓ_t`` the objective's loss at token ``t`` (e.g. ``−ce_t`` for GA,
+      ``−sg[p_t^β]·ce_t`` for WGA) and ``N_j`` the number of answer tokens of the whole micro-batch ``j``; NOT
+      ``γ/k · mean_{t ∈ answer(i)} ℓ_t / B_j`` (a mean of per-example means), which differs whenever answers have
+      different lengths;
     * a mean over sequences (NPO, SimNPO, DPO): ``γ/k · ℓ(i) / B_j`` with ``ℓ(i)`` the example's sequence loss and
       ``B_j`` the micro-batch size.
+
+    The shares are those of the loss ``training_step`` optimises on one process; under DDP the callback divides them
+    by the world size itself (DDP averages the ranks' gradients).
 
     Like ``per_example_risks`` it must be a pure function of the parameters, because the callback differentiates it in
     forward mode (:func:`torch.func.jvp`, batched over the risks with :func:`torch.func.vmap`): no ``requires_grad_``
@@ -609,14 +614,14 @@ class GEffectCallback(Callback):
                 "objective_terms",
                 SupportsObjectiveTerms,
                 "terms=True",
-                '`objective_terms(self, batches) -> Mapping[str, Tensor]` method ({"unlearn": ..., "regularizer": ...})',
+                '`objective_terms(self, batches) -> Mapping[str, Tensor]` method ({"unlearn": ..., ...})',
             ),
             (
                 "objective" in self._sides,
                 "per_example_unlearn",
                 SupportsPerExampleObjective,
                 "per_instance='objective'",
-                "`per_example_unlearn(self, batches) -> Tensor` method (each forget example's share of the unlearn term)",
+                "`per_example_unlearn(self, batches) -> Tensor` method (each forget example's unlearn share)",
             ),
         ]
         for wanted, method, protocol, option, what in needs:
