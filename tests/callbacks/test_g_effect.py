@@ -308,15 +308,24 @@ def test_bf16_mixed_runs_and_is_close(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = MLPUnlearner()
     initial = copy.deepcopy(module)
-    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance=True, save_plot=False)
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance="both", terms=True, save_plot=False)
     fit(module, [cb], tmp_path, max_steps=2, precision="bf16-mixed")
     ref = reference_dots(initial, mlp_batches(16, 4, 1))
+    ref_terms = reference_terms(initial, mlp_batches(16, 4, 1))
     rows = step_rows(cb, 0)
     for risk in ("forget", "retain"):
         value = rows[(risk, "total")]["g_effect"]
         assert torch.isfinite(torch.tensor(value))
         assert value == pytest.approx(sum(ref[risk].values()), rel=0.05, abs=1e-3)
-    assert len(cb.instance_history) == 2 * 2 * 4
+        # The terms run under the same autocast as training_step.
+        for term in ("unlearn", "regularizer"):
+            got = step_rows(cb, 0, term)[(risk, "total")]["g_effect"]
+            assert got == pytest.approx(sum(ref_terms[risk][term].values()), rel=0.05, abs=1e-3)
+        objective = [r for r in cb.instance_history if (r["step"], r["side"], r["risk"]) == (0, "objective", risk)]
+        shares = sum(r["g_effect"] for r in objective)
+        unlearn = step_rows(cb, 0, "unlearn")[(risk, "total")]["g_effect"]
+        assert shares == pytest.approx(unlearn, rel=0.05, abs=1e-3)
+    assert len([r for r in cb.instance_history if r["side"] == "risk"]) == 2 * 2 * 4
 
 
 def test_per_instance_matches_per_example_autograd_on_llama(tmp_path: Path) -> None:
