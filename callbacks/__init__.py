@@ -3,19 +3,31 @@
 from callbacks.g_effect import (
     GEffectCallback,
     GEffectInstanceRow,
+    GEffectRankingRow,
     GEffectRow,
+    SupportsExampleIds,
+    SupportsObjectiveTerms,
+    SupportsPerExampleObjective,
     SupportsPerExampleRisks,
     SupportsRiskLosses,
     load_history,
     load_instance_history,
+    load_ranking,
+    rank_instances,
 )
 
 __all__ = [
     "GEffectCallback",
     "GEffectInstanceRow",
+    "GEffectRankingRow",
     "GEffectRow",
+    "SupportsExampleIds",
+    "SupportsObjectiveTerms",
+    "SupportsPerExampleObjective",
     "SupportsPerExampleRisks",
     "SupportsRiskLosses",
     "load_history",
     "load_instance_history",
+    "load_ranking",
+    "rank_instances",
 ]

@@ -10,17 +10,42 @@ where ``g_t`` is the objective gradient the optimiser is about to apply. For a p
 the answer NLL on the forget data (``e_u < 0`` is the goal: the forget risk rises) or on the retain data (``e_r ≥ 0``
 or ≈ 0 is the goal; negative means collateral damage).
 
+The callback splits the G-effect the three ways the paper analyses it:
+
+* by parameter group: one group per transformer block plus the embedding, final norm and lm_head, and optionally
+  coarse depth groups (thirds of the blocks, or explicit boundaries such as the paper's blocks 0–9 / 10–19 / ≥ 20);
+* by objective term (``terms=True``): an unlearning objective is ``T_unlearn + T_regularizer`` (``γ·L_forget`` and
+  ``α·L_retain``), so by linearity ``e = ∇R·∇T_unlearn + ∇R·∇T_regularizer``. The paper's G-effect is the unlearn
+  term's: its code differentiates the forget objective without the regulariser;
+* by instance (``per_instance``): on the risk side, ``∇ℓ_i·g`` for each risk example i (whose risk the step moves);
+  on the objective side, ``∇R·∇ℓ_i`` for each forget example i, where ``ℓ_i`` is the example's share of the unlearn
+  term (which forget example drives the step). The paper's code ranks forget examples by the latter;
+  ``g_effect_ranking.csv`` accumulates it per example over the run.
+
+Smoothing: every stored value is the raw value of one optimiser step, computed from the step's accumulated
+gradient (the exact first-order quantity for that step). The paper's code instead keeps an exponential moving average
+of the gradient VECTORS over micro-batches, ``ĝ ← 0.6·ĝ + 0.4·g_j`` for the objective gradient and likewise ``r̂``
+for each risk gradient, and prints ``ĝ·r̂``. That is not a smoothed G-effect series: the dot product is bilinear, so
+``ĝ_j·r̂_j = Σ_a Σ_b w_a w_b g_a·r_b`` contains cross terms between the objective gradient of one micro-batch and the
+risk gradient of another, whereas an EMA of the series, ``Σ_a w_a g_a·r_a``, has only same-batch products; the two
+differ unless the gradients do not change between micro-batches. Neither is computed into the stored values here;
+``plot_smoothing`` smooths the plotted series only (TensorBoard's smoothing slider does the same to the logged
+scalars).
+
 This module imports only ``torch`` and ``lightning`` (matplotlib lazily, for the optional PNG) so it can be vendored
-into any Lightning project. The module being trained tells the callback what its risks are by implementing
-:class:`SupportsRiskLosses`; per-instance G-effects additionally need :class:`SupportsPerExampleRisks`.
+into any Lightning project. The module being trained tells the callback what to measure by implementing the
+protocols below: :class:`SupportsRiskLosses` always; :class:`SupportsPerExampleRisks` for the risk side of
+``per_instance``; :class:`SupportsObjectiveTerms` for ``terms``; :class:`SupportsPerExampleObjective` (and, for the
+ranking, :class:`SupportsExampleIds`) for the objective side of ``per_instance``.
 """
 
 import contextlib
 import csv
+import json
 import os
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
@@ -31,6 +56,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from typing_extensions import override
 
 #: Matches the block index in transformer parameter names: ``model.layers.3.``, ``transformer.h.3.``, ``blocks.3.``.
@@ -43,8 +69,15 @@ DEFAULT_GROUPS: dict[str, str] = {
     "lm_head": r"lm_head|embed_out",
 }
 
-#: Coarse depth groups in the spirit of the paper's figures (its code: embed / shallow / middle / deep / lm_head).
+#: Coarse depth groups when they are thirds of the blocks (no ``coarse_boundaries``).
 COARSE_NAMES = ("shallow", "middle", "deep")
+
+#: The terms of :class:`SupportsObjectiveTerms`, in the order their rows are written.
+TERMS = ("unlearn", "regularizer")
+
+#: The ranking file's own columns: ``g_effect_<risk>`` per risk, then ``measurements``; example ids come first.
+RANKING_PREFIX = "g_effect_"
+RANKING_COUNT = "measurements"
 
 
 @runtime_checkable
@@ -64,7 +97,7 @@ class SupportsRiskLosses(Protocol):
 
 @runtime_checkable
 class SupportsPerExampleRisks(Protocol):
-    """A LightningModule that can evaluate each example's own risk, for per-instance G-effects.
+    """A LightningModule that can evaluate each example's own risk, for the risk side of per-instance G-effects.
 
     ``per_example_risks(batches)`` returns, for each risk name of ``risk_losses``, a 1-D tensor with one value per
     example of ``batches`` (concatenated over the micro-batches in order): that example's mean answer NLL. It must be
@@ -77,19 +110,98 @@ class SupportsPerExampleRisks(Protocol):
         ...
 
 
-#: ``"group"``: a fine group (a block, a named group or a parameter); ``"coarse"``: a third of the blocks;
+@runtime_checkable
+class SupportsObjectiveTerms(Protocol):
+    """A LightningModule whose objective is a sum of named terms, for the G-effect per term (``terms=True``).
+
+    ``objective_terms(batches)`` receives the micro-batches of one optimiser step (as ``training_step`` received them)
+    and returns the terms of the objective as differentiable scalars:
+    ``{"unlearn": forget_weight · L_forget, "regularizer": retain_weight · L_retain}``, with only ``"unlearn"`` when
+    the module has no regulariser (or its weight is 0); no other keys.
+
+    Each term is averaged over the micro-batches the way Lightning averages accumulated gradients: with ``k``
+    micro-batches, ``term = (1/k) · Σ_j term_j`` where ``term_j`` is that term exactly as ``training_step`` computes it
+    on micro-batch ``j``. Hence, on one process, ``unlearn + regularizer`` has exactly the gradient the optimiser
+    applies (the ``.grad`` seen in ``on_before_optimizer_step``, before clipping). Compute the terms with plain
+    forward passes of the module's trainable parameters, in the same way ``training_step`` does (frozen reference
+    models under ``no_grad`` are fine; detached weights inside a term, ``sg[·]``, are part of the term; the terms
+    themselves must not be detached).
+    """
+
+    def objective_terms(self, batches: Sequence[Any]) -> Mapping[str, Tensor]:
+        """Return the objective's terms on ``batches``, differentiable scalars keyed ``"unlearn"``/``"regularizer"``."""
+        ...
+
+
+@runtime_checkable
+class SupportsPerExampleObjective(Protocol):
+    """A LightningModule that splits its unlearn term over the forget examples (objective side of ``per_instance``).
+
+    ``per_example_unlearn(batches)`` returns a 1-D tensor of shape (N,), N the number of forget examples of
+    ``batches`` concatenated over the micro-batches in order: entry ``i`` is forget example ``i``'s exact additive
+    share of ``objective_terms(batches)["unlearn"]``, so that the entries sum to the unlearn term (up to float
+    rounding). The share follows the objective's own averaging, which is not always a mean of per-example losses.
+    With ``k`` micro-batches and forget weight ``γ``, for an example ``i`` of micro-batch ``j``:
+
+    * a token mean over the micro-batch (GA, WGA, TNPO, WTNPO, the IdK NLL; RMU's per-position distance):
+      ``γ/k · Σ_{t ∈ answer(i)} ℓ_t / N_j``, with ``ℓ_t`` the objective's loss at token ``t`` (e.g. ``−ce_t`` for GA,
+      ``−sg[p_t^β]·ce_t`` for WGA) and ``N_j`` the number of answer tokens of the whole micro-batch ``j``; NOT
+      ``γ/k · mean_{t ∈ answer(i)} ℓ_t / B_j`` (a mean of per-example means), which differs whenever answers have
+      different lengths;
+    * a mean over sequences (NPO, SimNPO, DPO): ``γ/k · ℓ(i) / B_j`` with ``ℓ(i)`` the example's sequence loss and
+      ``B_j`` the micro-batch size.
+
+    The shares are those of the loss ``training_step`` optimises on one process; under DDP the callback divides them
+    by the world size itself (DDP averages the ranks' gradients).
+
+    Like ``per_example_risks`` it must be a pure function of the parameters, because the callback differentiates it in
+    forward mode (:func:`torch.func.jvp`, batched over the risks with :func:`torch.func.vmap`): no ``requires_grad_``
+    calls, no in-place writes to parameters or buffers, no ``.item()`` or Python branching on values computed from the
+    parameters. Detached weights (``sg[·]``) are fine: forward-mode differentiation respects ``detach``.
+    """
+
+    def per_example_unlearn(self, batches: Sequence[Any]) -> Tensor:
+        """Return each forget example's share of the unlearn term, shape (N,), summing to the term."""
+        ...
+
+
+@runtime_checkable
+class SupportsExampleIds(Protocol):
+    """A LightningModule that names its forget examples, for the objective-side instance rows and the ranking.
+
+    ``example_ids(batches)`` returns one small mapping per forget example, in the order of ``per_example_unlearn``,
+    e.g. ``{"index": 17, "question": "Who wrote ...?"}``: the same keys for every example, values ``str``, ``int``,
+    ``float`` or ``bool`` (one-element tensors are converted with ``.item()``). The keys become the leading columns of
+    ``g_effect_ranking.csv`` and the tuple of the values is the key examples are aggregated by across steps, so use a
+    stable id such as the dataset index, never the position in the batch. Keys must not be ``"measurements"`` or
+    start with ``"g_effect_"`` (the ranking's own columns).
+    """
+
+    def example_ids(self, batches: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
+        """Return one id mapping per forget example of ``batches``, in ``per_example_unlearn``'s order."""
+        ...
+
+
+#: ``"group"``: a fine group (a block, a named group or a parameter); ``"coarse"``: a coarse depth group;
 #: ``"total"``: the sum over all parameters.
 _Level = Literal["group", "coarse", "total"]
+
+#: ``"total"``: the gradient the optimiser applies (``.grad``); ``"unlearn"``/``"regularizer"``: one objective term.
+_Term = Literal["unlearn", "regularizer", "total"]
+
+#: ``"risk"``: ``∇ℓ_i·g`` for a risk example; ``"objective"``: ``∇R·∇ℓ_i`` for a forget example's unlearn share.
+_Side = Literal["risk", "objective"]
 
 #: The risk changes a step row carries, each with a running sum in :class:`GEffectRow`.
 _CHANGES = ("predicted_change", "realised_change", "update_change")
 
 
 class _StepValues(TypedDict):
-    """The values of one measured step on one risk and group (a :class:`GEffectRow` without the running sums)."""
+    """The values of one measured step on one risk, term and group (a :class:`GEffectRow` without the running sums)."""
 
     step: int
     risk: str
+    term: _Term
     group: str
     level: _Level
     g_effect: float
@@ -100,17 +212,19 @@ class _StepValues(TypedDict):
 
 
 class GEffectRow(_StepValues):
-    """One row of :attr:`GEffectCallback.history`: one measured step, one risk, one parameter group.
+    """One row of :attr:`GEffectCallback.history`: one measured step, one risk, one term, one parameter group.
 
-    Keys: ``step`` (the ``global_step`` of the optimiser step); ``risk``; ``group`` (``"total"`` for the sum over the
-    fine groups); ``level`` (``"group"``, ``"coarse"`` or ``"total"``); ``g_effect`` (∇R·g over the group);
-    ``risk_value`` (R at θ_t); ``predicted_change`` (−Σ_p η_p ∇_pR·g_p, the first-order risk change of a plain SGD step
-    with the optimiser's learning rates); ``realised_change`` (R(θ_{t+1}) − R(θ_t) on the same batches, total rows
-    only, None otherwise or when ``realised_change`` is off); ``update_change`` (∇R·Δθ against the optimiser's real
-    update, None when ``measure_update`` is off); and ``cumulative_predicted_change`` / ``cumulative_realised_change``
-    / ``cumulative_update_change``: running sums over the measured steps of the run (None where the step's value is
-    None), each step weighted by ``every_n_steps`` (exact sums when it is 1, an estimate of the whole-run change
-    otherwise).
+    Keys: ``step`` (the ``global_step`` of the optimiser step); ``risk``; ``term`` (``"total"``: the gradient the
+    optimiser applies, the only term without ``terms=True``; ``"unlearn"`` / ``"regularizer"``: that objective term's
+    gradient); ``group`` (``"total"`` for the sum over the fine groups); ``level`` (``"group"``, ``"coarse"`` or
+    ``"total"``); ``g_effect`` (∇R·g over the group); ``risk_value`` (R at θ_t); ``predicted_change``
+    (−Σ_p η_p ∇_pR·g_p, the first-order risk change of a plain SGD step with the optimiser's learning rates; for a term,
+    that term's part of it); ``realised_change`` (R(θ_{t+1}) − R(θ_t) on the same batches, total rows of the total
+    term only, None otherwise or when ``realised_change`` is off); ``update_change`` (∇R·Δθ against the optimiser's
+    real update, rows of the total term only, None when ``measure_update`` is off: the real update is not split by
+    term); and ``cumulative_predicted_change`` / ``cumulative_realised_change`` / ``cumulative_update_change``: running
+    sums over the measured steps of the run (None where the step's value is None), each step weighted by
+    ``every_n_steps`` (exact sums when it is 1, an estimate of the whole-run change otherwise).
     """
 
     cumulative_predicted_change: float
@@ -119,16 +233,42 @@ class GEffectRow(_StepValues):
 
 
 class GEffectInstanceRow(TypedDict):
-    """One row of :attr:`GEffectCallback.instance_history`: example ``index`` of a measured step, ``∇ℓ_i·g``.
+    """One row of :attr:`GEffectCallback.instance_history`: one example of a measured step, on one risk.
 
-    ``index`` counts the examples of the step's micro-batches in order (under DDP: rank-major over the gathered
-    ranks).
+    ``side="risk"``: ``g_effect`` is ``∇ℓ_i·g`` for risk example ``index`` (``ℓ_i`` its own risk);
+    ``side="objective"``: ``g_effect`` is ``∇R·∇ℓ_i`` for forget example ``index`` (``ℓ_i`` its share of the unlearn
+    term). ``index`` counts the examples of the step's micro-batches in order (under DDP: rank-major over the gathered
+    ranks), so it is a position, not an identity; ``example`` holds the example's ids from
+    :class:`SupportsExampleIds` (objective side only; None otherwise).
     """
 
     step: int
     risk: str
+    side: _Side
     index: int
     g_effect: float
+    example: dict[str, Any] | None
+
+
+class GEffectRankingRow(TypedDict):
+    """One forget example of the ranking (a row of ``g_effect_ranking.csv``).
+
+    ``example``: its ids (:class:`SupportsExampleIds`; strings when read back from the CSV file); ``g_effect``: per
+    risk name, the objective-side G-effect ``∇R·∇ℓ_i`` summed over the measured steps it appeared in;
+    ``measurements``: how many measured appearances that sum has (an example that appears twice in one step, e.g.
+    through DDP sampler padding, counts twice).
+    """
+
+    example: dict[str, Any]
+    g_effect: dict[str, float]
+    measurements: int
+
+
+#: Keys added to the row types after files and checkpoints were first written, with the value older rows mean.
+_ADDED_KEYS: dict[type, dict[str, Any]] = {
+    GEffectRow: {"term": "total"},
+    GEffectInstanceRow: {"side": "risk", "example": None},
+}
 
 
 @dataclass
@@ -158,12 +298,20 @@ class _PendingStep:
     kept: list[list[Tensor]]
     #: ``measure_update``: each risk's (params,) float64 dots ``∇_pR·θ_t`` (else empty).
     anchors: list[Tensor]
-    #: ``per_instance``: each risk's per-example G-effects ``∇ℓ_i·g``, float64 on the CPU (else None).
-    instances: dict[str, Tensor] | None
+    #: ``terms``: the objective terms, in the order of the first axis of ``term_per_param`` (else empty).
+    term_names: list[str]
+    #: ``terms``: (terms, risks, params) float64 per-parameter G-effects of each term ``∇_pR·∇_pT`` (else None).
+    term_per_param: Tensor | None
+    #: Risk side of ``per_instance``: each risk's per-example ``∇ℓ_i·g``, float64 on the CPU (else None).
+    risk_instances: dict[str, Tensor] | None
+    #: Objective side of ``per_instance``: each risk's ``∇R·∇ℓ_i`` per forget example, float64 on the CPU (else None).
+    objective_instances: dict[str, Tensor] | None
+    #: The forget examples' ids, in the order of ``objective_instances`` (None without :class:`SupportsExampleIds`).
+    example_ids: list[dict[str, Any]] | None
 
 
 class GEffectCallback(Callback):
-    r"""Measure the G-effect of every ``every_n_steps``-th optimiser step, per layer group, step and instance.
+    r"""Measure the G-effect of every ``every_n_steps``-th optimiser step, per layer group, term, step and instance.
 
     In ``on_before_optimizer_step`` the parameters' ``.grad`` hold the objective gradient exactly as the optimiser
     will use it: accumulated over micro-batches, DDP-averaged, AMP-unscaled, not yet clipped. The callback evaluates
@@ -176,7 +324,8 @@ class GEffectCallback(Callback):
 
     The risk forward runs in the module's current mode (train mode during fit, as in the paper's code): with dropout
     it is a stochastic estimate, and its random draws do not advance the training RNG. Gradient clipping happens after
-    the hook, so the G-effect uses the unclipped gradient.
+    the hook, so the G-effect uses the unclipped gradient. Values are raw per-step values; see the module docstring for
+    how the paper's code smooths gradient vectors instead, and why that differs from smoothing the series.
 
     Args:
         every_n_steps: Measure on optimiser steps whose ``global_step`` is a multiple of this.
@@ -185,27 +334,54 @@ class GEffectCallback(Callback):
         layer_pattern: Regex whose first capturing group is the block index in a parameter name (``group_by="layer"``).
         groups: Named groups for parameters outside the blocks, as ``{group: regex}`` tried in order (first match
             wins; unmatched parameters go to ``"other"``). Default: embedding / final_norm / lm_head.
-        coarse_groups: Also report the paper's coarse depth groups: the blocks split into shallow / middle / deep
-            thirds (embedding, final norm and lm_head stay as they are).
+        coarse_groups: Also report coarse depth groups (level ``"coarse"``): by default the blocks split into
+            shallow / middle / deep thirds, blocks only (embedding, final norm and lm_head stay their own groups); see
+            ``coarse_boundaries`` for the paper's fixed ranges.
         micro_batches: Evaluate the risks on ``"all"`` micro-batches of the accumulation window (matches the
-            accumulated gradient) or only the ``"last"`` one (cheaper).
+            accumulated gradient) or only the ``"last"`` one (cheaper). The objective terms and the objective side of
+            ``per_instance`` always use every micro-batch, because they decompose the accumulated gradient.
         realised_change: After the step, re-evaluate the risks on the same batches at the new parameters and record
             the realised risk change next to the first-order prediction. Costs one extra forward (no backward) per
             measured step, about +40 % of a plain step on the benchmark model, hence off by default.
         measure_update: Also measure against the optimiser's actual update ``Δθ = θ_{t+1} − θ_t`` (AdamW is not SGD):
             records ``∇R·Δθ``, the first-order risk change of the real step. Keeps one gradient copy per risk.
-        per_instance: Also compute each example's G-effect ``∇ℓ_i·g`` by forward-mode differentiation (one JVP of
-            all per-example risks along ``g``, no per-example backward), stored in ``instance_history``. ``ℓ_i`` is
-            the example's own risk from :class:`SupportsPerExampleRisks` (its mean answer NLL), so the instance
-            values average to the total only when all examples have the same number of answer tokens. Under DDP the
-            values of all ranks are gathered, rank-major. Attention runs on the math SDPA kernel inside the JVP
-            (the fused CPU/flash kernels have no forward-mode rule).
-        streaming: Dot each risk gradient with the objective gradient as soon as autograd produces it and drop it, so
-            the extra memory is one parameter's gradient instead of a full gradient copy.
-        log_prefix: Prefix of the logged scalars ``<prefix>/<risk>/<group>``.
-        output_dir: Where ``g_effect.csv`` (and ``g_effect_instances.csv``, ``g_effect.png``) are written when fit
-            ends. Default: ``trainer.log_dir``, else ``trainer.default_root_dir``.
+        per_instance: Per-example G-effects, stored in ``instance_history`` (rows keyed by ``side``), both without one
+            backward per example. ``"risk"`` (or ``True``): each risk example's ``∇ℓ_i·g``, one forward-mode JVP of
+            all per-example risks (:class:`SupportsPerExampleRisks`; ``ℓ_i`` is the example's own mean answer NLL, so
+            these average to the total only when all examples have the same number of answer tokens).
+            ``"objective"``: each forget example's ``∇R·∇ℓ_i`` for every risk ``R``, ``ℓ_i`` its share of the unlearn
+            term (:class:`SupportsPerExampleObjective`), one forward-mode JVP of all shares along the risk gradients
+            (batched over the risks; keeps one gradient copy per risk); the values sum to the unlearn term's G-effect.
+            With :class:`SupportsExampleIds` the rows carry the examples' ids and ``g_effect_ranking.csv`` is written
+            (without it there is no stable key across steps: the ranking is skipped, with a warning). ``"both"``: both
+            sides. ``False``: none. Under DDP the values of all ranks are gathered, rank-major; an objective-side value
+            is the rank's share of the global (rank-averaged) unlearn term, i.e. divided by the world size. Attention
+            runs on the math SDPA kernel inside the JVPs (the fused CPU/flash kernels have no forward-mode rule).
+        streaming: Dot each gradient with its partner as soon as autograd produces it and drop it, so the extra memory
+            is one parameter's gradient instead of a full gradient copy (plus the copies ``measure_update``,
+            ``terms`` and the objective side keep: one per risk).
+        log_prefix: Prefix of the logged scalars: ``<prefix>/<risk>/<group>`` without ``terms``,
+            ``<prefix>/<risk>/<term>/<group>`` with ``terms`` (``term`` is ``total``, ``unlearn`` or ``regularizer``;
+            the keys without ``terms`` are unchanged so existing dashboards keep working).
+        output_dir: Where ``g_effect.csv`` (and ``g_effect_instances.csv``, ``g_effect_ranking.csv``, ``g_effect.png``)
+            are written when fit ends or fails. Default: ``trainer.log_dir``, else ``trainer.default_root_dir``.
         save_plot: Also write a PNG of the per-group curves (needs matplotlib).
+        terms: Also measure the G-effect of each objective term next to the total, for every risk and group
+            (:class:`SupportsObjectiveTerms`): rows with ``term="unlearn"`` (the paper's G-effect) and
+            ``term="regularizer"`` next to ``term="total"``. Each term's gradient comes from its own backward pass of
+            ``objective_terms``, independently of ``.grad``, so ``unlearn + regularizer = total`` holds as a check
+            (exactly, up to float rounding, on one process without dropout; under DDP the terms use the all-reduced
+            risk gradient, one gradient all-reduce per risk). Costs one forward of the objective and one backward per
+            term, and keeps one gradient copy per risk.
+        coarse_boundaries: Block indices at which a new coarse group starts, e.g. ``(10, 20)`` for the paper's groups
+            of a 32-block model: blocks 0–9, 10–19 and 20–31, named ``blocks_00_09``, ``blocks_10_19`` and
+            ``blocks_20_31+final_norm``. As in the paper's code, the final norm (the named group ``"final_norm"``) is
+            counted in the last coarse group; the embedding and lm_head stay their own groups, as the paper's
+            ``embed`` and ``lm`` buckets. Each boundary must lie inside the model's blocks (``first < b ≤ last``).
+            Needs ``coarse_groups=True`` and ``group_by="layer"``.
+        plot_smoothing: Smooth the curves of the PNG with an exponential moving average of the plotted series,
+            ``s_t = w·s_{t−1} + (1−w)·e_t`` with this weight ``w`` in [0, 1) (the raw values are drawn faintly
+            behind). Plot only: the stored and logged values stay raw, and this is not the paper's gradient EMA.
 
     Example:
         A regression trained on its own risk: the G-effect is then the squared gradient norm, never negative.
@@ -249,11 +425,14 @@ class GEffectCallback(Callback):
         micro_batches: Literal["all", "last"] = "all",
         realised_change: bool = False,
         measure_update: bool = False,
-        per_instance: bool = False,
+        per_instance: bool | Literal["risk", "objective", "both"] = False,
         streaming: bool = True,
         log_prefix: str = "g_effect",
         output_dir: str | None = None,
         save_plot: bool = True,
+        terms: bool = False,
+        coarse_boundaries: tuple[int, ...] | None = None,
+        plot_smoothing: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
@@ -275,6 +454,27 @@ class GEffectCallback(Callback):
                 )
         if "total" in groups:
             raise ValueError("GEffectCallback: 'total' is reserved for the sum over groups; rename that group.")
+        self._sides = _instance_sides(per_instance)
+        if coarse_boundaries is not None:
+            coarse_boundaries = tuple(coarse_boundaries)
+            if not coarse_groups or group_by != "layer":
+                raise ValueError(
+                    f"GEffectCallback: coarse_boundaries={coarse_boundaries} needs coarse_groups=True and "
+                    f"group_by='layer' (got coarse_groups={coarse_groups!r}, group_by={group_by!r})."
+                )
+            ordered = all(isinstance(b, int) and not isinstance(b, bool) for b in coarse_boundaries) and all(
+                a < b for a, b in zip(coarse_boundaries, coarse_boundaries[1:], strict=False)
+            )
+            if not coarse_boundaries or not ordered:
+                raise ValueError(
+                    "GEffectCallback: coarse_boundaries must be strictly increasing block indices, e.g. (10, 20) for "
+                    f"the paper's blocks 0-9 / 10-19 / 20+, got {coarse_boundaries!r}."
+                )
+        if plot_smoothing is not None and not 0.0 <= plot_smoothing < 1.0:
+            raise ValueError(
+                f"GEffectCallback: plot_smoothing is the weight of the previous smoothed value, in [0, 1) (e.g. 0.6), "
+                f"got {plot_smoothing!r}."
+            )
         self.every_n_steps = every_n_steps
         self.group_by = group_by
         self.layer_pattern = layer_pattern
@@ -288,12 +488,16 @@ class GEffectCallback(Callback):
         self.log_prefix = log_prefix
         self.output_dir = output_dir
         self.save_plot = save_plot
+        self.terms = terms
+        self.coarse_boundaries = coarse_boundaries
+        self.plot_smoothing = plot_smoothing
 
-        #: One row per (step, risk, group).
+        #: One row per (step, risk, term, group).
         self.history: list[GEffectRow] = []
-        #: One row per (step, risk, example) when ``per_instance``.
+        #: One row per (step, risk, side, example) when ``per_instance``.
         self.instance_history: list[GEffectInstanceRow] = []
-        #: The last measured values, ``"<risk>/<group>" -> g_effect``.
+        #: The last measured values, keyed like the logged scalars without the prefix: ``"<risk>/<group>"``, or
+        #: ``"<risk>/<term>/<group>"`` with ``terms``.
         self.last_g_effect: dict[str, float] = {}
 
         self._batches: list[Any] = []
@@ -301,7 +505,7 @@ class GEffectCallback(Callback):
         self._measured_step = -1
         self._pending: _PendingStep | None = None
         self._layout: _GroupLayout | None = None
-        #: Running sums of the risk changes, ``"<risk>/<group>/<change>" -> sum``: see :func:`_with_running_sums`.
+        #: Running sums of the risk changes: see :func:`_with_running_sums`.
         self._cumulative: dict[str, float] = {}
         self._files: dict[str, Path] = {}
         self._warned_nonfinite = False
@@ -332,6 +536,49 @@ class GEffectCallback(Callback):
         """
         return pl_module.per_example_risks(batches)
 
+    def objective_terms(self, pl_module: LightningModule, batches: Sequence[Any]) -> Mapping[str, Tensor]:
+        """Return the objective's terms; override for modules without :class:`SupportsObjectiveTerms`.
+
+        Args:
+            pl_module: The (unwrapped) module being trained.
+            batches: Every micro-batch of the measured optimiser step.
+
+        Returns:
+            ``{"unlearn": ..., "regularizer": ...}`` (or only ``"unlearn"``), differentiable scalars averaged over the
+            micro-batches as Lightning averages accumulated gradients.
+        """
+        return pl_module.objective_terms(batches)
+
+    def per_example_unlearn(self, pl_module: LightningModule, batches: Sequence[Any]) -> Tensor:
+        """Return each forget example's unlearn share; override without :class:`SupportsPerExampleObjective`.
+
+        Args:
+            pl_module: The (unwrapped) module being trained; its parameters are swapped for dual tensors here.
+            batches: Every micro-batch of the measured optimiser step.
+
+        Returns:
+            Shape (N,), summing to ``objective_terms(batches)["unlearn"]``.
+        """
+        return pl_module.per_example_unlearn(batches)
+
+    def example_ids(self, pl_module: LightningModule, batches: Sequence[Any]) -> Sequence[Mapping[str, Any]]:
+        """Return the forget examples' ids; override for modules without :class:`SupportsExampleIds`.
+
+        Args:
+            pl_module: The (unwrapped) module being trained.
+            batches: Every micro-batch of the measured optimiser step.
+
+        Returns:
+            One mapping per forget example, in the order of :meth:`per_example_unlearn`.
+        """
+        return pl_module.example_ids(batches)
+
+    def _overrides(self, method: str) -> bool:
+        return getattr(type(self), method) is not getattr(GEffectCallback, method)
+
+    def _provides_ids(self, pl_module: LightningModule) -> bool:
+        return self._overrides("example_ids") or isinstance(pl_module, SupportsExampleIds)
+
     # ------------------------------------------------------------------ validation
 
     @override
@@ -346,20 +593,48 @@ class GEffectCallback(Callback):
                 "gradients each rank holds only a shard, so the local dot product is not the G-effect. Use "
                 "strategy='auto', 'ddp', 'ddp_spawn' or 'ddp_find_unused_parameters_true' (single device or DDP)."
             )
-        overrides_risk = type(self).risk_losses is not GEffectCallback.risk_losses
-        if not overrides_risk and not isinstance(pl_module, SupportsRiskLosses):
+        owner = type(pl_module).__name__
+        if not self._overrides("risk_losses") and not isinstance(pl_module, SupportsRiskLosses):
             raise TypeError(
-                f"GEffectCallback needs the risks to measure, but {type(pl_module).__name__} has no "
+                f"GEffectCallback needs the risks to measure, but {owner} has no "
                 "`risk_losses(self, batches) -> Mapping[str, Tensor]` method. Add it to the module (e.g. return "
                 '{"forget": nll_forget, "retain": nll_retain}) or subclass GEffectCallback and override '
                 "`risk_losses(self, pl_module, batches)`."
             )
-        overrides_per_example = type(self).per_example_risks is not GEffectCallback.per_example_risks
-        if self.per_instance and not overrides_per_example and not isinstance(pl_module, SupportsPerExampleRisks):
-            raise TypeError(
-                f"GEffectCallback(per_instance=True) needs per-example risks, but {type(pl_module).__name__} has no "
-                "`per_example_risks(self, batches) -> Mapping[str, Tensor]` method (one value per example and risk). "
-                "Add it, override `GEffectCallback.per_example_risks`, or set per_instance=False."
+        needs = [
+            (
+                "risk" in self._sides,
+                "per_example_risks",
+                SupportsPerExampleRisks,
+                "per_instance='risk'",
+                "`per_example_risks(self, batches) -> Mapping[str, Tensor]` method (one value per example and risk)",
+            ),
+            (
+                self.terms,
+                "objective_terms",
+                SupportsObjectiveTerms,
+                "terms=True",
+                '`objective_terms(self, batches) -> Mapping[str, Tensor]` method ({"unlearn": ..., ...})',
+            ),
+            (
+                "objective" in self._sides,
+                "per_example_unlearn",
+                SupportsPerExampleObjective,
+                "per_instance='objective'",
+                "`per_example_unlearn(self, batches) -> Tensor` method (each forget example's unlearn share)",
+            ),
+        ]
+        for wanted, method, protocol, option, what in needs:
+            if wanted and not self._overrides(method) and not isinstance(pl_module, protocol):
+                raise TypeError(
+                    f"GEffectCallback({option}) needs {protocol.__name__}, but {owner} has no {what}. Add it, "
+                    f"override `GEffectCallback.{method}`, or turn {option.split('=')[0]} off."
+                )
+        if "objective" in self._sides and not self._provides_ids(pl_module):
+            rank_zero_warn(
+                f"GEffectCallback: {owner} has no `example_ids(self, batches)` method, so the objective-side instance "
+                "rows carry no example ids and g_effect_ranking.csv will not be written (an example's position in a "
+                "step is not a stable key across steps). Add example_ids to rank the forget examples."
             )
         culprit = _reentrant_checkpointing(pl_module)
         if culprit is not None:
@@ -369,6 +644,14 @@ class GEffectCallback(Callback):
                 'with `gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})` or '
                 "call torch.utils.checkpoint.checkpoint(..., use_reentrant=False)."
             )
+        if self.coarse_boundaries is not None:
+            # Where the module already holds its parameters, a boundary outside its blocks fails here rather than
+            # at the first measured step (modules that build the model in configure_model are checked then).
+            layer_rx = re.compile(self.layer_pattern)
+            names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+            blocks = sorted({int(m.group(1)) for m in map(layer_rx.search, names) if m})
+            if blocks:
+                _coarse_chunks(blocks, self.coarse_boundaries)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -422,32 +705,67 @@ class GEffectCallback(Callback):
             return
         layout = self._group_layout(named)
         params = [p for _, p in named]
-        batches = self._batches if self.micro_batches == "all" else self._batches[-1:]
+        window = list(self._batches)
+        batches = window if self.micro_batches == "all" else window[-1:]
         lrs = _param_lrs(optimizer, params)
+        objective_side = "objective" in self._sides
+        # The risk gradients are kept (one copy per risk) when something after the risk pass needs them whole.
+        keep = self.measure_update or self.terms or objective_side
 
         with self._quiet_forward(trainer, pl_module), torch.enable_grad():
             risks = self._checked_risks(pl_module, batches)
             names = list(risks)
-            dots, kept, anchors = [], [], []
-            for i, name in enumerate(names):
-                d, grads = self._risk_dots(risks[name], params, retain_graph=i < len(names) - 1)
-                dots.append(d)
-                if self.measure_update:
-                    kept.append(grads)
-                    # ∇R·θ_t now, ∇R·θ_{t+1} after the step: their float64 difference is ∇R·Δθ without a θ_t copy.
-                    anchors.append(_dots64(grads, params))
+            # One (risks, *shape) buffer per parameter: row r is risk r's gradient. Stacked this way they are also
+            # the batched tangents of the objective-side JVP, without a second copy.
+            stores = (
+                [torch.zeros((len(names), *p.shape), dtype=p.dtype, device=p.device) for p in params] if keep else []
+            )
+            objective_gradient = [p.grad for p in params]
+            dots = []
+            for r, name in enumerate(names):
+                store = [s[r] for s in stores] if keep else None
+                d = self._gradient_dots(risks[name], params, [objective_gradient], store, r < len(names) - 1)
+                dots.append(d[0])
             values = torch.stack([risks[n].detach().float() for n in names])
             del risks
 
-        # One all-reduce for everything on every rank, before any rank-zero-only code (DDP collectives must match).
-        local = torch.cat([torch.cat(dots), values])
-        reduced = trainer.strategy.reduce(local, reduce_op="mean").cpu().double()
-        per_param = reduced[: len(names) * len(params)].view(len(names), len(params))
-        risk_values = reduced[len(names) * len(params) :]
+        if keep and trainer.world_size > 1 and (self.terms or objective_side):
+            # The terms and the per-example shares below are this rank's, and so is ∇R: their dot product is
+            # bilinear, so a mean of local dots is not the global value. With ∇R averaged over ranks first it is.
+            stores = [trainer.strategy.reduce(s, reduce_op="mean") for s in stores]
+        kept = [[s[r] for s in stores] for r in range(len(names))] if keep else []
+        # ∇R·θ_t now, ∇R·θ_{t+1} after the step: their float64 difference is ∇R·Δθ without a θ_t copy.
+        anchors = [_dots64(grads, params) for grads in kept] if self.measure_update else []
 
-        instances = None
-        if self.per_instance:
-            instances = self._instance_effects(trainer, pl_module, named, batches, names)
+        term_names: list[str] = []
+        term_dots = torch.zeros(0, device=values.device)
+        if self.terms:
+            with self._quiet_forward(trainer, pl_module), torch.enable_grad():
+                terms = self._checked_terms(pl_module, window)
+                term_names = list(terms)
+                last = len(term_names) - 1
+                # (terms, risks, params): each term's own backward pass, dotted with every kept risk gradient.
+                term_dots = torch.stack(
+                    [self._gradient_dots(terms[t], params, kept, None, k < last) for k, t in enumerate(term_names)]
+                )
+                del terms
+
+        # One all-reduce for everything on every rank, before any rank-zero-only code (DDP collectives must match).
+        local = torch.cat([torch.cat(dots), values, term_dots.reshape(-1).to(values.device)])
+        reduced = trainer.strategy.reduce(local, reduce_op="mean").cpu().double()
+        n_risk, n_param = len(names), len(params)
+        per_param = reduced[: n_risk * n_param].view(n_risk, n_param)
+        risk_values = reduced[n_risk * n_param : n_risk * n_param + n_risk]
+        term_per_param = None
+        if self.terms:
+            term_per_param = reduced[n_risk * n_param + n_risk :].view(len(term_names), n_risk, n_param)
+
+        risk_instances = None
+        if "risk" in self._sides:
+            risk_instances = self._instance_effects(trainer, pl_module, named, batches, names)
+        objective_instances = ids = None
+        if objective_side:
+            objective_instances, ids = self._objective_effects(trainer, pl_module, named, window, names, stores)
 
         self._pending = _PendingStep(
             step=step,
@@ -458,9 +776,13 @@ class GEffectCallback(Callback):
             layout=layout,
             batches=list(batches),
             params=params,
-            kept=kept,
+            kept=kept if self.measure_update else [],
             anchors=anchors,
-            instances=instances,
+            term_names=term_names,
+            term_per_param=term_per_param,
+            risk_instances=risk_instances,
+            objective_instances=objective_instances,
+            example_ids=ids,
         )
 
     # ------------------------------------------------------------------ measurement at θ_{t+1}
@@ -512,7 +834,10 @@ class GEffectCallback(Callback):
                 offset = len(names)
             if self.measure_update:
                 update = after[offset:].view(len(names), n_params)
-        if not torch.isfinite(pending.per_param).all():
+        finite = torch.isfinite(pending.per_param).all()
+        if pending.term_per_param is not None:
+            finite = finite and torch.isfinite(pending.term_per_param).all()
+        if not finite:
             # fp16: GradScaler skips this step (inf/nan gradients), yet the hook still fired.
             if not self._warned_nonfinite:
                 rank_zero_warn(f"GEffectCallback: non-finite G-effect at step {pending.step}; step not recorded.")
@@ -523,8 +848,14 @@ class GEffectCallback(Callback):
         )
         self.history.extend(rows)
         self.instance_history.extend(_instance_rows(pending))
-        self.last_g_effect = {f"{r['risk']}/{r['group']}": r["g_effect"] for r in rows}
+        self.last_g_effect = {self._key(r): r["g_effect"] for r in rows}
         self._log(trainer, pending.step, rows)
+
+    def _key(self, row: GEffectRow) -> str:
+        """The scalar's name without the prefix: ``<risk>/<group>``, or ``<risk>/<term>/<group>`` with ``terms``."""
+        if self.terms:
+            return f"{row['risk']}/{row['term']}/{row['group']}"
+        return f"{row['risk']}/{row['group']}"
 
     def _log(self, trainer: Trainer, step: int, rows: Sequence[GEffectRow]) -> None:
         # Direct log_metrics with an explicit step: values given to self.log reach the logger only on the trainer's
@@ -532,8 +863,8 @@ class GEffectCallback(Callback):
         # step, or dropped when another value of the same key arrives before the next flush.
         metrics: dict[str, float] = {}
         for row in rows:
-            metrics[f"{self.log_prefix}/{row['risk']}/{row['group']}"] = row["g_effect"]
-            if row["level"] == "total":
+            metrics[f"{self.log_prefix}/{self._key(row)}"] = row["g_effect"]
+            if row["level"] == "total" and row["term"] == "total":
                 base = f"{self.log_prefix}_risk/{row['risk']}"
                 metrics[f"{base}/value"] = row["risk_value"]
                 for key in _CHANGES:
@@ -542,7 +873,7 @@ class GEffectCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    # ------------------------------------------------------------------ helpers: risks and gradients
+    # ------------------------------------------------------------------ helpers: risks, terms and gradients
 
     @contextlib.contextmanager
     def _quiet_forward(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[None]:
@@ -579,47 +910,95 @@ class GEffectCallback(Callback):
                 )
         return {name: risk.reshape(()) for name, risk in risks.items()}
 
-    def _risk_dots(self, risk: Tensor, params: list[Tensor], retain_graph: bool) -> tuple[Tensor, list[Tensor]]:
-        """Per-parameter float32 dots ``∇_pR·g_p`` (and the risk gradients when ``measure_update`` keeps them)."""
-        dots = torch.zeros(len(params), dtype=torch.float32, device=params[0].device)
-        kept: list[Tensor | None] = [None] * len(params)
-        keep = self.measure_update
+    def _checked_terms(self, pl_module: LightningModule, batches: Sequence[Any]) -> dict[str, Tensor]:
+        """The objective terms, validated and ordered as :data:`TERMS`."""
+        owner = type(pl_module).__name__
+        terms = self.objective_terms(pl_module, batches)
+        keys = sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__
+        if not isinstance(terms, Mapping) or "unlearn" not in terms or set(terms) - set(TERMS):
+            raise TypeError(
+                f"GEffectCallback: {owner}.objective_terms must return {{'unlearn': forget_weight * L_forget, "
+                f"'regularizer': retain_weight * L_retain}} (only 'unlearn' without a regulariser), got {keys}."
+            )
+        out = {}
+        for name in TERMS:
+            term = terms.get(name)
+            if term is None:
+                continue
+            if not isinstance(term, Tensor) or term.numel() != 1:
+                raise TypeError(
+                    f"GEffectCallback: term {name!r} from {owner}.objective_terms must be a scalar tensor, got "
+                    f"{getattr(term, 'shape', type(term).__name__)}."
+                )
+            if not term.requires_grad:
+                raise RuntimeError(
+                    f"GEffectCallback: term {name!r} from {owner}.objective_terms does not require grad. Compute it "
+                    "with the forward passes training_step uses (outside torch.no_grad(), without detach()), or leave "
+                    "the term out when the module has none (e.g. its weight is 0)."
+                )
+            out[name] = term.reshape(())
+        return out
+
+    def _gradient_dots(
+        self,
+        loss: Tensor,
+        params: list[Tensor],
+        partners: Sequence[Sequence[Tensor]],
+        store: list[Tensor] | None,
+        retain_graph: bool,
+    ) -> Tensor:
+        """Per-parameter float32 dots of ``∇loss`` with each partner vector, from one backward pass.
+
+        Args:
+            loss: The scalar to differentiate.
+            params: The measured parameters.
+            partners: Vectors to dot the gradient with, each one tensor per parameter (the objective gradient ``.grad``
+                for a risk; the kept risk gradients for a term).
+            store: Where to write the gradient, one tensor per parameter (zeros on entry), or None not to keep it.
+            retain_graph: Keep the graph for a later backward through the same forward.
+
+        Returns:
+            (partners, params) float32 dots; zero for parameters the loss does not depend on.
+        """
+        dots = torch.zeros((len(partners), len(params)), dtype=torch.float32, device=params[0].device)
         try:
             if self.streaming:
-                # A leaf tensor hook receives each parameter's full risk gradient; dotting it there and handing
-                # autograd a stride-0 zero view means no full gradient copy ever exists.
+                # A leaf tensor hook receives each parameter's full gradient; dotting it there and handing autograd a
+                # stride-0 zero view means no full gradient copy ever exists (unless `store` asks for one).
                 def make_hook(i: int) -> Callable[[Tensor], Tensor]:
                     def hook(grad: Tensor) -> Tensor:
-                        dots[i] += _dot32(grad, params[i].grad)
-                        if keep:
-                            kept[i] = grad.detach() if kept[i] is None else kept[i] + grad.detach()
+                        for j, partner in enumerate(partners):
+                            dots[j, i] += _dot32(grad, partner[i])
+                        if store is not None:
+                            store[i].add_(grad.detach())
                         return torch.zeros((), dtype=grad.dtype, device=grad.device).expand_as(grad)
 
                     return hook
 
                 handles = [p.register_hook(make_hook(i)) for i, p in enumerate(params)]
                 try:
-                    torch.autograd.grad(risk, params, retain_graph=retain_graph, allow_unused=True)
+                    torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
                 finally:
                     for handle in handles:
                         handle.remove()
             else:
-                grads = torch.autograd.grad(risk, params, retain_graph=retain_graph, allow_unused=True)
-                for i, (grad, p) in enumerate(zip(grads, params, strict=True)):
+                grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+                for i, grad in enumerate(grads):
+                    # Unused parameters (None) have a zero gradient.
                     if grad is not None:
-                        dots[i] = _dot32(grad, p.grad)
-                        kept[i] = grad if keep else None
+                        for j, partner in enumerate(partners):
+                            dots[j, i] = _dot32(grad, partner[i])
+                        if store is not None:
+                            store[i].copy_(grad)
         except RuntimeError as err:
             if "reentrant" in str(err):
                 raise RuntimeError(
-                    "GEffectCallback: the risk gradient crosses reentrant gradient checkpointing. Use "
+                    "GEffectCallback: the gradient crosses reentrant gradient checkpointing. Use "
                     "torch.utils.checkpoint.checkpoint(..., use_reentrant=False) (HF: gradient_checkpointing_kwargs="
                     '{"use_reentrant": False}).'
                 ) from err
             raise
-        # Unused parameters have a zero risk gradient (allow_unused returns None for them).
-        kept_full = [torch.zeros_like(p) if g is None else g for g, p in zip(kept, params, strict=True)] if keep else []
-        return dots, kept_full
+        return dots
 
     def _instance_effects(
         self,
@@ -630,8 +1009,6 @@ class GEffectCallback(Callback):
         names: list[str],
     ) -> dict[str, Tensor]:
         """Per-example ``∇ℓ_i·g`` for every risk, as one forward-mode JVP of the per-example risks along ``g``."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         primals = {f"module.{n}": p.detach() for n, p in named}
         # JVP accumulates in the parameter dtype; the tangent is g itself (already unscaled, synced).
         tangents = {f"module.{n}": p.grad.detach().to(p.dtype) for n, p in named}
@@ -656,12 +1033,110 @@ class GEffectCallback(Callback):
             gathered[name] = values.reshape(-1).double().cpu()
         return gathered
 
+    def _objective_effects(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        named: list[tuple[str, Tensor]],
+        window: Sequence[Any],
+        names: list[str],
+        stores: list[Tensor],
+    ) -> tuple[dict[str, Tensor], list[dict[str, Any]] | None]:
+        """Per forget example, ``∇R·∇ℓ_i`` for every risk: one forward-mode JVP of the shares, batched over the risks.
+
+        Args:
+            trainer: The trainer (precision context, strategy for the gather).
+            pl_module: The module; its parameters are swapped for dual tensors inside the JVP.
+            named: The measured parameters with their names.
+            window: Every micro-batch of the step.
+            names: The risk names, in the order of the rows of ``stores``.
+            stores: One (risks, *shape) tensor per parameter: the risk gradients (rank-averaged under DDP).
+
+        Returns:
+            Per risk, the gathered (N_total,) float64 values on the CPU (rank-major under DDP), and the gathered example
+            ids in the same order (None when the module names no examples).
+        """
+        owner = type(pl_module).__name__
+        primals = {f"module.{n}": p.detach() for n, p in named}
+        tangents = {f"module.{n}": s for (n, _), s in zip(named, stores, strict=True)}
+        wrapper = _BoundCall(pl_module, self.per_example_unlearn)
+
+        def shares(params: dict[str, Tensor]) -> Tensor:
+            out = torch.func.functional_call(wrapper, params, (window,), strict=False)
+            if not isinstance(out, Tensor) or out.ndim != 1:
+                raise TypeError(
+                    f"GEffectCallback: {owner}.per_example_unlearn must return a 1-D tensor, one share of the unlearn "
+                    f"term per forget example, got {getattr(out, 'shape', type(out).__name__)}."
+                )
+            return out.float()
+
+        def along(tangent: dict[str, Tensor]) -> Tensor:
+            return torch.func.jvp(shares, (primals,), (tangent,))[1]
+
+        # vmap over the risks evaluates the primal once and carries one tangent per risk; randomness="same" gives
+        # every risk the same dropout draw, so all risks see the same function.
+        with self._quiet_forward(trainer, pl_module), torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            values = torch.func.vmap(along, randomness="same")(tangents).detach()  # (risks, N)
+        n_local = values.shape[1]
+        ids = self._checked_ids(pl_module, window, n_local) if self._provides_ids(pl_module) else None
+        # Each rank's shares add up to its own unlearn term and DDP averages the ranks' gradients, so a rank's share
+        # of the global unlearn term is its local share divided by the world size.
+        world = trainer.world_size
+        gathered = trainer.strategy.all_gather(values / world)
+        # (world, risks, N) under DDP, (risks, N) otherwise: rank-major per risk.
+        gathered = gathered.reshape(world, len(names), n_local).transpose(0, 1).reshape(len(names), -1)
+        gathered = gathered.double().cpu()
+        if ids is not None and world > 1:
+            ids = _all_gather_objects(ids, world)
+        return {name: gathered[r] for r, name in enumerate(names)}, ids
+
+    def _checked_ids(self, pl_module: LightningModule, window: Sequence[Any], n: int) -> list[dict[str, Any]]:
+        """The forget examples' ids from ``example_ids``, validated, as plain dicts of str/int/float/bool."""
+        owner = type(pl_module).__name__
+        raw = self.example_ids(pl_module, window)
+        if len(raw) != n:
+            raise ValueError(
+                f"GEffectCallback: {owner}.example_ids returned {len(raw)} ids for the {n} forget examples of "
+                "per_example_unlearn; return one mapping per forget example, in the same order."
+            )
+        out: list[dict[str, Any]] = []
+        for i, ids in enumerate(raw):
+            if not isinstance(ids, Mapping) or not ids:
+                raise TypeError(
+                    f"GEffectCallback: {owner}.example_ids must return non-empty mappings such as "
+                    f"{{'index': 17, 'question': '...'}}, got {ids!r} for example {i}."
+                )
+            row: dict[str, Any] = {}
+            for key, value in ids.items():
+                if isinstance(value, Tensor) and value.numel() == 1:
+                    value = value.item()
+                if not isinstance(key, str) or key == RANKING_COUNT or key.startswith(RANKING_PREFIX):
+                    raise ValueError(
+                        f"GEffectCallback: {owner}.example_ids key {key!r} is not allowed: keys are str and must not "
+                        f"be {RANKING_COUNT!r} or start with {RANKING_PREFIX!r} (the ranking file's own columns)."
+                    )
+                if not isinstance(value, (str, int, float, bool)):
+                    raise TypeError(
+                        f"GEffectCallback: {owner}.example_ids value {key!r}={value!r} of example {i} must be a str, "
+                        "int, float or bool (an id that is the same at every step, e.g. the dataset index)."
+                    )
+                row[key] = value
+            if out and list(row) != list(out[0]):
+                raise ValueError(
+                    f"GEffectCallback: {owner}.example_ids must give every example the same keys, got "
+                    f"{list(out[0])} and {list(row)}."
+                )
+            out.append(row)
+        return out
+
     # ------------------------------------------------------------------ helpers: grouping
 
     def _group_layout(self, named: list[tuple[str, Tensor]]) -> "_GroupLayout":
         names = tuple(n for n, _ in named)
         if self._layout is None or self._layout.names != names:
-            self._layout = _GroupLayout.build(names, self.group_by, self.layer_pattern, self.groups, self.coarse_groups)
+            self._layout = _GroupLayout.build(
+                names, self.group_by, self.layer_pattern, self.groups, self.coarse_groups, self.coarse_boundaries
+            )
         return self._layout
 
     # ------------------------------------------------------------------ outputs
@@ -701,6 +1176,15 @@ class GEffectCallback(Callback):
         _atomic_write_csv(self._target(directory, "g_effect.csv"), self.history)
         if self.instance_history:
             _atomic_write_csv(self._target(directory, "g_effect_instances.csv"), self.instance_history)
+            objective = [r for r in self.instance_history if r["side"] == "objective"]
+            if any(r["example"] is None for r in objective):
+                rank_zero_warn(
+                    "GEffectCallback: g_effect_ranking.csv not written: objective-side instance rows without example "
+                    "ids (the module has no example_ids); the values are in g_effect_instances.csv."
+                )
+            elif objective:
+                ranking = [_ranking_record(row) for row in rank_instances(objective)]
+                _atomic_write_csv(self._target(directory, "g_effect_ranking.csv"), ranking)
         if self.save_plot:
             try:
                 self._write_plot(self._target(directory, "g_effect.png"))
@@ -708,31 +1192,47 @@ class GEffectCallback(Callback):
                 rank_zero_warn("GEffectCallback: matplotlib is not installed; skipping g_effect.png.")
 
     def _write_plot(self, path: Path) -> None:
-        """Per-group G-effect curves (one row per risk) and cumulative predicted vs realised risk change."""
+        """Per-group G-effect curves (one row per risk, terms dashed) and cumulative predicted vs realised change."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        risks = list(dict.fromkeys(r["risk"] for r in self.history))
-        fine = list(dict.fromkeys(r["group"] for r in self.history if r["level"] == "group"))
-        coarse = list(dict.fromkeys(r["group"] for r in self.history if r["level"] == "coarse"))
+        history = self.history
+        risks = list(dict.fromkeys(r["risk"] for r in history))
+        fine = list(dict.fromkeys(r["group"] for r in history if r["level"] == "group"))
+        coarse = list(dict.fromkeys(r["group"] for r in history if r["level"] == "coarse"))
         # Many fine groups make an unreadable plot: fall back to the coarse groups (plus the non-block groups).
         shown = [g for g in fine if not g.startswith("layer_")] + coarse if len(fine) > 12 and coarse else fine[:12]
+        weight = self.plot_smoothing
+
+        def curve(ax: Any, pts: list[tuple[int, float]], **style: Any) -> None:
+            if not pts:
+                return
+            xs, ys = zip(*pts, strict=True)
+            if weight is None:
+                ax.plot(xs, ys, **style)
+                return
+            (line,) = ax.plot(xs, _smoothed(list(ys), weight), **style)
+            ax.plot(xs, ys, color=line.get_color(), linestyle=line.get_linestyle(), linewidth=0.6, alpha=0.3)
+
         fig = Figure(figsize=(11, 3.2 * len(risks)), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(risks), 2, squeeze=False)
         for row, risk in enumerate(risks):
             ax, ax_cum = axes[row]
+            mine = [r for r in history if r["risk"] == risk]
             for group in [*shown, "total"]:
-                pts = [(r["step"], r["g_effect"]) for r in self.history if r["risk"] == risk and r["group"] == group]
-                if pts:
-                    xs, ys = zip(*pts, strict=True)
-                    style = {"color": "black", "linewidth": 2} if group == "total" else {"linewidth": 1}
-                    ax.plot(xs, ys, label=group, **style)
+                pts = [(r["step"], r["g_effect"]) for r in mine if r["group"] == group and r["term"] == "total"]
+                style = {"color": "black", "linewidth": 2} if group == "total" else {"linewidth": 1}
+                curve(ax, pts, label=group, **style)
+            for term, linestyle in zip(TERMS, ("--", ":"), strict=True):
+                pts = [(r["step"], r["g_effect"]) for r in mine if r["group"] == "total" and r["term"] == term]
+                curve(ax, pts, label=f"total, {term} term", color="black", linewidth=1.2, linestyle=linestyle)
             ax.axhline(0.0, color="grey", linewidth=0.5)
-            ax.set_title(f"G-effect on the {risk} risk")
+            smoothing = f" (EMA {weight} of the plotted series)" if weight is not None else ""
+            ax.set_title(f"G-effect on the {risk} risk{smoothing}")
             ax.set_xlabel("step")
             ax.legend(fontsize=7, ncol=2)
-            totals = [r for r in self.history if r["risk"] == risk and r["level"] == "total"]
+            totals = [r for r in mine if r["level"] == "total" and r["term"] == "total"]
             for key, label in [
                 ("cumulative_predicted_change", "predicted (−Σ η e)"),
                 ("cumulative_realised_change", "realised"),
@@ -755,7 +1255,8 @@ class GEffectCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         # Plain lists, dicts, str, int, float and None: a checkpoint loads with torch.load(weights_only=True), the
         # default of torch >= 2.6 and of Trainer.fit(ckpt_path=...). Copies, because an asynchronous checkpoint writer
-        # may serialise them while training appends further rows.
+        # may serialise them while training appends further rows. The instance rows carry the example ids, so a
+        # resumed run's ranking covers the whole run.
         return {
             "history": list(self.history),
             "instance_history": list(self.instance_history),
@@ -764,8 +1265,9 @@ class GEffectCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self.instance_history = list(state_dict.get("instance_history", []))
+        # Rows saved before a key existed get the value such rows meant (term "total", side "risk").
+        self.history = [_complete(row, GEffectRow) for row in state_dict.get("history", [])]
+        self.instance_history = [_complete(row, GEffectInstanceRow) for row in state_dict.get("instance_history", [])]
         self._cumulative = dict(state_dict.get("cumulative", {}))
 
 
@@ -784,6 +1286,7 @@ class _GroupLayout:
         layer_pattern: str,
         groups: dict[str, str],
         coarse: bool,
+        boundaries: tuple[int, ...] | None = None,
     ) -> "_GroupLayout":
         layer_rx = re.compile(layer_pattern)
         compiled = [(g, re.compile(rx)) for g, rx in groups.items()]
@@ -809,9 +1312,13 @@ class _GroupLayout:
             idx = torch.tensor([i for i, g in enumerate(assignment) if g == group], dtype=torch.long)
             entries.append((group, "group", idx))
         if coarse and layer_of:
-            blocks = sorted(set(layer_of.values()))
-            for label, chunk in zip(COARSE_NAMES, _thirds(blocks), strict=True):
+            chunks = _coarse_chunks(sorted(set(layer_of.values())), boundaries)
+            for c, (label, chunk) in enumerate(chunks):
                 members = {g for g, b in layer_of.items() if b in set(chunk)}
+                if boundaries is not None and c == len(chunks) - 1 and "final_norm" in assignment:
+                    # The paper's code counts the final norm in its last bucket (it inherits the last block's key).
+                    members.add("final_norm")
+                    label = f"{label}+final_norm"
                 idx = torch.tensor([i for i, g in enumerate(assignment) if g in members], dtype=torch.long)
                 if len(idx):
                     entries.append((label, "coarse", idx))
@@ -823,8 +1330,32 @@ class _GroupLayout:
         yield from self.entries
 
 
+def _coarse_chunks(blocks: list[int], boundaries: tuple[int, ...] | None) -> list[tuple[str, list[int]]]:
+    """The coarse groups of the sorted block indices ``blocks``: thirds, or the ranges the boundaries start.
+
+    Raises:
+        ValueError: If a boundary lies outside the blocks, so that a group would be empty.
+    """
+    if boundaries is None:
+        return list(zip(COARSE_NAMES, _thirds(blocks), strict=True))
+    first, last = blocks[0], blocks[-1]
+    outside = [b for b in boundaries if not first < b <= last]
+    if outside:
+        raise ValueError(
+            f"GEffectCallback: coarse_boundaries {tuple(boundaries)} must lie inside the model's blocks "
+            f"{first}-{last}: each boundary b starts a new group at block b, so {first} < b <= {last}; {outside} "
+            "is outside. For a 32-block model the paper's groups are coarse_boundaries=(10, 20)."
+        )
+    edges = [first, *boundaries, last + 1]
+    width = max(2, len(str(last)))
+    return [
+        (f"blocks_{lo:0{width}d}_{hi - 1:0{width}d}", [b for b in blocks if lo <= b < hi])
+        for lo, hi in zip(edges, edges[1:], strict=False)
+    ]
+
+
 def _step_values(pending: _PendingStep, realised: Tensor | None, update: Tensor | None) -> list[_StepValues]:
-    """The values of one measured step, one entry per (risk, group) in the layout's order.
+    """The values of one measured step, one entry per (risk, term, group) in the layout's order.
 
     Args:
         pending: The step measured at θ_t.
@@ -836,23 +1367,29 @@ def _step_values(pending: _PendingStep, realised: Tensor | None, update: Tensor 
     """
     values: list[_StepValues] = []
     for r, name in enumerate(pending.names):
-        dots = pending.per_param[r]
-        predicted = -pending.lrs * dots
-        upd = update[r] if update is not None else None
-        for group, level, index in pending.layout.iter_groups():
-            values.append(
-                _StepValues(
-                    step=pending.step,
-                    risk=name,
-                    group=group,
-                    level=level,
-                    g_effect=float(dots[index].sum()),
-                    risk_value=float(pending.risk_values[r]),
-                    predicted_change=float(predicted[index].sum()),
-                    realised_change=float(realised[r]) if level == "total" and realised is not None else None,
-                    update_change=float(upd[index].sum()) if upd is not None else None,
+        parts: list[tuple[_Term, Tensor]] = [("total", pending.per_param[r])]
+        if pending.term_per_param is not None:
+            parts += [(term, pending.term_per_param[k, r]) for k, term in enumerate(pending.term_names)]
+        for term, dots in parts:
+            predicted = -pending.lrs * dots
+            # The realised change and the real update belong to the whole step, not to one term.
+            upd = update[r] if update is not None and term == "total" else None
+            real = realised[r] if realised is not None and term == "total" else None
+            for group, level, index in pending.layout.iter_groups():
+                values.append(
+                    _StepValues(
+                        step=pending.step,
+                        risk=name,
+                        term=term,
+                        group=group,
+                        level=level,
+                        g_effect=float(dots[index].sum()),
+                        risk_value=float(pending.risk_values[r]),
+                        predicted_change=float(predicted[index].sum()),
+                        realised_change=float(real) if level == "total" and real is not None else None,
+                        update_change=float(upd[index].sum()) if upd is not None else None,
+                    )
                 )
-            )
     return values
 
 
@@ -863,7 +1400,8 @@ def _with_running_sums(
 
     Args:
         values: One step's values (:func:`_step_values`).
-        totals: The running sums before this step, ``"<risk>/<group>/<change>" -> sum``; not modified.
+        totals: The running sums before this step, ``"<risk>/<group>/<change>" -> sum`` for the total term (the keys
+            checkpoints held before terms existed) and ``"<risk>/<term>/<group>/<change>"`` for a term; not modified.
         weight: How many optimiser steps one measured step stands for (``every_n_steps``).
 
     Returns:
@@ -874,12 +1412,13 @@ def _with_running_sums(
     rows: list[GEffectRow] = []
     for value in values:
         cumulative: dict[str, float | None] = {}
+        scope = value["risk"] if value["term"] == "total" else f"{value['risk']}/{value['term']}"
         for change in _CHANGES:
             amount = value[change]
             if amount is None:
                 cumulative[change] = None
                 continue
-            key = f"{value['risk']}/{value['group']}/{change}"
+            key = f"{scope}/{value['group']}/{change}"
             new_totals[key] = new_totals.get(key, 0.0) + amount * weight
             cumulative[change] = new_totals[key]
         rows.append(
@@ -894,26 +1433,108 @@ def _with_running_sums(
 
 
 def _instance_rows(pending: _PendingStep) -> list[GEffectInstanceRow]:
-    """One row per risk and example of the step's per-instance G-effects (none when they were not measured)."""
-    if pending.instances is None:
-        return []
-    return [
-        GEffectInstanceRow(step=pending.step, risk=name, index=i, g_effect=v)
-        for name, values in pending.instances.items()
-        for i, v in enumerate(values.tolist())
-    ]
+    """One row per side, risk and example of the step's per-instance G-effects (none when they were not measured)."""
+    rows = []
+    for name, values in (pending.risk_instances or {}).items():
+        rows += [
+            GEffectInstanceRow(step=pending.step, risk=name, side="risk", index=i, g_effect=v, example=None)
+            for i, v in enumerate(values.tolist())
+        ]
+    ids = pending.example_ids
+    for name, values in (pending.objective_instances or {}).items():
+        rows += [
+            GEffectInstanceRow(
+                step=pending.step,
+                risk=name,
+                side="objective",
+                index=i,
+                g_effect=v,
+                example=dict(ids[i]) if ids is not None else None,
+            )
+            for i, v in enumerate(values.tolist())
+        ]
+    return rows
+
+
+def rank_instances(rows: Iterable[GEffectInstanceRow]) -> list[GEffectRankingRow]:
+    """Rank forget examples by their cumulative objective-side G-effects, as ``g_effect_ranking.csv`` does.
+
+    Each objective-side row adds its ``∇R·∇ℓ_i`` to the sum of its example (keyed by the example's ids) and risk; the
+    sums run over the measured steps the example appeared in (unweighted by ``every_n_steps``). Risk-side rows are
+    about other examples (the risk's) and do not enter.
+
+    Args:
+        rows: Instance rows, e.g. :attr:`GEffectCallback.instance_history` or :func:`load_instance_history`'s.
+
+    Returns:
+        One row per forget example, sorted by the sum on the first risk (ascending, stable: for the forget risk the
+        examples whose unlearn share raises the forget risk most come first).
+
+    Raises:
+        ValueError: If an objective-side row has no example ids (nothing identifies it across steps).
+    """
+    table: dict[tuple[tuple[str, Any], ...], GEffectRankingRow] = {}
+    counts: dict[tuple[tuple[str, Any], ...], dict[str, int]] = {}
+    risks: list[str] = []
+    for row in rows:
+        if row["side"] != "objective":
+            continue
+        if row["example"] is None:
+            raise ValueError(
+                f"rank_instances: the objective-side row of step {row['step']}, position {row['index']} has no example "
+                "ids; the module needs example_ids (SupportsExampleIds) for a ranking."
+            )
+        key = tuple(row["example"].items())
+        entry = table.setdefault(key, GEffectRankingRow(example=dict(row["example"]), g_effect={}, measurements=0))
+        risk = row["risk"]
+        if risk not in risks:
+            risks.append(risk)
+        entry["g_effect"][risk] = entry["g_effect"].get(risk, 0.0) + row["g_effect"]
+        count = counts.setdefault(key, {})
+        count[risk] = count.get(risk, 0) + 1
+        entry["measurements"] = max(count.values())
+    ranked = list(table.values())
+    if risks:
+        ranked.sort(key=lambda entry: entry["g_effect"].get(risks[0], 0.0))
+    return ranked
+
+
+def _ranking_record(row: GEffectRankingRow) -> dict[str, Any]:
+    """A ranking row as a flat CSV record: the id fields, ``g_effect_<risk>`` per risk, then ``measurements``."""
+    return {
+        **row["example"],
+        **{f"{RANKING_PREFIX}{risk}": value for risk, value in row["g_effect"].items()},
+        RANKING_COUNT: row["measurements"],
+    }
 
 
 class _BoundCall(nn.Module):
     """Expose ``fn(module, batches)`` as ``forward`` so :func:`torch.func.functional_call` can swap parameters."""
 
-    def __init__(self, module: nn.Module, fn: Callable[[Any, Sequence[Any]], Mapping[str, Tensor]]) -> None:
+    def __init__(self, module: nn.Module, fn: Callable[[Any, Sequence[Any]], Any]) -> None:
         super().__init__()
         self.module = module
         self._fn = fn
 
-    def forward(self, batches: Sequence[Any]) -> Mapping[str, Tensor]:
+    def forward(self, batches: Sequence[Any]) -> Any:
         return self._fn(self.module, batches)
+
+
+def _instance_sides(per_instance: Any) -> tuple[_Side, ...]:
+    """The sides ``per_instance`` asks for: ``True`` keeps its original meaning, the risk side."""
+    if isinstance(per_instance, bool):
+        return ("risk",) if per_instance else ()
+    sides: dict[Any, tuple[_Side, ...]] = {
+        "risk": ("risk",),
+        "objective": ("objective",),
+        "both": ("risk", "objective"),
+    }
+    if per_instance not in sides:
+        raise ValueError(
+            f"GEffectCallback: per_instance must be 'risk', 'objective', 'both', True (= 'risk') or False, got "
+            f"{per_instance!r}."
+        )
+    return sides[per_instance]
 
 
 def _thirds(items: list[int]) -> list[list[int]]:
@@ -924,6 +1545,14 @@ def _thirds(items: list[int]) -> list[list[int]]:
     for size in sizes:
         out.append(items[start : start + size])
         start += size
+    return out
+
+
+def _smoothed(values: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average of a series, ``s_0 = x_0``, ``s_t = w·s_{t−1} + (1−w)·x_t`` (for plots only)."""
+    out: list[float] = []
+    for x in values:
+        out.append(x if not out else weight * out[-1] + (1.0 - weight) * x)
     return out
 
 
@@ -950,6 +1579,13 @@ def _param_lrs(optimizer: Any, params: Sequence[Tensor]) -> list[float]:
     return [lr_of.get(id(p), 0.0) for p in params]
 
 
+def _all_gather_objects(items: list[Any], world_size: int) -> list[Any]:
+    """Every rank's ``items`` concatenated rank-major (Lightning's ``all_gather`` takes tensors only)."""
+    gathered: list[list[Any] | None] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, items)
+    return [item for part in gathered for item in (part or [])]
+
+
 def _reentrant_checkpointing(module: nn.Module) -> str | None:
     """The name of a Hugging Face submodule with reentrant gradient checkpointing enabled, else None.
 
@@ -958,7 +1594,7 @@ def _reentrant_checkpointing(module: nn.Module) -> str | None:
     public flag ``gradient_checkpointing`` and the private ``_gradient_checkpointing_func``, a
     ``functools.partial(torch.utils.checkpoint.checkpoint, **kwargs)`` whose keywords say ``use_reentrant``. Finding
     it in ``setup`` turns a failure at the first measured step into an error before training starts. Reentrant
-    checkpointing set up any other way is caught when the risk gradient is taken (:meth:`GEffectCallback._risk_dots`).
+    checkpointing set up any other way is caught when a gradient is taken (:meth:`GEffectCallback._gradient_dots`).
     """
     for name, sub in module.named_modules():
         if not getattr(sub, "gradient_checkpointing", False):
@@ -971,8 +1607,17 @@ def _reentrant_checkpointing(module: nn.Module) -> str | None:
     return None
 
 
+def _complete(row: Mapping[str, Any], row_type: type) -> dict[str, Any]:
+    """``row`` with the keys of ``row_type`` in declaration order, filling keys added later (:data:`_ADDED_KEYS`)."""
+    defaults = _ADDED_KEYS.get(row_type, {})
+    return {key: row[key] if key in row else defaults[key] for key in typing.get_type_hints(row_type)}
+
+
 def _atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write ``rows`` to ``path`` through a temporary file and ``os.replace``: a crash never leaves half a file."""
+    """Write ``rows`` to ``path`` through a temporary file and ``os.replace``: a crash never leaves half a file.
+
+    Mapping values (the example ids of instance rows) are written as JSON; None as an empty cell.
+    """
     fields = list(dict.fromkeys(k for row in rows for k in row))
     # A sibling temporary file (same filesystem, so os.replace is atomic), created with the usual umask permissions.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -981,7 +1626,7 @@ def _atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+                writer.writerow({k: _cell(v) for k, v in row.items()})
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -989,8 +1634,18 @@ def _atomic_write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         raise
 
 
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value), ensure_ascii=False)
+    return value
+
+
 def load_history(path: str | os.PathLike) -> list[GEffectRow]:
     """Read a ``g_effect.csv`` written by :class:`GEffectCallback` back into history rows.
+
+    Files written before rows had a ``term`` read as ``term="total"``.
 
     Args:
         path: The CSV file.
@@ -1007,11 +1662,13 @@ def load_history(path: str | os.PathLike) -> list[GEffectRow]:
 def load_instance_history(path: str | os.PathLike) -> list[GEffectInstanceRow]:
     """Read a ``g_effect_instances.csv`` written by :class:`GEffectCallback` back into per-instance rows.
 
+    Files written before rows had a ``side`` read as ``side="risk"`` without example ids.
+
     Args:
         path: The CSV file.
 
     Returns:
-        The rows, typed as in :attr:`GEffectCallback.instance_history`.
+        The rows, typed as in :attr:`GEffectCallback.instance_history` (``example`` parsed from its JSON cell).
 
     Raises:
         ValueError: If the file's columns are not those of :class:`GEffectInstanceRow`, or a cell cannot be read.
@@ -1019,21 +1676,63 @@ def load_instance_history(path: str | os.PathLike) -> list[GEffectInstanceRow]:
     return _read_rows(Path(path), GEffectInstanceRow)  # type: ignore[return-value]
 
 
-def _read_rows(path: Path, row_type: type) -> list[dict[str, Any]]:
-    """Read a CSV whose columns are the keys of the TypedDict ``row_type``, converting each cell to its key's type."""
-    hints = typing.get_type_hints(row_type)
+def load_ranking(path: str | os.PathLike) -> list[GEffectRankingRow]:
+    """Read a ``g_effect_ranking.csv`` written by :class:`GEffectCallback`, in its order (first risk ascending).
+
+    Args:
+        path: The CSV file: the example id columns, then ``g_effect_<risk>`` per risk, then ``measurements``.
+
+    Returns:
+        The rows. A CSV file has no types, so the id values come back as strings (convert them as needed, e.g.
+        ``int(row["example"]["index"])``).
+
+    Raises:
+        ValueError: If the columns are not id columns, ``g_effect_<risk>`` columns and ``measurements`` in that
+            order, or a cell cannot be read.
+    """
+    path = Path(path)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
-        if columns != list(hints):
+        risk_columns = [c for c in columns if c.startswith(RANKING_PREFIX)]
+        id_columns = columns[: columns.index(risk_columns[0])] if risk_columns else []
+        if not id_columns or not risk_columns or columns != [*id_columns, *risk_columns, RANKING_COUNT]:
+            raise ValueError(
+                f"{path}: the columns {columns} are not those of a G-effect ranking (example id columns, then "
+                f"{RANKING_PREFIX}<risk> per risk, then {RANKING_COUNT!r})."
+            )
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            try:
+                g_effect = {c[len(RANKING_PREFIX) :]: float(raw[c]) for c in risk_columns}
+                measurements = int(raw[RANKING_COUNT])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}, line {line}: {err}") from err
+            example = {c: raw[c] for c in id_columns}
+            rows.append(GEffectRankingRow(example=example, g_effect=g_effect, measurements=measurements))
+    return rows
+
+
+def _read_rows(path: Path, row_type: type) -> list[dict[str, Any]]:
+    """Read a CSV whose columns are the keys of the TypedDict ``row_type``, converting each cell to its key's type."""
+    hints = typing.get_type_hints(row_type)
+    added = _ADDED_KEYS.get(row_type, {})
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        if columns not in (list(hints), [k for k in hints if k not in added]):
             raise ValueError(
                 f"{path}: the columns {columns} are not those of a {row_type.__name__} ({list(hints)}). Read "
-                "g_effect.csv with load_history and g_effect_instances.csv with load_instance_history."
+                "g_effect.csv with load_history, g_effect_instances.csv with load_instance_history and "
+                "g_effect_ranking.csv with load_ranking."
             )
         rows = []
         for line, raw in enumerate(reader, start=2):
             row: dict[str, Any] = {}
             for key, hint in hints.items():
+                if key not in raw:
+                    row[key] = added[key]
+                    continue
                 try:
                     row[key] = _parse_cell(raw[key], hint)
                 except (TypeError, ValueError) as err:
@@ -1043,8 +1742,11 @@ def _read_rows(path: Path, row_type: type) -> list[dict[str, Any]]:
 
 
 def _parse_cell(text: str | None, hint: Any) -> Any:
-    """One CSV cell as the type ``hint`` of its row key: int, str (or a Literal of str), float, or ``... | None``."""
-    optional = type(None) in typing.get_args(hint)
+    """One CSV cell as the type ``hint`` of its row key: int, str (or a Literal of str), float, a JSON dict, or None."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
     if text is None or text == "":
         if optional:
             return None
@@ -1053,6 +1755,11 @@ def _parse_cell(text: str | None, hint: Any) -> Any:
         return int(text)
     if hint is str or typing.get_origin(hint) is Literal:
         return text
+    if typing.get_origin(hint) is dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {text!r}")
+        return value
     return float(text)
 
 
@@ -1061,9 +1768,15 @@ __all__ = [
     "DEFAULT_LAYER_PATTERN",
     "GEffectCallback",
     "GEffectInstanceRow",
+    "GEffectRankingRow",
     "GEffectRow",
+    "SupportsExampleIds",
+    "SupportsObjectiveTerms",
+    "SupportsPerExampleObjective",
     "SupportsPerExampleRisks",
     "SupportsRiskLosses",
     "load_history",
     "load_instance_history",
+    "load_ranking",
+    "rank_instances",
 ]

@@ -1,6 +1,16 @@
 """Tiny user LightningModules for the GEffectCallback tests: plain Lightning code, nothing from lit_unlearn.
 
-They live in an importable module (not inside a test function) so ``ddp_spawn`` can pickle them.
+They live in an importable module (not inside a test function) so ``ddp_spawn`` can pickle them. Both unlearners
+implement every protocol of the callback exactly, for an objective ``γ·L_forget + α·L_retain`` whose terms are
+averaged per micro-batch and then over the micro-batches (as Lightning averages accumulated gradients):
+
+* :class:`MLPUnlearner`: ``L_forget = −mean_i mse_i`` over the forget examples of a micro-batch, so forget example
+  ``i``'s share of the unlearn term is ``−γ·mse_i / (B_j·k)`` (``B_j`` examples in its micro-batch, ``k``
+  micro-batches);
+* :class:`LlamaUnlearner`: ``L_forget = −Σ_tokens ce / N_j``, a TOKEN mean over the ``N_j`` answer tokens of the whole
+  micro-batch (GradDiff's forget term), so example ``i``'s share is ``−γ·Σ_{t ∈ answer(i)} ce_t / (N_j·k)``. That is
+  not ``−γ·mean_{t ∈ answer(i)} ce_t / (B_j·k)`` (a mean of per-example means): the examples' answers have different
+  lengths, and the tests check which one the callback's values match.
 """
 
 from collections.abc import Mapping, Sequence
@@ -28,11 +38,14 @@ class PairDataset(Dataset):
         return len(self.fx)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"fx": self.fx[i], "fy": self.fy[i], "rx": self.rx[i], "ry": self.ry[i]}
+        return {"fx": self.fx[i], "fy": self.fy[i], "rx": self.rx[i], "ry": self.ry[i], "index": torch.tensor(i)}
 
 
 class MLPUnlearner(LightningModule):
-    """Gradient difference on an MLP: minimise −MSE(forget) + MSE(retain); risks are the two MSEs."""
+    """Gradient difference on an MLP: minimise −γ·MSE(forget) + α·MSE(retain); risks are the two MSEs.
+
+    With ``retain_weight=0`` the objective has no regulariser and ``objective_terms`` returns only ``"unlearn"``.
+    """
 
     def __init__(
         self,
@@ -42,6 +55,8 @@ class MLPUnlearner(LightningModule):
         batch_size: int = 4,
         n: int = 16,
         hidden: int = 16,
+        forget_weight: float = 1.0,
+        retain_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
@@ -49,12 +64,35 @@ class MLPUnlearner(LightningModule):
         self.optimizer = optimizer
         self.batch_size = batch_size
         self.n = n
+        self.forget_weight = forget_weight
+        self.retain_weight = retain_weight
 
     def per_example(self, x: Tensor, y: Tensor) -> Tensor:
         return (self.net(x).squeeze(-1) - y) ** 2
 
+    def terms(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The objective's terms on one micro-batch."""
+        terms = {"unlearn": -self.forget_weight * self.per_example(batch["fx"], batch["fy"]).mean()}
+        if self.retain_weight:
+            terms["regularizer"] = self.retain_weight * self.per_example(batch["rx"], batch["ry"]).mean()
+        return terms
+
     def objective(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return -self.per_example(batch["fx"], batch["fy"]).mean() + self.per_example(batch["rx"], batch["ry"]).mean()
+        return sum(self.terms(batch).values())
+
+    def objective_terms(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        per_batch = [self.terms(b) for b in batches]
+        return {name: sum(t[name] for t in per_batch) / len(batches) for name in per_batch[0]}
+
+    def per_example_unlearn(self, batches: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        # A mean over the B_j examples of micro-batch j, then over the k micro-batches.
+        k = len(batches)
+        return torch.cat(
+            [-self.forget_weight * self.per_example(b["fx"], b["fy"]) / (len(b["fx"]) * k) for b in batches]
+        )
+
+    def example_ids(self, batches: Sequence[Mapping[str, Tensor]]) -> list[dict[str, int]]:
+        return [{"index": int(i)} for b in batches for i in b["index"]]
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         return self.objective(batch)
@@ -85,6 +123,12 @@ class ReentrantCheckpointMLP(MLPUnlearner):
         hidden = self.net[2](self.net[1](self.net[0](x)))
         out = checkpoint(self.net[3], hidden, use_reentrant=True)
         return (out.squeeze(-1) - y) ** 2
+
+
+class IdlessMLP(MLPUnlearner):
+    """The unlearner without example ids (``None`` opts out of the ``SupportsExampleIds`` protocol)."""
+
+    example_ids = None
 
 
 class NoRiskMLP(LightningModule):
@@ -158,19 +202,31 @@ class TokenDataset(Dataset):
             "f_labels": self.labels[0, i],
             "r_ids": self.ids[1, i],
             "r_labels": self.labels[1, i],
+            "index": torch.tensor(i),
         }
 
 
 class LlamaUnlearner(LightningModule):
-    """A plain user module wrapping a HF Llama: gradient difference on token-mean answer NLLs."""
+    """A plain user module wrapping a HF Llama: gradient difference γ·(−NLL_f) + α·NLL_r on token-mean answer NLLs."""
 
-    def __init__(self, lr: float = 1e-3, batch_size: int = 4, n: int = 8, attn: str = "sdpa") -> None:
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        batch_size: int = 4,
+        n: int = 8,
+        attn: str = "sdpa",
+        layers: int = 2,
+        forget_weight: float = 1.0,
+        retain_weight: float = 1.0,
+    ) -> None:
         super().__init__()
-        self.model = tiny_llama()
+        self.model = tiny_llama(layers=layers)
         self.model.config._attn_implementation = attn
         self.lr = lr
         self.batch_size = batch_size
         self.n = n
+        self.forget_weight = forget_weight
+        self.retain_weight = retain_weight
 
     def token_nll(self, ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
@@ -183,8 +239,31 @@ class LlamaUnlearner(LightningModule):
         nll, mask = self.token_nll(ids, labels)
         return nll.sum() / mask.sum()
 
+    def terms(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The objective's terms on one micro-batch: token means over the micro-batch's answer tokens."""
+        return {
+            "unlearn": -self.forget_weight * self.nll(batch["f_ids"], batch["f_labels"]),
+            "regularizer": self.retain_weight * self.nll(batch["r_ids"], batch["r_labels"]),
+        }
+
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        return -self.nll(batch["f_ids"], batch["f_labels"]) + self.nll(batch["r_ids"], batch["r_labels"])
+        terms = self.terms(batch)
+        return terms["unlearn"] + terms["regularizer"]
+
+    def objective_terms(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+        per_batch = [self.terms(b) for b in batches]
+        return {name: sum(t[name] for t in per_batch) / len(batches) for name in ("unlearn", "regularizer")}
+
+    def per_example_unlearn(self, batches: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        # Token mean over micro-batch j: example i's share is its summed token NLL over N_j, the micro-batch's count.
+        shares = []
+        for b in batches:
+            nll, mask = self.token_nll(b["f_ids"], b["f_labels"])
+            shares.append(-self.forget_weight * nll.sum(-1) / (mask.sum() * len(batches)))
+        return torch.cat(shares)
+
+    def example_ids(self, batches: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Any]]:
+        return [{"index": i, "question": f"question {int(i)}"} for b in batches for i in b["index"]]
 
     def _cat(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}

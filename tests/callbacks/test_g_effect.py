@@ -2,6 +2,7 @@
 
 import copy
 import doctest
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from unittest.mock import Mock
 import pytest
 import torch
 from g_effect_modules import (
+    IdlessMLP,
     LlamaUnlearner,
     ManualMLPUnlearner,
     MLPUnlearner,
@@ -27,13 +29,17 @@ from torch import Tensor
 from callbacks import (
     GEffectCallback,
     GEffectRow,
+    SupportsExampleIds,
+    SupportsObjectiveTerms,
+    SupportsPerExampleObjective,
     SupportsPerExampleRisks,
     SupportsRiskLosses,
     load_history,
     load_instance_history,
+    load_ranking,
 )
 from callbacks import g_effect as g_effect_module
-from callbacks.g_effect import _StepValues, _with_running_sums
+from callbacks.g_effect import _smoothed, _StepValues, _with_running_sums
 
 MLP_LAYERS = r"net\.(\d+)\."
 
@@ -78,8 +84,59 @@ def reference_dots(module: Any, batches: Sequence[Mapping[str, Tensor]]) -> dict
     return out
 
 
-def step_rows(cb: GEffectCallback, step: int) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(r["risk"], r["group"]): r for r in cb.history if r["step"] == step}
+def reference_terms(
+    module: MLPUnlearner, batches: Sequence[Mapping[str, Tensor]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Naive float64 G-effects of each objective term, the terms written out here: risk -> term -> parameter -> dot.
+
+    ``unlearn = mean_j(−γ·mean_i mse_f)`` and ``regularizer = mean_j(α·mean_i mse_r)`` over the micro-batches j.
+    """
+    m = copy.deepcopy(module).double()
+    names, params = zip(*m.named_parameters(), strict=True)
+    b64 = [to64(b) for b in batches]
+    k = len(b64)
+    terms = {
+        "unlearn": sum(-m.forget_weight * m.per_example(b["fx"], b["fy"]).mean() for b in b64) / k,
+        "regularizer": sum(m.retain_weight * m.per_example(b["rx"], b["ry"]).mean() for b in b64) / k,
+    }
+    term_grads = {name: torch.autograd.grad(term, params) for name, term in terms.items()}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for risk_name, risk in m.risk_losses(b64).items():
+        risk_grad = torch.autograd.grad(risk, params)
+        out[risk_name] = {
+            term: {n: float(torch.dot(a.flatten(), b.flatten())) for n, a, b in zip(names, risk_grad, g, strict=True)}
+            for term, g in term_grads.items()
+        }
+    return out
+
+
+def reference_objective_instances(
+    module: MLPUnlearner, batches: Sequence[Mapping[str, Tensor]]
+) -> dict[str, list[float]]:
+    """Per forget example in order: ∇R·∇ℓ_i, ``ℓ_i = −γ·mse_i / (B_j·k)``, one float64 backward per example."""
+    m = copy.deepcopy(module).double()
+    params = list(m.parameters())
+    b64 = [to64(b) for b in batches]
+    risk_grads = {name: torch.autograd.grad(risk, params) for name, risk in m.risk_losses(b64).items()}
+    out: dict[str, list[float]] = {name: [] for name in risk_grads}
+    for b in b64:
+        for i in range(len(b["fx"])):
+            share = -m.forget_weight * m.per_example(b["fx"][i : i + 1], b["fy"][i : i + 1]).sum()
+            grads = torch.autograd.grad(share / (len(b["fx"]) * len(b64)), params)
+            for name, risk_grad in risk_grads.items():
+                out[name].append(
+                    sum(float(torch.dot(a.flatten(), c.flatten())) for a, c in zip(risk_grad, grads, strict=True))
+                )
+    return out
+
+
+def step_rows(cb: GEffectCallback, step: int, term: str = "total") -> dict[tuple[str, str], dict[str, Any]]:
+    return {(r["risk"], r["group"]): r for r in cb.history if r["step"] == step and r["term"] == term}
+
+
+def step_total_rows(cb: GEffectCallback, risk: str) -> list[dict[str, Any]]:
+    """The rows of the total G-effect (term and group "total") on ``risk``, one per measured step."""
+    return [r for r in cb.history if (r["risk"], r["term"], r["group"]) == (risk, "total", "total")]
 
 
 def mlp_batches(n: int, batch_size: int, count: int) -> list[dict[str, Tensor]]:
@@ -167,13 +224,19 @@ def test_training_is_bit_identical_with_and_without_callback(tmp_path: Path) -> 
         return {k: v.clone() for k, v in module.state_dict().items()}
 
     plain = run([])
-    cb = GEffectCallback(
-        layer_pattern=MLP_LAYERS, realised_change=True, measure_update=True, per_instance=True, save_plot=False
-    )
-    measured = run([cb])
-    assert cb.history
-    for key, value in plain.items():
-        assert torch.equal(value, measured[key]), key
+    for per_instance, terms in ((True, False), ("both", True)):
+        cb = GEffectCallback(
+            layer_pattern=MLP_LAYERS,
+            realised_change=True,
+            measure_update=True,
+            per_instance=per_instance,
+            terms=terms,
+            save_plot=False,
+        )
+        measured = run([cb])
+        assert {r["term"] for r in cb.history} == ({"total", "unlearn", "regularizer"} if terms else {"total"})
+        for key, value in plain.items():
+            assert torch.equal(value, measured[key]), (key, per_instance, terms)
 
 
 def test_accumulation_uses_the_accumulated_gradient(tmp_path: Path) -> None:
@@ -245,15 +308,24 @@ def test_bf16_mixed_runs_and_is_close(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = MLPUnlearner()
     initial = copy.deepcopy(module)
-    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance=True, save_plot=False)
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance="both", terms=True, save_plot=False)
     fit(module, [cb], tmp_path, max_steps=2, precision="bf16-mixed")
     ref = reference_dots(initial, mlp_batches(16, 4, 1))
+    ref_terms = reference_terms(initial, mlp_batches(16, 4, 1))
     rows = step_rows(cb, 0)
     for risk in ("forget", "retain"):
         value = rows[(risk, "total")]["g_effect"]
         assert torch.isfinite(torch.tensor(value))
         assert value == pytest.approx(sum(ref[risk].values()), rel=0.05, abs=1e-3)
-    assert len(cb.instance_history) == 2 * 2 * 4
+        # The terms run under the same autocast as training_step.
+        for term in ("unlearn", "regularizer"):
+            got = step_rows(cb, 0, term)[(risk, "total")]["g_effect"]
+            assert got == pytest.approx(sum(ref_terms[risk][term].values()), rel=0.05, abs=1e-3)
+        objective = [r for r in cb.instance_history if (r["step"], r["side"], r["risk"]) == (0, "objective", risk)]
+        shares = sum(r["g_effect"] for r in objective)
+        unlearn = step_rows(cb, 0, "unlearn")[(risk, "total")]["g_effect"]
+        assert shares == pytest.approx(unlearn, rel=0.05, abs=1e-3)
+    assert len([r for r in cb.instance_history if r["side"] == "risk"]) == 2 * 2 * 4
 
 
 def test_per_instance_matches_per_example_autograd_on_llama(tmp_path: Path) -> None:
@@ -337,6 +409,22 @@ def test_logged_keys_and_steps_follow_every_n_steps(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "g_effect.png").stat().st_size > 0
 
 
+def test_logged_keys_with_terms(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    logger = RecordingLogger()
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, save_plot=False)
+    fit(MLPUnlearner(), [cb], tmp_path, max_steps=1, logger=logger)
+    keys = set().union(*(set(m) for _, m in logger.calls))
+    for risk in ("forget", "retain"):
+        for term in ("total", "unlearn", "regularizer"):
+            assert {f"g_effect/{risk}/{term}/{g}" for g in ("layer_00", "layer_03", "total")} <= keys
+        # With terms on every G-effect key names its term; the risk scalars stay as they are.
+        assert f"g_effect/{risk}/total" not in keys
+        assert f"g_effect_risk/{risk}/value" in keys
+    unlearn = step_rows(cb, 0, "unlearn")[("forget", "total")]["g_effect"]
+    assert cb.last_g_effect["forget/unlearn/total"] == unlearn
+
+
 def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "g_effect.csv").write_text("earlier run\n")
     torch.manual_seed(0)
@@ -350,6 +438,11 @@ def test_protocols_are_runtime_checkable() -> None:
     assert isinstance(MLPUnlearner(), SupportsRiskLosses)
     assert isinstance(MLPUnlearner(), SupportsPerExampleRisks)
     assert not isinstance(NoRiskMLP(), SupportsRiskLosses)
+    for protocol in (SupportsObjectiveTerms, SupportsPerExampleObjective, SupportsExampleIds):
+        assert isinstance(MLPUnlearner(), protocol)
+        assert isinstance(LlamaUnlearner(), protocol)
+        assert not isinstance(NoRiskMLP(), protocol)
+    assert not isinstance(IdlessMLP(), SupportsExampleIds)
 
 
 def test_unsupported_setups_fail_early(tmp_path: Path) -> None:
@@ -368,6 +461,12 @@ def test_unsupported_setups_fail_early(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="per_example_risks"):
         fit(RiskOnly(), [GEffectCallback(per_instance=True)], tmp_path)
+    with pytest.raises(TypeError, match="terms=True.*SupportsObjectiveTerms.*objective_terms"):
+        fit(RiskOnly(), [GEffectCallback(terms=True)], tmp_path)
+    with pytest.raises(TypeError, match="SupportsPerExampleObjective.*per_example_unlearn"):
+        fit(RiskOnly(), [GEffectCallback(per_instance="objective")], tmp_path)
+    with pytest.raises(ValueError, match="per_instance must be 'risk', 'objective', 'both'"):
+        GEffectCallback(per_instance="forget")
 
     llama = LlamaUnlearner()
     llama.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
@@ -407,32 +506,60 @@ def test_override_point_for_modules_without_the_protocol(tmp_path: Path) -> None
 
 def test_ddp_two_processes_equal_single_process_on_union_batch(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    module = MLPUnlearner(n=8, batch_size=4)
+    module = MLPUnlearner(n=8, batch_size=4, forget_weight=0.7, retain_weight=1.3)
     initial = copy.deepcopy(module)
     out = tmp_path / "ddp"
-    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance=True, output_dir=str(out), save_plot=False)
+    cb = GEffectCallback(
+        layer_pattern=MLP_LAYERS, per_instance="both", terms=True, output_dir=str(out), save_plot=False
+    )
     fit(module, [cb], tmp_path, max_steps=1, devices=2, strategy="ddp_spawn")
     # The spawned ranks hold the history; rank 0 wrote it to output_dir when fit ended.
-    rows = {(r["risk"], r["group"]): r for r in load_history(out / "g_effect.csv")}
+    rows = {(r["risk"], r["term"], r["group"]): r for r in load_history(out / "g_effect.csv")}
     union = mlp_batches(8, 8, 1)
     ref = reference_dots(initial, union)
+    ref_terms = reference_terms(initial, union)
     for risk in ("forget", "retain"):
-        assert rows[(risk, "total")]["g_effect"] == pytest.approx(sum(ref[risk].values()), rel=1e-5)
+        assert rows[(risk, "total", "total")]["g_effect"] == pytest.approx(sum(ref[risk].values()), rel=1e-5)
         layer = ref[risk]["net.0.weight"] + ref[risk]["net.0.bias"]
-        assert rows[(risk, "layer_00")]["g_effect"] == pytest.approx(layer, rel=1e-5, abs=1e-7)
-    # Per-instance values are gathered from both ranks (rank-major, in the DistributedSampler's order): compare the
+        assert rows[(risk, "total", "layer_00")]["g_effect"] == pytest.approx(layer, rel=1e-5, abs=1e-7)
+        # Each term is bilinear in two rank-local gradients: only the all-reduced risk gradient makes it global.
+        for term, per_param in ref_terms[risk].items():
+            assert rows[(risk, term, "total")]["g_effect"] == pytest.approx(sum(per_param.values()), rel=1e-5)
+            layer = per_param["net.0.weight"] + per_param["net.0.bias"]
+            assert rows[(risk, term, "layer_00")]["g_effect"] == pytest.approx(layer, rel=1e-5, abs=1e-7)
+        for group in ("layer_00", "layer_03", "total"):
+            parts = rows[(risk, "unlearn", group)]["g_effect"] + rows[(risk, "regularizer", group)]["g_effect"]
+            assert parts == pytest.approx(rows[(risk, "total", group)]["g_effect"], rel=1e-4)
+    # Risk-side values are gathered from both ranks (rank-major, in the DistributedSampler's order): compare the
     # multiset of values with per-example autograd on the union batch.
     instances = load_instance_history(out / "g_effect_instances.csv")
     m = copy.deepcopy(initial).double()
     params = list(m.parameters())
     b64 = to64(union[0])
     g = torch.autograd.grad(m.training_step(b64, 0), params)
-    got = sorted(r["g_effect"] for r in instances if r["risk"] == "retain")
+    got = sorted(r["g_effect"] for r in instances if r["risk"] == "retain" and r["side"] == "risk")
     expected = []
     for i in range(8):
         loss = m.per_example(b64["rx"][i : i + 1], b64["ry"][i : i + 1]).mean()
         expected.append(sum(float((a * b).sum()) for a, b in zip(torch.autograd.grad(loss, params), g, strict=True)))
     assert got == pytest.approx(sorted(expected), rel=1e-4, abs=1e-7)
+    # Objective side: a rank's share of its own 4 examples over the world size is the example's share of the
+    # union-batch unlearn term; the gathered ids say which example each value belongs to.
+    shares = reference_objective_instances(initial, union)
+    objective = [r for r in instances if r["side"] == "objective"]
+    assert sorted(r["example"]["index"] for r in objective if r["risk"] == "forget") == list(range(8))
+    for row in objective:
+        assert row["g_effect"] == pytest.approx(shares[row["risk"]][row["example"]["index"]], rel=1e-4, abs=1e-7)
+    for risk in ("forget", "retain"):
+        total = sum(r["g_effect"] for r in objective if r["risk"] == risk)
+        assert total == pytest.approx(rows[(risk, "unlearn", "total")]["g_effect"], rel=1e-4, abs=1e-7)
+    ranking = load_ranking(out / "g_effect_ranking.csv")
+    assert sorted(int(row["example"]["index"]) for row in ranking) == list(range(8))
+    for row in ranking:
+        assert row["measurements"] == 1
+        for risk in ("forget", "retain"):
+            expected_share = shares[risk][int(row["example"]["index"])]
+            assert row["g_effect"][risk] == pytest.approx(expected_share, rel=1e-4, abs=1e-7)
 
 
 class CrashingMLP(MLPUnlearner):
@@ -460,7 +587,8 @@ def test_resuming_from_a_checkpoint_file_continues_the_history(tmp_path: Path) -
             layer_pattern=MLP_LAYERS,
             realised_change=True,
             measure_update=True,
-            per_instance=True,
+            per_instance="both",
+            terms=True,
             save_plot=False,
             output_dir=str(tmp_path / name),
         )
@@ -483,17 +611,25 @@ def test_resuming_from_a_checkpoint_file_continues_the_history(tmp_path: Path) -
     # A fresh callback and a differently initialised module: everything comes from the file.
     resumed = callback("resumed")
     fit(module(1), [resumed], tmp_path, max_steps=-1, max_epochs=3, ckpt_path=ckpt)
-    assert [r["step"] for r in resumed.history if r["group"] == "total"] == [s for s in range(6) for _ in (0, 1)]
+    totals = [r["step"] for r in resumed.history if r["group"] == "total" and r["term"] == "total"]
+    assert totals == [s for s in range(6) for _ in (0, 1)]
     assert resumed.history == whole.history
     assert resumed.instance_history == whole.instance_history
     # The running sums continue across the resume: step 4 adds its change to step 3's sum.
-    forget = {r["step"]: r for r in resumed.history if r["risk"] == "forget" and r["group"] == "total"}
+    forget = {r["step"]: r for r in step_total_rows(resumed, "forget")}
     for key in ("predicted_change", "realised_change", "update_change"):
         assert forget[4][f"cumulative_{key}"] == pytest.approx(forget[3][f"cumulative_{key}"] + forget[4][key])
         assert forget[5][f"cumulative_{key}"] == pytest.approx(sum(forget[s][key] for s in range(6)))
     # The resumed run's files hold the whole history, exactly.
     assert load_history(tmp_path / "resumed" / "g_effect.csv") == whole.history
     assert load_instance_history(tmp_path / "resumed" / "g_effect_instances.csv") == whole.instance_history
+    # The ranking of the resumed run covers the whole run: every example was measured in 3 epochs.
+    ranking = load_ranking(tmp_path / "resumed" / "g_effect_ranking.csv")
+    assert ranking == load_ranking(tmp_path / "whole" / "g_effect_ranking.csv")
+    assert [row["measurements"] for row in ranking] == [3] * 8
+    # The terms' running sums continue across the resume too.
+    unlearn = [r for r in resumed.history if (r["risk"], r["term"], r["group"]) == ("forget", "unlearn", "total")]
+    assert unlearn[-1]["cumulative_predicted_change"] == pytest.approx(sum(r["predicted_change"] for r in unlearn))
 
 
 def test_running_sums_weight_each_step_and_skip_missing_changes() -> None:
@@ -501,6 +637,7 @@ def test_running_sums_weight_each_step_and_skip_missing_changes() -> None:
         return _StepValues(
             step=step,
             risk="forget",
+            term="total",
             group="total",
             level="total",
             g_effect=1.0,
@@ -526,16 +663,34 @@ def test_running_sums_weight_each_step_and_skip_missing_changes() -> None:
 
 def test_csv_readers_check_the_columns(tmp_path: Path) -> None:
     instances = tmp_path / "g_effect_instances.csv"
-    instances.write_text("step,risk,index,g_effect\n3,forget,0,-0.5\n3,forget,1,0.25\n")
+    header = "step,risk,side,index,g_effect,example\n"
+    instances.write_text(
+        header + '3,forget,objective,0,-0.5,"{""index"": 7, ""question"": ""Who?""}"\n3,retain,risk,1,0.25,\n'
+    )
     assert load_instance_history(instances) == [
-        {"step": 3, "risk": "forget", "index": 0, "g_effect": -0.5},
-        {"step": 3, "risk": "forget", "index": 1, "g_effect": 0.25},
+        {"step": 3, "risk": "forget", "side": "objective", "index": 0, "g_effect": -0.5,
+         "example": {"index": 7, "question": "Who?"}},
+        {"step": 3, "risk": "retain", "side": "risk", "index": 1, "g_effect": 0.25, "example": None},
+    ]  # fmt: skip
+    # A file written before rows had a side: every row is a risk-side row without ids.
+    instances.write_text("step,risk,index,g_effect\n3,forget,0,-0.5\n")
+    assert load_instance_history(instances) == [
+        {"step": 3, "risk": "forget", "side": "risk", "index": 0, "g_effect": -0.5, "example": None}
     ]
     with pytest.raises(ValueError, match="load_instance_history"):
         load_history(instances)
     instances.write_text("step,risk,index,g_effect\n3,forget,,-0.5\n")
     with pytest.raises(ValueError, match="line 2, column 'index'"):
         load_instance_history(instances)
+    instances.write_text(header + "3,forget,objective,0,-0.5,[7]\n")
+    with pytest.raises(ValueError, match="column 'example': expected a JSON object"):
+        load_instance_history(instances)
+    ranking = tmp_path / "g_effect_ranking.csv"
+    ranking.write_text("index,g_effect_forget,measurements\n7,-0.5,2\n")
+    assert load_ranking(ranking) == [{"example": {"index": "7"}, "g_effect": {"forget": -0.5}, "measurements": 2}]
+    ranking.write_text("g_effect_forget,measurements\n-0.5,2\n")
+    with pytest.raises(ValueError, match="example id columns"):
+        load_ranking(ranking)
 
 
 def test_docstring_examples_run() -> None:
@@ -543,3 +698,201 @@ def test_docstring_examples_run() -> None:
     results = doctest.testmod(g_effect_module, raise_on_error=False)
     assert results.attempted > 0
     assert results.failed == 0
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_terms_equal_naive_float64_dots_and_sum_to_the_total(tmp_path: Path, streaming: bool) -> None:
+    # Two micro-batches: the terms decompose the accumulated gradient, averaged as Lightning averages it.
+    torch.manual_seed(0)
+    module = MLPUnlearner(batch_size=2, forget_weight=0.7, retain_weight=1.3)
+    initial = copy.deepcopy(module)
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, streaming=streaming, save_plot=False)
+    fit(module, [cb], tmp_path, max_steps=1, accumulate_grad_batches=2)
+    batches = mlp_batches(16, 2, 2)
+    ref = reference_terms(initial, batches)
+    ref_total = reference_dots(initial, batches)
+    total = step_rows(cb, 0)
+    for risk in ("forget", "retain"):
+        assert total[(risk, "total")]["g_effect"] == pytest.approx(sum(ref_total[risk].values()), rel=1e-5)
+        for term in ("unlearn", "regularizer"):
+            rows = step_rows(cb, 0, term)
+            per = ref[risk][term]
+            expected = {
+                "layer_00": per["net.0.weight"] + per["net.0.bias"],
+                "layer_03": per["net.3.weight"] + per["net.3.bias"],
+                "total": sum(per.values()),
+            }
+            for group, value in expected.items():
+                row = rows[(risk, group)]
+                assert row["g_effect"] == pytest.approx(value, rel=1e-5, abs=1e-7)
+                assert row["predicted_change"] == pytest.approx(-1e-2 * row["g_effect"], rel=1e-9)
+                assert row["realised_change"] is None
+                assert row["update_change"] is None
+        # Linearity: the terms come from their own backward passes, the total from .grad.
+        for group in ("layer_00", "layer_03", "total"):
+            parts = sum(step_rows(cb, 0, term)[(risk, group)]["g_effect"] for term in ("unlearn", "regularizer"))
+            assert parts == pytest.approx(total[(risk, group)]["g_effect"], rel=1e-4)
+    # The terms are not proportional to the total: each carries its own sign on the forget risk.
+    forget_terms = [step_rows(cb, 0, t)[("forget", "total")]["g_effect"] for t in ("unlearn", "regularizer")]
+    assert forget_terms[0] < 0 < abs(forget_terms[1])
+
+
+def test_objective_without_regulariser_has_only_the_unlearn_term(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, per_instance="objective", save_plot=False)
+    fit(MLPUnlearner(retain_weight=0.0), [cb], tmp_path, max_steps=1)
+    assert {r["term"] for r in cb.history} == {"total", "unlearn"}
+    for key, row in step_rows(cb, 0).items():
+        assert step_rows(cb, 0, "unlearn")[key]["g_effect"] == pytest.approx(row["g_effect"], rel=1e-5, abs=1e-7)
+    for risk in ("forget", "retain"):
+        shares = sum(r["g_effect"] for r in cb.instance_history if r["risk"] == risk)
+        assert shares == pytest.approx(step_rows(cb, 0)[(risk, "total")]["g_effect"], rel=1e-4)
+
+
+def test_objective_side_matches_per_example_autograd_on_llama(tmp_path: Path) -> None:
+    """Token-mean forget term over two micro-batches: each share against one float64 backward per example."""
+    module = LlamaUnlearner(batch_size=2, forget_weight=0.8, retain_weight=1.2)
+    initial = copy.deepcopy(module)
+    cb = GEffectCallback(terms=True, per_instance="both", save_plot=False)
+    fit(module, [cb], tmp_path, max_steps=1, accumulate_grad_batches=2)
+    m = copy.deepcopy(initial).double()
+    params = list(m.parameters())
+    batches = [b for b, _ in zip(m.train_dataloader(), range(2), strict=False)]
+    risk_grads = {}
+    for name in ("forget", "retain"):
+        risk_grads[name] = torch.autograd.grad(m.risk_losses(batches)[name], params, allow_unused=True)
+    objective = [r for r in cb.instance_history if r["side"] == "objective"]
+    got = {(r["risk"], r["index"]): r for r in objective}
+    assert len(got) == len(objective) == 2 * 4
+    expected_sum = dict.fromkeys(risk_grads, 0.0)
+    for j, batch in enumerate(batches):
+        nll, mask = m.token_nll(batch["f_ids"], batch["f_labels"])  # (B, T-1), float64
+        for i in range(2):
+            # The example's tokens over the micro-batch's token count (a token mean), over 2 micro-batches.
+            share = -0.8 * nll[i].sum() / (mask.sum() * 2)
+            naive = -0.8 * nll[i].sum() / mask[i].sum() / (2 * 2)  # a mean of per-example means: not the share
+            assert abs(float(share - naive)) > 0.05 * abs(float(share))
+            grads = torch.autograd.grad(share, params, retain_graph=True, allow_unused=True)
+            for name, risk_grad in risk_grads.items():
+                pairs = zip(risk_grad, grads, strict=True)
+                expected = sum(float((a * b).sum()) for a, b in pairs if a is not None and b is not None)
+                expected_sum[name] += expected
+                row = got[(name, 2 * j + i)]
+                assert row["g_effect"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+                assert row["example"] == {"index": 2 * j + i, "question": f"question {2 * j + i}"}
+    unlearn = step_rows(cb, 0, "unlearn")
+    for name in ("forget", "retain"):
+        # JVP shares (forward mode) against the unlearn term's own backward pass, and against float64 autograd.
+        shares = sum(r["g_effect"] for r in objective if r["risk"] == name)
+        assert shares == pytest.approx(unlearn[(name, "total")]["g_effect"], rel=1e-4, abs=1e-6)
+        assert unlearn[(name, "total")]["g_effect"] == pytest.approx(expected_sum[name], rel=1e-4, abs=1e-6)
+    # The risk side is still there, with its own rows.
+    assert len([r for r in cb.instance_history if r["side"] == "risk"]) == 2 * 4
+
+
+def test_ranking_file_equals_the_sums_of_the_instance_rows(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    out = tmp_path / "out"
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, per_instance="objective", output_dir=str(out), save_plot=False)
+    fit(MLPUnlearner(n=12, batch_size=4), [cb], tmp_path, max_steps=5)  # examples 0-7 twice, 8-11 once
+    by_hand: dict[int, dict[str, Any]] = {}
+    for row in cb.instance_history:
+        assert row["side"] == "objective"
+        entry = by_hand.setdefault(row["example"]["index"], {"forget": 0.0, "retain": 0.0, "steps": set()})
+        entry[row["risk"]] += row["g_effect"]
+        entry["steps"].add(row["step"])
+    assert sorted(len(e["steps"]) for e in by_hand.values()) == [1] * 4 + [2] * 8
+    assert (out / "g_effect_ranking.csv").read_text().splitlines()[0] == (
+        "index,g_effect_forget,g_effect_retain,measurements"
+    )
+    ranking = load_ranking(out / "g_effect_ranking.csv")
+    # Sorted by the cumulative forget value, ascending.
+    assert [int(r["example"]["index"]) for r in ranking] == sorted(by_hand, key=lambda i: by_hand[i]["forget"])
+    for row in ranking:
+        entry = by_hand[int(row["example"]["index"])]
+        assert row["g_effect"] == pytest.approx({"forget": entry["forget"], "retain": entry["retain"]}, rel=1e-12)
+        assert row["measurements"] == len(entry["steps"])
+
+    # Without example ids there is no key across steps: the rows are kept, the ranking is not written, and a warning
+    # says why.
+    idless = GEffectCallback(per_instance="objective", output_dir=str(tmp_path / "idless"), save_plot=False)
+    with pytest.warns(UserWarning, match="example_ids"):
+        fit(IdlessMLP(), [idless], tmp_path, max_steps=1)
+    assert idless.instance_history
+    assert all(r["example"] is None for r in idless.instance_history)
+    assert not (tmp_path / "idless" / "g_effect_ranking.csv").exists()
+    assert (tmp_path / "idless" / "g_effect_instances.csv").is_file()
+
+
+def test_coarse_boundaries_give_the_paper_groups(tmp_path: Path) -> None:
+    cb = GEffectCallback(coarse_groups=True, coarse_boundaries=(1,), save_plot=False)
+    fit(LlamaUnlearner(layers=3), [cb], tmp_path, max_steps=1)
+    rows = step_rows(cb, 0)
+    coarse = [g for (risk, g), r in rows.items() if risk == "forget" and r["level"] == "coarse"]
+    assert coarse == ["blocks_00_00", "blocks_01_02+final_norm"]
+    for risk in ("forget", "retain"):
+        e = {g: rows[(risk, g)]["g_effect"] for (r, g) in rows if r == risk}
+        assert e["blocks_00_00"] == pytest.approx(e["layer_00"], rel=1e-6)
+        # As in the paper's code, the final norm is counted in the last block group.
+        last = e["layer_01"] + e["layer_02"] + e["final_norm"]
+        assert e["blocks_01_02+final_norm"] == pytest.approx(last, rel=1e-5)
+        # embedding / block groups / lm_head partition the parameters, like the paper's five buckets.
+        buckets = e["embedding"] + e["blocks_00_00"] + e["blocks_01_02+final_norm"] + e["lm_head"]
+        assert buckets == pytest.approx(e["total"], rel=1e-5)
+
+    trainer = Mock(spec=Trainer, strategy=Mock())
+    for outside in ((0,), (3,), (1, 5)):
+        with pytest.raises(ValueError, match=r"inside the model's blocks 0-2"):
+            GEffectCallback(coarse_groups=True, coarse_boundaries=outside).setup(
+                trainer, LlamaUnlearner(layers=3), "fit"
+            )
+    GEffectCallback(coarse_groups=True, coarse_boundaries=(1, 2)).setup(trainer, LlamaUnlearner(layers=3), "fit")
+    for unordered in ((), (2, 1), (1, 1)):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            GEffectCallback(coarse_groups=True, coarse_boundaries=unordered)
+    with pytest.raises(ValueError, match="needs coarse_groups=True"):
+        GEffectCallback(coarse_boundaries=(10, 20))
+
+
+def test_plot_smoothing_changes_the_plot_only(tmp_path: Path) -> None:
+    assert _smoothed([1.0, 3.0, 2.0], 0.5) == [1.0, 2.0, 2.0]
+    assert _smoothed([1.0, 3.0], 0.0) == [1.0, 3.0]
+    runs = {}
+    for weight in (None, 0.6):
+        torch.manual_seed(0)
+        cb = GEffectCallback(
+            layer_pattern=MLP_LAYERS, terms=True, plot_smoothing=weight, output_dir=str(tmp_path / str(weight))
+        )
+        fit(MLPUnlearner(), [cb], tmp_path, max_steps=4)
+        runs[weight] = cb
+    # The stored and written values are the raw ones; only the picture differs.
+    assert runs[0.6].history == runs[None].history
+    assert load_history(tmp_path / "0.6" / "g_effect.csv") == runs[None].history
+    assert (tmp_path / "0.6" / "g_effect.png").read_bytes() != (tmp_path / "None" / "g_effect.png").read_bytes()
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="plot_smoothing"):
+            GEffectCallback(plot_smoothing=bad)
+
+
+def test_rows_saved_before_terms_and_sides_load_as_total_and_risk() -> None:
+    history_row = {
+        "step": 0,
+        "risk": "forget",
+        "group": "total",
+        "level": "total",
+        "g_effect": -1.0,
+        "risk_value": 2.0,
+        "predicted_change": 0.01,
+        "realised_change": None,
+        "update_change": None,
+        "cumulative_predicted_change": 0.01,
+        "cumulative_realised_change": None,
+        "cumulative_update_change": None,
+    }
+    instance_row = {"step": 0, "risk": "forget", "index": 3, "g_effect": 0.5}
+    cb = GEffectCallback()
+    cb.load_state_dict({"history": [history_row], "instance_history": [instance_row], "cumulative": {}})
+    assert cb.history == [{**history_row, "term": "total"}]
+    # In the declared key order, which is the column order of the CSV file.
+    assert list(cb.history[0]) == list(typing.get_type_hints(GEffectRow))
+    assert cb.instance_history == [{**instance_row, "side": "risk", "example": None}]
