@@ -55,10 +55,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=512, help="truncation length of sequences")
     parser.add_argument("--prompt-format", default="auto", choices=list(get_args(PromptFormat)))
     parser.add_argument(
-        "--utility-max-items",
+        "--max-items",
         type=int,
         default=None,
-        help="evaluate only the first N rows of retain, real_authors and world_facts (original TOFU: 300)",
+        help="evaluate only the first N rows of every split (original TOFU: 300); default: every row",
     )
     parser.add_argument("--dtype", default="auto", choices=list(get_args(DType)), help="weights dtype")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
@@ -72,7 +72,7 @@ def _evaluation(args: argparse.Namespace) -> EvalOptions:
         batch_size=args.eval_batch_size,
         max_length=args.max_length,
         prompt_format=args.prompt_format,
-        utility_max_items=args.utility_max_items,
+        max_items=args.max_items,
     )
 
 

@@ -45,8 +45,9 @@ class EvalOptions:
         batch_size: Questions per evaluation batch.
         max_length: Truncation length of teacher-forced sequences.
         prompt_format: See ``lit_unlearn.data.formatting.PromptFormat``.
-        utility_max_items: Evaluate only the first N rows of retain, real_authors and world_facts (original TOFU: 300
-            on retain); ``None``: every row. The forget rows are the attack's own choice, never capped.
+        max_items: Evaluate only the first N rows of every split (original TOFU: 300, which caps forget10 and
+            retain); ``None``: every row. An attack that evaluates a subset of the forget set (the relearning attack's
+            held-out half) keeps the subset's rows among the first N.
 
     Raises:
         ValueError: a value out of range, named in the message.
@@ -56,15 +57,15 @@ class EvalOptions:
     batch_size: int = 16
     max_length: int = 512
     prompt_format: PromptFormat = "auto"
-    utility_max_items: int | None = None
+    max_items: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EvalOptions.{name} must be a positive integer, got {value!r}.")
-        if self.utility_max_items is not None and self.utility_max_items < 1:
-            raise ValueError(f"EvalOptions.utility_max_items must be ≥ 1 or None, got {self.utility_max_items}.")
+        if self.max_items is not None and self.max_items < 1:
+            raise ValueError(f"EvalOptions.max_items must be ≥ 1 or None, got {self.max_items}.")
 
 
 @dataclass(frozen=True)
@@ -145,30 +146,39 @@ def eval_plan(
     data_dir: str | None = None,
     forget_rows: Sequence[int] | None = None,
 ) -> EvalPlan:
-    """The evaluation plan of an attack: the given forget rows (default: all) and the first rows of the utility splits.
+    """The evaluation plan of an attack: the first ``options.max_items`` rows of every split, and of the forget split
+    only those among ``forget_rows``.
 
     Args:
         forget_split: ``forget01``, ``forget05`` or ``forget10``.
-        options: evaluation settings (``utility_max_items`` caps the utility splits).
+        options: evaluation settings.
         data_dir: TOFU folder (else ``$LIT_UNLEARN_TOFU_DIR``, else the Hub).
-        forget_rows: TOFU row indices of the forget split to evaluate (e.g. the relearning attack's held-out half).
+        forget_rows: TOFU row indices of the forget split to evaluate (e.g. the relearning attack's held-out half);
+            ``None``: every row.
 
     Raises:
-        ValueError: a forget row outside the split.
+        ValueError: a forget row outside the split, or fewer than 2 rows of a split left under the cap.
     """
     rows = {split: load_tofu(tofu_file_of(split, forget_split), data_dir) for split in ATTACK_SPLITS}
     indices: dict[str, tuple[int, ...]] = {}
     for split in ATTACK_SPLITS:
         n = len(rows[split])
-        if split == "forget":
-            chosen = sorted(range(n) if forget_rows is None else forget_rows)
-            outside = [i for i in chosen if not 0 <= i < n]
+        cap = n if options.max_items is None else min(n, options.max_items)
+        chosen = list(range(cap))
+        if split == "forget" and forget_rows is not None:
+            outside = [i for i in forget_rows if not 0 <= i < n]
             if outside:
                 raise ValueError(
-                    f"forget rows {outside[:10]} are not rows of {tofu_file_of(split, forget_split)} ({n})."
+                    f"Forget rows {outside[:10]} are not rows of {tofu_file_of(split, forget_split)} ({n})."
                 )
-        else:
-            chosen = list(range(n if options.utility_max_items is None else min(n, options.utility_max_items)))
+            chosen = sorted(i for i in set(forget_rows) if i < cap)
+        # Forget quality's KS test compares two distributions of per-item values; the evaluator's per-item records also
+        # need more than one item (torchmetrics squeezes one-element states).
+        if len(chosen) < 2:
+            raise ValueError(
+                f"The attack would evaluate {len(chosen)} row(s) of split {split!r} (max_items={options.max_items}); "
+                "it needs at least 2 per split: raise max_items."
+            )
         indices[split] = tuple(chosen)
     return EvalPlan(forget_split, options, rows, indices)
 
@@ -222,8 +232,11 @@ def recovery_ratio(
     """How much of what unlearning removed an attack brings back: ``(attacked − unlearned) / (target − unlearned)``.
 
     0 means the attack changed nothing, 1 that the metric is back at the target model's value (it can exceed 1 or be
-    negative). Undefined, hence None, when unlearning moved the metric by less than ``min_gap`` (the ratio would
-    divide noise by noise) or a value is missing or not finite.
+    negative). Undefined, hence None, when unlearning moved the metric by less than ``min_gap`` or not at all (the
+    ratio would divide noise by noise) or a value is missing or not finite.
+
+    Raises:
+        ValueError: a negative ``min_gap``.
 
     Example:
         >>> recovery_ratio(attacked=0.5, unlearned=0.2, target=0.8, min_gap=1e-3)
@@ -231,11 +244,13 @@ def recovery_ratio(
         >>> recovery_ratio(attacked=0.5, unlearned=0.2, target=0.2005, min_gap=1e-3) is None
         True
     """
+    if not min_gap >= 0:
+        raise ValueError(f"min_gap must be ≥ 0, got {min_gap}.")
     values = (attacked, unlearned, target)
     if any(v is None or not math.isfinite(v) for v in values):
         return None
     gap = target - unlearned
-    if abs(gap) < min_gap:
+    if gap == 0 or abs(gap) < min_gap:
         return None
     return (attacked - unlearned) / gap
 

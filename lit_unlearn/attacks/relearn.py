@@ -416,8 +416,9 @@ class RelearnReport:
             "",
             f"Seed {self.seed}; budgets {', '.join(map(str, self.budgets))} optimiser steps; AdamW lr {s.lr:g} "
             f"(constant), weight decay {s.weight_decay:g}, batch {s.batch_size}, gradient clip {s.max_grad_norm}. "
-            f"Relearn half: {n_rel} rows; every model is evaluated on the other {n_eval} rows of the forget set "
-            f"(forget quality against the retain model on those rows) and on the utility splits. Retain control: "
+            f"Relearn half: {n_rel} rows; every model is evaluated on {self.unlearned.num_forget_items} rows of the "
+            f"other half ({n_eval} rows; forget quality against the retain model on the same rows) and on the "
+            "utility splits. Retain control: "
             f"{len(self.control_rows)} rows of {self.control_split}.",
             "",
             "| arm | steps | forget prob. | forget ROUGE-L | forget truth ratio | forget quality | model utility | "
