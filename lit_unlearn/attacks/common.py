@@ -296,6 +296,18 @@ def check_model_source(value: str, flag: str) -> None:
         raise FileNotFoundError(f"{flag}: {err}") from err
 
 
+def check_eval_source(value: str, flag: str) -> None:
+    """Fail at once, naming ``flag``, when no evaluation file is at ``value``.
+
+    Raises:
+        FileNotFoundError: neither the file nor a folder holding ``eval_items.json`` / ``eval_log_aggregated.json``.
+    """
+    try:
+        resolve_eval_file(value)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{flag}: {err}") from err
+
+
 def fresh_output_dir(path: str | Path) -> Path:
     """Create ``path`` for an attack's results; an existing folder must be empty (results are never overwritten).
 

@@ -37,6 +37,7 @@ from lit_unlearn.attacks.common import (
     EvalOptions,
     EvalPlan,
     Evaluated,
+    check_eval_source,
     check_model_source,
     eval_plan,
     evaluate_model,
@@ -402,6 +403,7 @@ def quantization_attack(
     reference = None
     plan = eval_plan(forget_split, evaluation, data_dir)
     if retain_eval is not None:
+        check_eval_source(retain_eval, "--retain-eval")
         reference = plan.restrict(load_eval(retain_eval)[0], retain_eval)
     out = fresh_output_dir(output_dir)
     torch_device = resolve_device(device)

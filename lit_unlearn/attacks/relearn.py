@@ -35,6 +35,7 @@ from lit_unlearn.attacks.common import (
     EvalOptions,
     EvalPlan,
     Evaluated,
+    check_eval_source,
     check_model_source,
     eval_plan,
     evaluate_model,
@@ -51,7 +52,6 @@ from lit_unlearn.data.evaluation import pad_token_id_of
 from lit_unlearn.data.loaders import seeded_loader
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, forget_authors
 from lit_unlearn.data.tofu import ROWS_PER_AUTHOR, load_tofu
-from lit_unlearn.eval.io import resolve_eval_file
 from lit_unlearn.eval.items import Records
 from lit_unlearn.eval.runner import move_to_device
 from lit_unlearn.models import DType
@@ -460,13 +460,6 @@ def _encode(
     )
 
 
-def _check_eval_source(value: str, flag: str) -> None:
-    try:
-        resolve_eval_file(value)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{flag}: {err}") from err
-
-
 def relearn_attack(
     model: str,
     output_dir: str | Path,
@@ -531,7 +524,7 @@ def relearn_attack(
             check_model_source(value, flag)
     for value, flag in ((target_eval, "--target-eval"), (retain_eval, "--retain-eval")):
         if value is not None:
-            _check_eval_source(value, flag)
+            check_eval_source(value, flag)
 
     halves = split_forget_set(forget_split, settings.seed)
     plan = eval_plan(forget_split, evaluation, data_dir, halves.eval_rows)
