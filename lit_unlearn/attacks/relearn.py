@@ -185,7 +185,7 @@ class RelearnSettings:
             raise ValueError(f"budgets {budgets} hold no positive step count; give e.g. 0 15 30 60.")
         object.__setattr__(self, "budgets", steps)
         object.__setattr__(self, "betas", tuple(self.betas))
-        self.adamw  # validates lr, weight_decay and betas  # noqa: B018
+        AdamWSettings(lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)  # raises on a value out of range
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}.")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:

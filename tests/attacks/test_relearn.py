@@ -266,3 +266,22 @@ def test_relearn_attack_end_to_end(
     with pytest.raises(FileExistsError, match="--output-dir"):
         relearn_attack(paths["unlearned"], out, **kwargs)
     assert len(loads) == before
+
+    # The target and retain models given as their stored evaluations (here: this run's): the same numbers, the same
+    # (seeded, deterministic) attack, and the retain baseline reported as not run.
+    again = relearn_attack(
+        paths["unlearned"],
+        tmp_path / "from_evals",
+        target_eval=str(out / "evals" / "target"),
+        retain_eval=str(out / "evals" / "retain"),
+        forget_split="forget01",
+        settings=settings,
+        evaluation=evaluation,
+        device="cpu",
+        min_gap=0.0,
+    )
+    assert (again.target, again.retain, again.unlearned) == (report.target, report.retain, report.unlearned)
+    assert [arm.name for arm in again.arms] == ["attack", "retain_control"]
+    assert again.arms[0].points[1].metrics == arms["attack"].points[1].metrics
+    assert len(again.notes) == 1
+    assert again.notes[0].startswith("retain baseline not run")
