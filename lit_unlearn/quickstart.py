@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 
 from callbacks import GEffectCallback
+from lit_unlearn.attacks import EvalOptions, QuantSpec, RelearnSettings
+from lit_unlearn.attacks.suite import AttackSuite, SuiteResult, attack_suite
 from lit_unlearn.config_hub import shipped_config, shipped_configs
 from lit_unlearn.data import load_tofu, resolve_tofu_file
 from lit_unlearn.data.tofu import TOFU_DIR_ENV
@@ -39,12 +41,18 @@ from lit_unlearn.models import load_causal_lm, load_tokenizer
 from lit_unlearn.modules.finetune import TINY_CORPUS_SPLITS
 from lit_unlearn.progress import say
 from lit_unlearn.report import readings_of, write_report
+from lit_unlearn.report.robustness import robustness_section
 from lit_unlearn.reproducibility import environment, pin_threads
 
 FORGET_SPLIT = "forget01"
-DEFAULT_METHOD = "tnpo"
-"""The objective docs/results.md found best at this scale (see the README); any shipped tiny config works."""
+DEFAULT_METHOD = "wga"
+"""WGA + GD at lr 1e-3: on the embedded tiny recipe it reaches forget quality ≥ 0.05 with model utility ≥ 0.9 × the
+target's (checked by the slow end-to-end test); any shipped tiny config works."""
 DEFAULT_LR = 1.0e-3
+RELEARN_STEPS = 30
+"""The relearning attack's one budget: 30 steps of batch 8 are 12 passes over the 20-row relearn half."""
+RELEARN_LR = 3.0e-4
+"""The attacker's lr: a tenth of the tiny model's fine-tuning lr (at the full-scale default 1e-5 it barely moves)."""
 
 # Every TOFU file the quickstart reads: fine-tuning data, the tokenizer corpus, the unlearning pool, evaluation.
 NEEDED_SPLITS = tuple(
@@ -91,6 +99,7 @@ class Inputs:
     max_new_tokens: int
     max_items: int | None
     rebuild: bool
+    robustness: bool
 
 
 def _config_text(path_or_name: str, what: str) -> tuple[str, str]:
@@ -185,6 +194,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         max_new_tokens=max_new_tokens,
         max_items=max_items,
         rebuild=args.rebuild,
+        robustness=not args.no_robustness,
     )
 
 
@@ -250,6 +260,34 @@ def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
     )
 
 
+def attack_unlearned(
+    inputs: Inputs, target: Path, target_eval: Path, retain_eval: Path, unlearned: Path
+) -> SuiteResult:
+    """Relearning at one budget and 4-bit quantization of the unlearned model, cached by the attacked weights."""
+    suite = AttackSuite(
+        relearn=RelearnSettings(budgets=(0, RELEARN_STEPS), lr=RELEARN_LR, seed=inputs.seed),
+        quantize=QuantSpec(bits=4),
+        evaluation=EvalOptions(max_new_tokens=inputs.max_new_tokens, batch_size=32, max_items=inputs.max_items),
+        forget_split=FORGET_SPLIT,
+    )
+    _say(f"robustness: relearning ({RELEARN_STEPS} steps) and {suite.quantize.label} quantization of the model")
+    result = attack_suite(
+        suite,
+        unlearned,
+        target,
+        target_eval,
+        retain_eval,
+        out_dir=inputs.output_dir / "robustness",
+        cache_dir=inputs.cache_dir / "robustness",
+        data_dir=inputs.data_dir,
+        data_fingerprint=inputs.data_fingerprint,
+        log=_say,
+    )
+    if result.reused:
+        _say("robustness: same unlearned weights as a cached run; its attack reports are reused")
+    return result
+
+
 # --------------------------------------------------------------------------------------------------------- outputs
 def archive_previous(out: Path) -> Path | None:
     """Move a previous run's results out of the way (into ``out/previous/<time>``) instead of overwriting them."""
@@ -283,6 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-config", default=None, help="fine-tuning config of the target model")
     parser.add_argument("--retain-config", default=None, help="fine-tuning config of the retain model")
     parser.add_argument("--g-effect-every", type=int, default=1, help="measure the G-effect every N steps")
+    parser.add_argument(
+        "--no-robustness", action="store_true", help="skip the relearning and 4-bit quantization attacks"
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild and re-evaluate the cached tiny models")
     return parser
 
@@ -344,6 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log=_say,
     )["summary"]
     eval_s = time.perf_counter() - eval_start
+    attack_start = time.perf_counter()
+    attacks = attack_unlearned(inputs, target, target_eval, retain_eval, run.model_dir) if inputs.robustness else None
+    attack_s = time.perf_counter() - attack_start
 
     method = run.hyperparameters["class"]
     summaries = {"target (before)": target_summary, "retain (oracle)": retain_summary, f"unlearned ({method})": after}
@@ -365,6 +409,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "retain model": str(retain),
         "unlearned model": str(run.model_dir),
         "TensorBoard logs": str(out / "tensorboard"),
+        "robustness attacks": (
+            "skipped (--no-robustness)"
+            if attacks is None
+            else f"relearning {RELEARN_STEPS} steps at lr {RELEARN_LR:g}, int4 per-channel RTN"
+            + (" (reused from the cache: same unlearned weights)" if attacks.reused else "")
+        ),
         **env,
         "total time": f"{total:.0f} s",
     }
@@ -381,6 +431,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"all {FORGET_SPLIT} questions; the retain risk on each step's batch of the regulariser's pool (authors "
             "20-24), which the evaluated retain rows (authors 0-4) never enter."
         ],
+        extra_sections=[]
+        if attacks is None
+        else [
+            robustness_section(
+                attacks.relearn,
+                attacks.quantize,
+                notes=["Reused from the cache: the same unlearned weights were attacked by an earlier run."]
+                if attacks.reused
+                else (),
+            )
+        ],
     )
     summary = {
         "target": target_summary,
@@ -389,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "method": method,
         "what_ran": what_ran,
         "g_effect": {risk: reading.as_dict() for risk, reading in readings.items()},
+        "robustness": None
+        if attacks is None
+        else {"relearn": attacks.relearn, "quantize": attacks.quantize, "reused": attacks.reused},
         "seconds": {
             "total": total,
             "prepare target and retain (parallel)": prepared_s,
@@ -396,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             **{f"{p.name} evaluation": p.eval_seconds for p in prepared.values()},
             "unlearning": run.seconds,
             "unlearned evaluation": eval_s,
+            "robustness attacks": attack_s,
         },
         "environment": env,
         "models": {k: asdict(v) for k, v in prepared.items()},

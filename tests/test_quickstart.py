@@ -112,6 +112,7 @@ def _short(name: str, tmp_path: Path, **trainer: int) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # about 100 s on a quiet 2-core machine: two spawned builds, five evaluations, both attacks
 def test_quickstart_pipeline_on_a_short_recipe(tmp_path: Path, tofu_dir: Path) -> None:
     """The whole job, wired as the README runs it, on recipes cut to a few steps: every file is written and the
     report states each risk's direction as the sign of its realised change."""
@@ -135,6 +136,13 @@ def test_quickstart_pipeline_on_a_short_recipe(tmp_path: Path, tofu_dir: Path) -
         assert f"**{risk} risk {word}**" in report
     for name in ("fq_vs_mu.png", "g_effect_steps.png", "risk_changes.png", "eval_unlearned/eval_items.json"):
         assert (out / name).is_file(), name
+    relearn = summary["robustness"]["relearn"]
+    assert relearn["budgets"] == [0, quickstart.RELEARN_STEPS]
+    assert not set(relearn["halves"]["relearn_rows"]) & set(relearn["halves"]["eval_rows"])
+    assert summary["robustness"]["quantize"]["spec"]["bits"] == 4
+    assert "## Robustness" in report
+    assert f"seed {relearn['seed']}" in report
+    assert (out / "robustness" / "relearn" / "relearn.json").is_file()
 
 
 @pytest.mark.slow
@@ -161,4 +169,7 @@ def test_quickstart_end_to_end_from_an_empty_cache(tmp_path: Path, tofu_dir: Pat
     assert again["seconds"]["retain fine-tuning"] == again["seconds"]["retain evaluation"] == 0.0
     for model in ("target", "retain", "unlearned"):
         assert again[model] == summary[model], model
+    assert again["robustness"]["reused"]
+    assert not summary["robustness"]["reused"]
+    assert again["robustness"]["relearn"]["arms"] == summary["robustness"]["relearn"]["arms"]
     assert (out / "previous").is_dir()  # the first run's files were kept

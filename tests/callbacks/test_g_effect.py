@@ -1,7 +1,6 @@
 """GEffectCallback against independent references: naive float64 dots, finite steps, per-example autograd."""
 
 import copy
-import doctest
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +37,6 @@ from callbacks import (
     load_instance_history,
     load_ranking,
 )
-from callbacks import g_effect as g_effect_module
 from callbacks.g_effect import _smoothed, _StepValues, _with_running_sums
 
 MLP_LAYERS = r"net\.(\d+)\."
@@ -691,13 +689,6 @@ def test_csv_readers_check_the_columns(tmp_path: Path) -> None:
     ranking.write_text("g_effect_forget,measurements\n-0.5,2\n")
     with pytest.raises(ValueError, match="example id columns"):
         load_ranking(ranking)
-
-
-def test_docstring_examples_run() -> None:
-    # The same examples `pytest --doctest-modules callbacks` runs, kept in the default suite.
-    results = doctest.testmod(g_effect_module, raise_on_error=False)
-    assert results.attempted > 0
-    assert results.failed == 0
 
 
 @pytest.mark.parametrize("streaming", [True, False])

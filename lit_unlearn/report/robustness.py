@@ -1,0 +1,154 @@
+"""The robustness section of a report: a relearning attack and a quantization attack on the unlearned model.
+
+Reads the attacks' JSON reports (``RelearnReport.to_json()`` and ``QuantizeReport.to_json()``), so a section can be
+written from results stored on disk. Every verdict follows the measured direction: the attack's recovery ratio
+against the retain-data control (relearning) and against zero (quantization).
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+HEADLINE_METRIC = "probability"
+"""The forget metric the verdicts quote: the answer probability moves continuously, where ROUGE-L of a tiny model's
+greedy answers moves in coarse steps."""
+
+_COLUMNS = (
+    ("forget_probability", "forget prob."),
+    ("forget_rouge_l_recall", "forget ROUGE-L"),
+    ("forget_truth_ratio", "forget truth ratio"),
+    ("forget_quality", "forget quality"),
+    ("model_utility", "model utility"),
+)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
+def _row(label: str, metrics: Mapping[str, Any], recovery: Mapping[str, Any] | None) -> str:
+    cells = [_fmt(metrics.get(key)) for key, _ in _COLUMNS]
+    cells.append(_fmt(recovery.get(HEADLINE_METRIC)) if recovery is not None else "")
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def _header() -> list[str]:
+    names = [name for _, name in _COLUMNS] + [f"recovery ({HEADLINE_METRIC})"]
+    return ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+
+
+def _last_point(relearn: Mapping[str, Any], arm: str) -> Mapping[str, Any] | None:
+    for result in relearn["arms"]:
+        if result["name"] == arm:
+            return result["points"][-1]
+    return None
+
+
+def relearn_verdict(attack: float | None, control: float | None, steps: int) -> str:
+    """One line on the relearning attack: does fine-tuning on forget data bring back more than the control does?
+
+    Args:
+        attack: recovery ratio of the attack (unlearned model fine-tuned on the relearn half).
+        control: recovery ratio of the retain-data control (the same steps on retain rows).
+        steps: the optimiser steps both took.
+
+    Example:
+        >>> relearn_verdict(0.6, 0.1, 30)[:62]
+        'After 30 steps, relearning on half of the forget set brings ba'
+    """
+    if attack is None or control is None:
+        return "No recovery ratio: unlearning moved the forget answer probability too little to divide by."
+    if attack > control:
+        return (
+            f"After {steps} steps, relearning on half of the forget set brings back {100 * attack:.0f} % of what "
+            f"unlearning removed on the other half, against {100 * control:.0f} % for the same fine-tuning on retain "
+            "rows: the held-out answers return faster than generic fine-tuning restores them, so the knowledge was "
+            "suppressed rather than erased."
+        )
+    return (
+        f"After {steps} steps, relearning on half of the forget set brings back {100 * attack:.0f} % of what "
+        f"unlearning removed on the other half, no more than the {100 * control:.0f} % of the same fine-tuning on "
+        "retain rows: no sign at this budget that the held-out answers are latent."
+    )
+
+
+def quantize_verdict(recovery: float | None, label: str, changed_fraction: float | None) -> str:
+    """One line on the quantization attack: does rounding the unlearned weights move them back to the target?
+
+    Example:
+        >>> quantize_verdict(-0.02, "int4-channel-sym", 0.001)[:45]
+        'int4-channel-sym round-to-nearest quantizatio'
+    """
+    codes = (
+        f" Unlearning changed {100 * changed_fraction:.3g} % of the integer codes."
+        if changed_fraction is not None
+        else ""
+    )
+    if recovery is None:
+        return f"No recovery ratio for {label}: unlearning moved the forget answer probability too little.{codes}"
+    direction = "back towards the target" if recovery > 0 else "not back towards the target"
+    return (
+        f"{label} round-to-nearest quantization of the unlearned model moves the forget answer probability "
+        f"{direction} (recovery {recovery:.3g}; 0 nothing back, 1 all the way).{codes}"
+    )
+
+
+def robustness_section(relearn: Mapping[str, Any], quantize: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
+    """Markdown of the robustness section from the two attacks' JSON reports.
+
+    Args:
+        relearn: ``RelearnReport.to_json()``.
+        quantize: ``QuantizeReport.to_json()`` (with a target, for the recovery ratio and the code changes).
+        notes: extra lines (e.g. that the results were reused from the cache).
+
+    Returns:
+        The section, starting with its ``##`` heading.
+    """
+    attack, control = _last_point(relearn, "attack"), _last_point(relearn, "retain_control")
+    if attack is None or control is None:
+        raise ValueError("The relearning report holds no 'attack' or 'retain_control' arm; rerun the attack.")
+    settings, halves = relearn["settings"], relearn["halves"]
+    steps = attack["steps"]
+    lines = [
+        "## Robustness: does the forgotten knowledge come back?",
+        "",
+        f"**Relearning** (docs/attacks.md): {relearn['forget_split']} split 50/50 per author (seed {relearn['seed']}); "
+        f"{steps} AdamW steps (lr {settings['lr']:g}, batch {settings['batch_size']}) on the "
+        f"{len(halves['relearn_rows'])}-row relearn half, and as a control the same steps on "
+        f"{len(relearn['control_rows'])} rows of {relearn['control_split']}; every model evaluated on the other "
+        f"{len(halves['eval_rows'])} rows (forget quality against the retain model on those rows). Recovery = "
+        "(attacked − unlearned) / (target − unlearned).",
+        "",
+        *_header(),
+        _row("target", relearn["target"], None),
+        _row("unlearned", relearn["unlearned"], None),
+        _row(f"unlearned + {steps} steps on the relearn half", attack["metrics"], attack["recovery"]),
+        _row(f"unlearned + {steps} steps on retain rows (control)", control["metrics"], control["recovery"]),
+        "",
+        relearn_verdict(attack["recovery"].get(HEADLINE_METRIC), control["recovery"].get(HEADLINE_METRIC), steps),
+    ]
+    label = quantize["spec"]["label"]
+    metrics = quantize["metrics"]
+    changes = quantize.get("code_changes")
+    lines += [
+        "",
+        f"**Quantization**: weight-only {label} round-to-nearest (every linear layer but the output head) of the "
+        f"target and the unlearned model, evaluated on all {quantize['forget_split']} rows. It approximates the "
+        "published 4-bit attack, which used bitsandbytes' FP4 and LLM.int8() (docs/attacks.md).",
+        "",
+        *_header(),
+        *[
+            _row(name, metrics[name], quantize["recovery"] if name == "Q(unlearned)" else None)
+            for name in ("target", "Q(target)", "unlearned", "Q(unlearned)")
+            if name in metrics
+        ],
+        "",
+        quantize_verdict(
+            (quantize.get("recovery") or {}).get(HEADLINE_METRIC),
+            label,
+            changes["fraction"] if changes is not None else None,
+        ),
+    ]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines)
