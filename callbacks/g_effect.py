@@ -1200,8 +1200,9 @@ class GEffectCallback(Callback):
         risks = list(dict.fromkeys(r["risk"] for r in history))
         fine = list(dict.fromkeys(r["group"] for r in history if r["level"] == "group"))
         coarse = list(dict.fromkeys(r["group"] for r in history if r["level"] == "coarse"))
-        # Many fine groups make an unreadable plot: fall back to the coarse groups (plus the non-block groups).
-        shown = [g for g in fine if not g.startswith("layer_")] + coarse if len(fine) > 12 and coarse else fine[:12]
+        # The coarse depth groups (shallow/middle/deep, plus the non-block groups) when measured: they are what the
+        # paper plots, and many fine groups make an unreadable figure.
+        shown = [g for g in fine if not g.startswith("layer_")] + coarse if coarse else fine[:12]
         weight = self.plot_smoothing
 
         def curve(ax: Any, pts: list[tuple[int, float]], **style: Any) -> None:
@@ -1230,21 +1231,30 @@ class GEffectCallback(Callback):
             ax.axhline(0.0, color="grey", linewidth=0.5)
             smoothing = f" (EMA {weight} of the plotted series)" if weight is not None else ""
             ax.set_title(f"G-effect on the {risk} risk{smoothing}")
-            ax.set_xlabel("step")
+            ax.set_xlabel("optimiser step")
+            ax.set_ylabel("G-effect e = ∇R·∇L")
             ax.legend(fontsize=7, ncol=2)
             totals = [r for r in mine if r["level"] == "total" and r["term"] == "total"]
-            for key, label in [
-                ("cumulative_predicted_change", "predicted (−Σ η e)"),
-                ("cumulative_realised_change", "realised"),
-                ("cumulative_update_change", "predicted (∇R·Δθ)"),
+            # The raw-gradient prediction gets its own right axis: under Adam it can be orders of magnitude smaller
+            # than the realised change and would be a flat line at zero on a shared axis.
+            handles = []
+            for axis, key, label, color in [
+                (ax_cum, "cumulative_realised_change", "realised", "black"),
+                (ax_cum, "cumulative_update_change", "predicted (∇R·Δθ)", "tab:blue"),
+                (None, "cumulative_predicted_change", "predicted (−Σ η e), right axis", "tab:orange"),
             ]:
                 pts = [(r["step"], r[key]) for r in totals if r[key] is not None]
                 if pts:
+                    if axis is None:
+                        axis = ax_cum.twinx()
+                        axis.set_ylabel("−Σ η e (risk units)", color=color)
                     xs, ys = zip(*pts, strict=True)
-                    ax_cum.plot(xs, ys, label=label)
+                    handles += axis.plot(xs, ys, label=label, color=color)
             ax_cum.set_title(f"cumulative change of the {risk} risk")
-            ax_cum.set_xlabel("step")
-            ax_cum.legend(fontsize=7)
+            ax_cum.set_xlabel("optimiser step")
+            ax_cum.set_ylabel("cumulative risk change")
+            if handles:
+                ax_cum.legend(handles=handles, fontsize=7)
         tmp = path.with_name(f".{path.name}.tmp")
         fig.savefig(tmp, format="png", dpi=110)
         os.replace(tmp, path)
