@@ -47,6 +47,9 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
             # Called from Python (quickstart, tests, benchmarks): the process's own argv belongs to its caller, so
             # Lightning's "args and sys.argv both given" warning is expected here. sys.argv itself is left alone.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        # Lightning 2.6 builds torch's LeafSpec, which torch 2.13 deprecates: once per batch transfer, about
+        # Lightning's own code, nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         return LitUnlearnCLI(
             LightningModule,
             LightningDataModule,

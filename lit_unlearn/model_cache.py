@@ -9,7 +9,6 @@ same kind of CPU gives the same bytes, whatever the machine's core count or the 
 """
 
 import hashlib
-import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from lit_unlearn.eval.runner import evaluate
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.lightning_cli import run_lightning_cli
 from lit_unlearn.models import load_causal_lm, load_tokenizer
-from lit_unlearn.progress import say
+from lit_unlearn.progress import quiet_libraries, say
 from lit_unlearn.reproducibility import pin_threads
 
 THREADS = 1
@@ -95,6 +94,33 @@ def _recipe_key(job: ModelJob) -> str:
     )
 
 
+def _model_is_cached(job: ModelJob) -> bool:
+    out_dir = Path(job.cache_dir) / job.name
+    stamp = out_dir / "recipe.sha256"
+    return (
+        not job.rebuild
+        and stamp.is_file()
+        and stamp.read_text() == _recipe_key(job)
+        and (out_dir / "config.json").is_file()
+    )
+
+
+def _eval_key(job: ModelJob, model_dir: Path, forget_split: str) -> str:
+    return digest(
+        (model_dir / "recipe.sha256").read_text(),
+        forget_split,
+        str(job.max_new_tokens),
+        str(job.max_items),
+        str(FORMAT_VERSION),
+        str(RECIPE_VERSION),
+    )
+
+
+def _eval_is_cached(job: ModelJob, model_dir: Path, forget_split: str) -> bool:
+    stamp = model_dir / f"eval_{forget_split}" / "eval.sha256"
+    return not job.rebuild and stamp.is_file() and stamp.read_text() == _eval_key(job, model_dir, forget_split)
+
+
 def ensure_finetuned(job: ModelJob, run: Callable[[list[str]], Any] = run_lightning_cli) -> tuple[Path, float]:
     """Fine-tune the model unless the cache holds one from the same recipe.
 
@@ -104,7 +130,7 @@ def ensure_finetuned(job: ModelJob, run: Callable[[list[str]], Any] = run_lightn
     cache = Path(job.cache_dir)
     out_dir, stamp = cache / job.name, cache / job.name / "recipe.sha256"
     key = _recipe_key(job)
-    if not job.rebuild and stamp.is_file() and stamp.read_text() == key and (out_dir / "config.json").is_file():
+    if _model_is_cached(job):
         say("reusing the cached model (same recipe, data, torch and threads)", job.name)
         return out_dir, 0.0
     cache.mkdir(parents=True, exist_ok=True)
@@ -145,15 +171,8 @@ def ensure_evaluated(job: ModelJob, model_dir: Path, forget_split: str) -> tuple
     """
     eval_dir = model_dir / f"eval_{forget_split}"
     stamp = eval_dir / "eval.sha256"
-    key = digest(
-        (model_dir / "recipe.sha256").read_text(),
-        forget_split,
-        str(job.max_new_tokens),
-        str(job.max_items),
-        str(FORMAT_VERSION),
-        str(RECIPE_VERSION),
-    )
-    if not job.rebuild and stamp.is_file() and stamp.read_text() == key:
+    key = _eval_key(job, model_dir, forget_split)
+    if _eval_is_cached(job, model_dir, forget_split):
         say(f"reusing its cached {forget_split} evaluation", job.name)
         return eval_dir, 0.0
     stamp.unlink(missing_ok=True)
@@ -177,8 +196,7 @@ def ensure_evaluated(job: ModelJob, model_dir: Path, forget_split: str) -> tuple
 def prepare_model(job: ModelJob) -> PreparedModel:
     """Build and evaluate one model on a pinned thread (the body of each parallel process)."""
     pin_threads(THREADS)
-    # Lightning's start-up banners from several processes would bury the progress lines.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    quiet_libraries()
     model_dir, fit_seconds = ensure_finetuned(job)
     eval_dirs, eval_seconds = {}, 0.0
     for split in job.evaluations:
@@ -190,8 +208,14 @@ def prepare_model(job: ModelJob) -> PreparedModel:
 
 def prepare_models(jobs: Sequence[ModelJob], workers: int = 2) -> dict[str, PreparedModel]:
     """Run the jobs side by side, ``workers`` spawned processes at a time (spawn: never fork a process that already
-    runs torch), one pinned thread each."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
-        results = list(pool.map(prepare_model, jobs))
+    runs torch), one pinned thread each. Jobs whose model and evaluations are all cached are answered here, without
+    a process: starting one costs seconds of imports, most of a cached run's start-up."""
+    ready = [job for job in jobs if _model_is_cached(job)]
+    ready = [j for j in ready if all(_eval_is_cached(j, Path(j.cache_dir) / j.name, s) for s in j.evaluations)]
+    results = [prepare_model(job) for job in ready]
+    todo = [job for job in jobs if job not in ready]
+    if todo:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            results += list(pool.map(prepare_model, todo))
     return {r.name: r for r in results}

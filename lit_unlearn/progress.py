@@ -4,15 +4,24 @@ Lightning's progress bars redraw one terminal line; two processes training side 
 target and retain models in parallel) would overwrite each other's bars. One prefixed line per epoch reads cleanly.
 """
 
+import logging
 import time
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from transformers.utils import logging as hf_logging
 from typing_extensions import override
 
 
 def say(message: str, who: str = "lit-unlearn") -> None:
     """Print one progress line, ``[who HH:MM:SS] message``, flushed at once (output shared with other processes)."""
     print(f"[{who} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def quiet_libraries() -> None:
+    """Silence Lightning's start-up banners and transformers' weight-loading bars in this process: a run that loads
+    a dozen models, or builds two side by side, would otherwise bury its own progress lines under theirs."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
 
 
 class EpochProgress(Callback):

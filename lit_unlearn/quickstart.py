@@ -39,7 +39,7 @@ from lit_unlearn.lightning_cli import run_lightning_cli
 from lit_unlearn.model_cache import THREADS, ModelJob, prepare_models, tofu_fingerprint
 from lit_unlearn.models import load_causal_lm, load_tokenizer
 from lit_unlearn.modules.finetune import TINY_CORPUS_SPLITS
-from lit_unlearn.progress import say
+from lit_unlearn.progress import quiet_libraries, say
 from lit_unlearn.report import readings_of, write_report
 from lit_unlearn.report.robustness import robustness_section
 from lit_unlearn.reproducibility import environment, pin_threads
@@ -51,6 +51,9 @@ target's (checked by the slow end-to-end test); any shipped tiny config works.""
 DEFAULT_LR = 1.0e-3
 RELEARN_STEPS = 30
 """The relearning attack's one budget: 30 steps of batch 8 are 12 passes over the 20-row relearn half."""
+ATTACK_ROWS = 40
+"""Rows per split the attacks evaluate: all 40 of forget01 and the first 40 of each utility split; nine evaluations
+of every row would double the quickstart's time."""
 RELEARN_LR = 3.0e-4
 """The attacker's lr: a tenth of the tiny model's fine-tuning lr (at the full-scale default 1e-5 it barely moves)."""
 
@@ -227,6 +230,7 @@ def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
         f"--model.evaluation.retain_eval_path={retain_eval}",
         f"--data.data_dir={inputs.data_dir}",
         "--trainer.limit_val_batches=0",
+        "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={out / 'tensorboard'}",
         "--trainer.callbacks+=callbacks.GEffectCallback",
         f"--trainer.callbacks.every_n_steps={inputs.g_effect_every}",
@@ -261,13 +265,14 @@ def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
 
 
 def attack_unlearned(
-    inputs: Inputs, target: Path, target_eval: Path, retain_eval: Path, unlearned: Path
+    inputs: Inputs, target: Path, target_eval: Path, retain: Path, retain_eval: Path, unlearned: Path
 ) -> SuiteResult:
-    """Relearning at one budget and 4-bit quantization of the unlearned model, cached by the attacked weights."""
+    """Relearning at one budget (with the retain-data control and the retain-model baseline) and 4-bit quantization
+    of the unlearned model, cached by the attacked weights."""
     suite = AttackSuite(
         relearn=RelearnSettings(budgets=(0, RELEARN_STEPS), lr=RELEARN_LR, seed=inputs.seed),
         quantize=QuantSpec(bits=4),
-        evaluation=EvalOptions(max_new_tokens=inputs.max_new_tokens, batch_size=32, max_items=inputs.max_items),
+        evaluation=EvalOptions(max_new_tokens=inputs.max_new_tokens, batch_size=32, max_items=ATTACK_ROWS),
         forget_split=FORGET_SPLIT,
     )
     _say(f"robustness: relearning ({RELEARN_STEPS} steps) and {suite.quantize.label} quantization of the model")
@@ -276,6 +281,7 @@ def attack_unlearned(
         unlearned,
         target,
         target_eval,
+        retain,
         retain_eval,
         out_dir=inputs.output_dir / "robustness",
         cache_dir=inputs.cache_dir / "robustness",
@@ -338,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lit-unlearn quickstart: error: {err}", file=sys.stderr)
         return 2
     pin_threads(THREADS)
+    quiet_libraries()
     out = inputs.output_dir
     previous = archive_previous(out)
     if previous is not None:
@@ -386,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )["summary"]
     eval_s = time.perf_counter() - eval_start
     attack_start = time.perf_counter()
-    attacks = attack_unlearned(inputs, target, target_eval, retain_eval, run.model_dir) if inputs.robustness else None
+    attacks = (
+        attack_unlearned(inputs, target, target_eval, retain, retain_eval, run.model_dir) if inputs.robustness else None
+    )
     attack_s = time.perf_counter() - attack_start
 
     method = run.hyperparameters["class"]
@@ -412,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "robustness attacks": (
             "skipped (--no-robustness)"
             if attacks is None
-            else f"relearning {RELEARN_STEPS} steps at lr {RELEARN_LR:g}, int4 per-channel RTN"
+            else f"relearning {RELEARN_STEPS} steps at lr {RELEARN_LR:g} with a retain-data control and a retain-model "
+            f"baseline; int4 per-channel RTN; {ATTACK_ROWS} rows per split"
             + (" (reused from the cache: same unlearned weights)" if attacks.reused else "")
         ),
         **env,

@@ -2,10 +2,14 @@
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+from lit_unlearn.config_hub import shipped_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,3 +99,23 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def short_config(tmp_path: Path) -> Callable[..., str]:
+    """Write a shipped tiny config cut to a few steps and a few evaluated rows into ``tmp_path``; returns its path.
+
+    Called as ``short_config("tofu_tiny/wga", max_epochs=1, limit_train_batches=3)`` (trainer overrides).
+    """
+
+    def write(name: str, **trainer: int) -> str:
+        raw = yaml.safe_load(shipped_config(name).read_text())
+        raw["trainer"].update(trainer)
+        evaluation = raw["model"]["init_args"].get("evaluation")
+        if evaluation is not None:
+            evaluation.update(max_items=3, max_new_tokens=4)
+        path = tmp_path / f"{name.replace('/', '_')}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return str(path)
+
+    return write

@@ -1,9 +1,11 @@
 """Packaging: the wheel ships every package and every config, and an installed copy finds its configs anywhere."""
 
+import json
 import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,37 @@ def test_installed_wheel_lists_configs_from_any_directory(wheel: Path, tmp_path:
         [sys.executable, "-m", "lit_unlearn", "configs"], cwd=work, env=env, check=True, capture_output=True, text=True
     )
     assert [line.split()[0] for line in listed.stdout.splitlines()] == CONFIG_FILES
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_the_quickstart_from_any_directory(
+    wheel: Path, tmp_path: Path, tofu_dir: Path, short_config: Callable[..., str]
+) -> None:
+    env, work = _installed_env(wheel, tmp_path)
+    recipes = [
+        *("--target-config", short_config("tofu_tiny/finetune_target", max_epochs=1, limit_train_batches=2)),
+        *("--retain-config", short_config("tofu_tiny/finetune_retain", max_epochs=1, limit_train_batches=2)),
+        *("--unlearn-config", short_config("tofu_tiny/wga", max_epochs=1, limit_train_batches=2)),
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_unlearn",
+            "quickstart",
+            "--output-dir",
+            "out",
+            "--data-dir",
+            str(tofu_dir),
+            *recipes,
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((work / "out" / "summary.json").read_text())
+    assert summary["unlearned"]["model_utility"] is not None
+    assert (work / "outputs" / "tofu_tiny" / "target" / "model.safetensors").is_file()  # the default cache, here

@@ -2,13 +2,12 @@
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lit_unlearn import quickstart
-from lit_unlearn.config_hub import shipped_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,28 +99,18 @@ def test_previous_results_are_moved_not_overwritten(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-def _short(name: str, tmp_path: Path, **trainer: int) -> str:
-    """A shipped tiny config cut to a few steps and a few evaluated rows, written to ``tmp_path``."""
-    raw = yaml.safe_load(shipped_config(name).read_text())
-    raw["trainer"].update(trainer)
-    evaluation = raw["model"]["init_args"].get("evaluation")
-    if evaluation is not None:
-        evaluation.update(max_items=3, max_new_tokens=4)
-    path = tmp_path / f"{name.replace('/', '_')}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
 @pytest.mark.slow  # about 100 s on a quiet 2-core machine: two spawned builds, five evaluations, both attacks
-def test_quickstart_pipeline_on_a_short_recipe(tmp_path: Path, tofu_dir: Path) -> None:
+def test_quickstart_pipeline_on_a_short_recipe(
+    tmp_path: Path, tofu_dir: Path, short_config: Callable[..., str]
+) -> None:
     """The whole job, wired as the README runs it, on recipes cut to a few steps: every file is written and the
     report states each risk's direction as the sign of its realised change."""
     out = tmp_path / "out"
     argv = [
         "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(tofu_dir),
-        "--target-config", _short("tofu_tiny/finetune_target", tmp_path, max_epochs=1, limit_train_batches=2),
-        "--retain-config", _short("tofu_tiny/finetune_retain", tmp_path, max_epochs=1, limit_train_batches=2),
-        "--unlearn-config", _short("tofu_tiny/wga", tmp_path, max_epochs=1, limit_train_batches=3),
+        "--target-config", short_config("tofu_tiny/finetune_target", max_epochs=1, limit_train_batches=2),
+        "--retain-config", short_config("tofu_tiny/finetune_retain", max_epochs=1, limit_train_batches=2),
+        "--unlearn-config", short_config("tofu_tiny/wga", max_epochs=1, limit_train_batches=3),
     ]  # fmt: skip
     assert quickstart.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())

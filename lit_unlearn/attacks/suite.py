@@ -63,11 +63,14 @@ def _weights_digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def suite_key(suite: AttackSuite, unlearned: Path, target: Path, retain_eval: Path, data_fingerprint: str) -> str:
-    """Cache key: both models' weights, the retain model's evaluation, the data, the settings and the torch build."""
+def suite_key(
+    suite: AttackSuite, unlearned: Path, target: Path, retain: Path, retain_eval: Path, data_fingerprint: str
+) -> str:
+    """Cache key: the three models' weights, the retain model's evaluation, the data, the settings, the torch build."""
     parts = [
         _weights_digest(unlearned),
         _weights_digest(target),
+        _weights_digest(retain),
         hashlib.sha256((retain_eval / "eval_items.json").read_bytes()).hexdigest(),
         data_fingerprint,
         json.dumps(asdict(suite), sort_keys=True, default=str),
@@ -82,6 +85,7 @@ def attack_suite(
     unlearned: Path,
     target: Path,
     target_eval: Path,
+    retain: Path,
     retain_eval: Path,
     out_dir: Path,
     cache_dir: Path,
@@ -96,6 +100,7 @@ def attack_suite(
         unlearned: the unlearned model's folder.
         target: the target model's folder (quantized beside the unlearned one).
         target_eval: the target's stored evaluation on the forget split (the relearning attack's target numbers).
+        retain: the retain model's folder: the relearning attack's retain-model baseline starts from it.
         retain_eval: the retain model's stored evaluation (forget quality's reference).
         out_dir: where ``relearn/`` and ``quantize/`` are written (must not hold them yet).
         cache_dir: the attacks' cache (``<cache_dir>/<key>/``).
@@ -106,7 +111,7 @@ def attack_suite(
     Returns:
         Both reports, read back from ``out_dir``.
     """
-    key = suite_key(suite, unlearned, target, retain_eval, data_fingerprint)
+    key = suite_key(suite, unlearned, target, retain, retain_eval, data_fingerprint)
     cached = cache_dir / key
     # Written last: an interrupted run leaves no entry that looks complete. The reports' evaluation paths point into
     # the cache entry, which stays where it is.
@@ -118,7 +123,7 @@ def attack_suite(
             str(unlearned),
             cached / "relearn",
             target_eval=str(target_eval),
-            retain_eval=str(retain_eval),
+            retain=str(retain),
             forget_split=suite.forget_split,
             settings=suite.relearn,
             evaluation=suite.evaluation,

@@ -38,6 +38,11 @@ def _header() -> list[str]:
     return ["| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
 
 
+def _utility_rows(report: Mapping[str, Any]) -> str:
+    cap = report["evaluation"].get("max_items")
+    return f" Model utility over the first {cap} rows of each utility split." if cap else ""
+
+
 def _last_point(relearn: Mapping[str, Any], arm: str) -> Mapping[str, Any] | None:
     for result in relearn["arms"]:
         if result["name"] == arm:
@@ -45,40 +50,62 @@ def _last_point(relearn: Mapping[str, Any], arm: str) -> Mapping[str, Any] | Non
     return None
 
 
-def relearn_verdict(attack: float | None, control: float | None, steps: int) -> str:
-    """One line on the relearning attack: does fine-tuning on forget data bring back more than the control does?
+NEGLIGIBLE = 0.05
+"""Recovery ratios closer to 0 than this are read as "nothing came back" (a twentieth of what unlearning removed)."""
+
+
+def relearn_verdict(attack: float | None, control: float | None, baseline: float | None, steps: int) -> str:
+    """What the relearning attack shows, judged against its two controls.
+
+    The retain-data control tells whether generic fine-tuning alone undoes unlearning; the retain-model baseline
+    (the retain model, which never saw the forget authors, fine-tuned on the same relearn half) tells how much of the
+    held-out half the relearn half teaches by itself, since one author's questions share facts. Only recovery beyond
+    both is evidence that the knowledge was still in the weights.
 
     Args:
-        attack: recovery ratio of the attack (unlearned model fine-tuned on the relearn half).
-        control: recovery ratio of the retain-data control (the same steps on retain rows).
-        steps: the optimiser steps both took.
+        attack: recovery ratio of the unlearned model fine-tuned on the relearn half.
+        control: recovery ratio of the unlearned model fine-tuned on as many retain rows.
+        baseline: recovery ratio of the retain model fine-tuned on the relearn half; None when not run.
+        steps: the optimiser steps each arm took.
 
     Example:
-        >>> relearn_verdict(0.6, 0.1, 30)[:62]
-        'After 30 steps, relearning on half of the forget set brings ba'
+        >>> relearn_verdict(0.6, 0.1, 0.2, 30).split(": ")[-1]
+        'the knowledge was suppressed rather than erased.'
     """
     if attack is None or control is None:
         return "No recovery ratio: unlearning moved the forget answer probability too little to divide by."
-    if attack > control:
-        return (
-            f"After {steps} steps, relearning on half of the forget set brings back {100 * attack:.0f} % of what "
-            f"unlearning removed on the other half, against {100 * control:.0f} % for the same fine-tuning on retain "
-            "rows: the held-out answers return faster than generic fine-tuning restores them, so the knowledge was "
-            "suppressed rather than erased."
-        )
-    return (
-        f"After {steps} steps, relearning on half of the forget set brings back {100 * attack:.0f} % of what "
-        f"unlearning removed on the other half, no more than the {100 * control:.0f} % of the same fine-tuning on "
-        "retain rows: no sign at this budget that the held-out answers are latent."
+    facts = (
+        f"After {steps} steps on half of the forget set, the unlearned model recovers {100 * attack:.0f} % of what "
+        f"unlearning removed on the other half: the same steps on retain rows recover {100 * control:.0f} %"
     )
+    if baseline is None:
+        facts += (
+            ". The retain-model baseline was not run, so this cannot separate knowledge left in the weights from what "
+            "the relearn half teaches about the held-out half."
+        )
+        return facts
+    facts += (
+        f", and the retain model, which never saw these authors, reaches {100 * baseline:.0f} % from the same half. "
+    )
+    if attack > max(control, baseline) + NEGLIGIBLE:
+        return facts + (
+            "The unlearned model regains more than the relearn half teaches a model that never knew the answers: the "
+            "knowledge was suppressed rather than erased."
+        )
+    if attack > control + NEGLIGIBLE:
+        return facts + (
+            "It regains more than under generic fine-tuning, but no more than a model that never knew the answers "
+            "learns from the relearn half: no sign that the knowledge is latent."
+        )
+    return facts + "It regains no more than under generic fine-tuning: no sign that the knowledge is latent."
 
 
 def quantize_verdict(recovery: float | None, label: str, changed_fraction: float | None) -> str:
     """One line on the quantization attack: does rounding the unlearned weights move them back to the target?
 
     Example:
-        >>> quantize_verdict(-0.02, "int4-channel-sym", 0.001)[:45]
-        'int4-channel-sym round-to-nearest quantizatio'
+        >>> quantize_verdict(-0.02, "int4-channel-sym", 0.001).split(" (")[0]
+        'int4-channel-sym round-to-nearest quantization leaves the forget answers where unlearning put them'
     """
     codes = (
         f" Unlearning changed {100 * changed_fraction:.3g} % of the integer codes."
@@ -87,10 +114,15 @@ def quantize_verdict(recovery: float | None, label: str, changed_fraction: float
     )
     if recovery is None:
         return f"No recovery ratio for {label}: unlearning moved the forget answer probability too little.{codes}"
-    direction = "back towards the target" if recovery > 0 else "not back towards the target"
+    if abs(recovery) < NEGLIGIBLE:
+        effect = "leaves the forget answers where unlearning put them"
+    elif recovery > 0:
+        effect = "moves the forget answers back towards the target"
+    else:
+        effect = "moves the forget answers further from the target"
     return (
-        f"{label} round-to-nearest quantization of the unlearned model moves the forget answer probability "
-        f"{direction} (recovery {recovery:.3g}; 0 nothing back, 1 all the way).{codes}"
+        f"{label} round-to-nearest quantization {effect} (recovery of the answer probability {recovery:.3g}; 0 nothing "
+        f"back, 1 all the way).{codes}"
     )
 
 
@@ -106,6 +138,7 @@ def robustness_section(relearn: Mapping[str, Any], quantize: Mapping[str, Any], 
         The section, starting with its ``##`` heading.
     """
     attack, control = _last_point(relearn, "attack"), _last_point(relearn, "retain_control")
+    baseline = _last_point(relearn, "retain_baseline")
     if attack is None or control is None:
         raise ValueError("The relearning report holds no 'attack' or 'retain_control' arm; rerun the attack.")
     settings, halves = relearn["settings"], relearn["halves"]
@@ -118,15 +151,27 @@ def robustness_section(relearn: Mapping[str, Any], quantize: Mapping[str, Any], 
         f"{len(halves['relearn_rows'])}-row relearn half, and as a control the same steps on "
         f"{len(relearn['control_rows'])} rows of {relearn['control_split']}; every model evaluated on the other "
         f"{len(halves['eval_rows'])} rows (forget quality against the retain model on those rows). Recovery = "
-        "(attacked − unlearned) / (target − unlearned).",
+        "(attacked − unlearned) / (target − unlearned), one seed." + _utility_rows(relearn),
         "",
         *_header(),
         _row("target", relearn["target"], None),
         _row("unlearned", relearn["unlearned"], None),
         _row(f"unlearned + {steps} steps on the relearn half", attack["metrics"], attack["recovery"]),
         _row(f"unlearned + {steps} steps on retain rows (control)", control["metrics"], control["recovery"]),
+        _row("retain", relearn["retain"], None),
+    ]
+    if baseline is not None:
+        lines.append(
+            _row(f"retain + {steps} steps on the relearn half (baseline)", baseline["metrics"], baseline["recovery"])
+        )
+    lines += [
         "",
-        relearn_verdict(attack["recovery"].get(HEADLINE_METRIC), control["recovery"].get(HEADLINE_METRIC), steps),
+        relearn_verdict(
+            attack["recovery"].get(HEADLINE_METRIC),
+            control["recovery"].get(HEADLINE_METRIC),
+            baseline["recovery"].get(HEADLINE_METRIC) if baseline is not None else None,
+            steps,
+        ),
     ]
     label = quantize["spec"]["label"]
     metrics = quantize["metrics"]
@@ -135,7 +180,8 @@ def robustness_section(relearn: Mapping[str, Any], quantize: Mapping[str, Any], 
         "",
         f"**Quantization**: weight-only {label} round-to-nearest (every linear layer but the output head) of the "
         f"target and the unlearned model, evaluated on all {quantize['forget_split']} rows. It approximates the "
-        "published 4-bit attack, which used bitsandbytes' FP4 and LLM.int8() (docs/attacks.md).",
+        "published 4-bit attack, which used bitsandbytes' FP4 and LLM.int8() (docs/attacks.md)."
+        + _utility_rows(quantize),
         "",
         *_header(),
         *[

@@ -47,7 +47,7 @@ def test_reports_are_reused_for_the_same_weights_only(tmp_path: Path, calls: lis
 
     def run(out: str) -> suite_module.SuiteResult:
         return attack_suite(
-            SUITE, unlearned, target, tmp_path, retain_eval, tmp_path / out, tmp_path / "cache", "data", "fp"
+            SUITE, unlearned, target, tmp_path, target, retain_eval, tmp_path / out, tmp_path / "cache", "data", "fp"
         )
 
     first = run("out1")
@@ -71,7 +71,7 @@ def test_an_interrupted_entry_is_not_reused(tmp_path: Path, calls: list[str], mo
     retain_eval = tmp_path / "retain_eval"
     retain_eval.mkdir()
     (retain_eval / "eval_items.json").write_text("{}")
-    args = (SUITE, unlearned, target, tmp_path, retain_eval)
+    args = (SUITE, unlearned, target, tmp_path, target, retain_eval)
     working = suite_module.quantization_attack
 
     def killed(*a: Any, **k: Any) -> None:
@@ -88,4 +88,4 @@ def test_an_interrupted_entry_is_not_reused(tmp_path: Path, calls: list[str], mo
 
 def test_a_model_without_safetensors_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
-        attack_suite(SUITE, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "o", tmp_path / "c", "d", "f")
+        attack_suite(SUITE, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "o", tmp_path / "c", "d", "f")
