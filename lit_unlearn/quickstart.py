@@ -272,7 +272,12 @@ def attack_unlearned(
     suite = AttackSuite(
         relearn=RelearnSettings(budgets=(0, RELEARN_STEPS), lr=RELEARN_LR, seed=inputs.seed),
         quantize=QuantSpec(bits=4),
-        evaluation=EvalOptions(max_new_tokens=inputs.max_new_tokens, batch_size=32, max_items=ATTACK_ROWS),
+        # Never beyond the cap of the stored target evaluation the relearning attack reads.
+        evaluation=EvalOptions(
+            max_new_tokens=inputs.max_new_tokens,
+            batch_size=32,
+            max_items=min(ATTACK_ROWS, inputs.max_items or ATTACK_ROWS),
+        ),
         forget_split=FORGET_SPLIT,
     )
     _say(f"robustness: relearning ({RELEARN_STEPS} steps) and {suite.quantize.label} quantization of the model")
