@@ -13,6 +13,10 @@ from lit_unlearn.config_hub import shipped_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# --doctest-modules would import every conftest.py as a module named "conftest"; two of them collide. They hold no
+# doctests: pytest still loads them as conftests.
+collect_ignore = ["conftest.py", "attacks/conftest.py"]
+
 
 def _tofu_dir() -> Path:
     env = os.environ.get("LIT_UNLEARN_TOFU_DIR")

@@ -239,7 +239,7 @@ def recovery_ratio(
         ValueError: a negative ``min_gap``.
 
     Example:
-        >>> recovery_ratio(attacked=0.5, unlearned=0.2, target=0.8, min_gap=1e-3)
+        >>> recovery_ratio(attacked=0.5, unlearned=0.25, target=0.75, min_gap=1e-3)
         0.5
         >>> recovery_ratio(attacked=0.5, unlearned=0.2, target=0.2005, min_gap=1e-3) is None
         True
