@@ -155,7 +155,7 @@ class UnlearningModule(CausalLMModule):
     """
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
-    """Batch parts whose reference log-probs :meth:`forget_loss` needs (e.g. ``("forget",)`` for NPO)."""
+    """Batch parts whose reference log-probs :meth:`forget_term` needs (e.g. ``("forget",)`` for NPO)."""
     retain_losses: ClassVar[tuple[str, ...]] = get_args(RetainLoss)
     """The ``retain_loss`` values this class accepts: the arguments of the Literal its signature declares."""
     default_adamw = AdamWSettings(lr=1e-5, weight_decay=0.01)
