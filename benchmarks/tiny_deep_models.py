@@ -1,0 +1,61 @@
+"""The deep tiny models of the results benchmark: one target and a retain model per forget split, built and evaluated
+through the model cache (``lit_unlearn.model_cache``), two at a time on one pinned thread each.
+
+The target (configs/tofu_tiny_deep/finetune_target.yaml) knows authors 0-29 and the forget10 authors; the retain
+model of forget01/05/10 is configs/tofu_tiny_deep/finetune_retain.yaml with that split's authors excluded. Each model
+is evaluated on the forget splits it is a reference for (the target on all three).
+
+Usage::
+
+    python benchmarks/tiny_deep_models.py                       # build what is missing into outputs/tofu_tiny_deep
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+from lit_unlearn.data import TOFU_SPLITS
+from lit_unlearn.data.tofu import TOFU_DIR_ENV
+from lit_unlearn.model_cache import ModelJob, PreparedModel, prepare_models, tofu_fingerprint
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "tofu_tiny_deep"
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+MAX_NEW_TOKENS = 64
+"""Greedy-generation budget of every evaluation (the shipped tiny configs' value)."""
+
+
+def deep_model_jobs(cache_dir: Path, data_dir: str, rebuild: bool = False) -> list[ModelJob]:
+    """The target and the three retain models, each with the evaluations forget quality needs."""
+    fingerprint = tofu_fingerprint(data_dir, TOFU_SPLITS)
+    target = (CONFIGS / "finetune_target.yaml").read_text(encoding="utf-8")
+    retain = (CONFIGS / "finetune_retain.yaml").read_text(encoding="utf-8")
+    common = {"cache_dir": str(cache_dir), "data_dir": data_dir, "data_fingerprint": fingerprint}
+    common |= {"max_new_tokens": MAX_NEW_TOKENS, "max_items": None, "rebuild": rebuild}
+    jobs = [ModelJob("target", target, evaluations=FORGET_SPLITS, **common)]
+    for split in FORGET_SPLITS:
+        overrides = (f"--data.exclude_split={split}",)
+        jobs.append(ModelJob(f"retain{split[-2:]}", retain, overrides=overrides, evaluations=(split,), **common))
+    return jobs
+
+
+def build(cache_dir: Path, data_dir: str, rebuild: bool = False, workers: int = 2) -> dict[str, PreparedModel]:
+    """Build and evaluate every deep model that the cache does not hold yet."""
+    return prepare_models(deep_model_jobs(cache_dir, data_dir, rebuild), workers=workers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "tofu_tiny_deep")
+    parser.add_argument("--data-dir", default=os.environ.get(TOFU_DIR_ENV))
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if not args.data_dir:
+        parser.error(f"pass --data-dir or set {TOFU_DIR_ENV}")
+    for name, model in build(args.cache_dir, args.data_dir, args.rebuild, args.workers).items():
+        print(name, model.model_dir, f"fit {model.fit_seconds:.0f} s, eval {model.eval_seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
