@@ -158,20 +158,25 @@ class _LabelLogProb(torch.autograd.Function):
 
     Derivatives, with s = softmax(x_r): ``∂ log p_r / ∂ x_rv = 1[v = target_r] - s_v`` and ``∂ lse_r / ∂ x_rv = s_v``.
     Both reverse mode (training, G-effect gradients) and forward mode (``torch.func.jvp``, the G-effect callback's
-    per-instance pass) are implemented; there is no double backward.
+    per-instance pass) are implemented; there is no double backward. The forward and the JVP are written with
+    out-of-place ops only, so ``torch.func.vmap`` derives their batching rule (``generate_vmap_rule``): the callback
+    batches one JVP over several tangents (one per risk). The backward writes the gradient chunk by chunk into one
+    buffer, which keeps its memory at one gradient but cannot run under ``vmap``.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # logits (R, V) contiguous; targets (R,) with IGNORE_INDEX where no token is scored
         valid, index = _valid_index(targets)  # (R,), (R,)
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (R,)
-        label_logit = torch.empty_like(lse)  # (R,)
+        lse_parts, label_parts = [], []
         for rows in _row_chunks(logits):
             chunk = logits[rows].to(dtype)  # (r, V) float32: the log-softmax must not run in bf16
-            lse[rows] = torch.logsumexp(chunk, dim=-1)
-            label_logit[rows] = chunk.gather(-1, index[rows, None]).squeeze(-1)
+            lse_parts.append(torch.logsumexp(chunk, dim=-1))
+            label_parts.append(chunk.gather(-1, index[rows, None]).squeeze(-1))
+        lse, label_logit = torch.cat(lse_parts), torch.cat(label_parts)  # (R,) each
         return torch.where(valid, label_logit - lse, 0.0), lse
 
     @staticmethod
@@ -202,13 +207,14 @@ class _LabelLogProb(torch.autograd.Function):
     def jvp(ctx: torch.autograd.function.FunctionCtx, logits_dot: Tensor, targets_dot: None) -> tuple[Tensor, Tensor]:
         logits, targets, lse = ctx.saved_tensors
         valid, index = _valid_index(targets)
-        expected_dot = torch.empty_like(lse)  # (R,): Σ_v s_v · dx_v = d lse
-        label_dot = torch.empty_like(lse)  # (R,): dx at the label
+        expected_parts, label_parts = [], []
         for rows in _row_chunks(logits):
-            prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
+            prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp()  # (r, V)
             tangent = logits_dot[rows].to(lse.dtype)  # (r, V)
-            expected_dot[rows] = (prob * tangent).sum(dim=-1)
-            label_dot[rows] = tangent.gather(-1, index[rows, None]).squeeze(-1)
+            expected_parts.append((prob * tangent).sum(dim=-1))
+            label_parts.append(tangent.gather(-1, index[rows, None]).squeeze(-1))
+        expected_dot = torch.cat(expected_parts)  # (R,): Σ_v s_v · dx_v = d lse
+        label_dot = torch.cat(label_parts)  # (R,): dx at the label
         return torch.where(valid, label_dot - expected_dot, 0.0), expected_dot
 
 
