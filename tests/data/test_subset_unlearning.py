@@ -197,3 +197,58 @@ def test_select_subset_needs_no_data_module() -> None:
     assert select_subset(["a", "b", "c", "d"], "toy", "random", 0.5, seed=0) == sorted(
         random.Random(0).sample(range(4), 2)
     )
+
+
+def test_a_ranking_written_by_the_callback_selects_its_own_extremes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The workflow end to end: one epoch of GA over forget01 with the objective-side G-effect ranks every forget row;
+    the data module then keeps exactly the rows with the largest / smallest values of the chosen column, read here
+    from the file with the csv module."""
+    import torch
+    from lightning.pytorch import Trainer
+
+    from callbacks import GEffectCallback
+    from lit_unlearn import GradAscent
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        data = {"forget_split": "forget01", "num_authors": 1, "hold_out_retain_eval": False, "max_length": 128}
+        module = GradAscent(model_name_or_path=str(tiny_model_dir), lr=1e-3, warmup_epochs=0.0)
+        cb = GEffectCallback(per_instance="objective", group_by="none", save_plot=False, output_dir=str(tmp_path))
+        trainer = Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            callbacks=[cb],
+        )
+        trainer.fit(module, datamodule=TOFUUnlearnDataModule(str(tiny_model_dir), batch_size=20, **data))
+    finally:
+        torch.set_num_threads(threads)
+    ranking = tmp_path / "g_effect_ranking.csv"
+    with open(ranking, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["index"]) for r in rows) == list(range(40))
+    for column in ("g_effect_retain", "g_effect_forget"):
+        by_value = sorted(rows, key=lambda r: float(r[column]))
+        assert len({float(r[column]) for r in rows}) == 40  # no ties: the cut is unambiguous
+        expected = {
+            "top": sorted(int(r["index"]) for r in by_value[-10:]),
+            "bottom": sorted(int(r["index"]) for r in by_value[:10]),
+        }
+        for subset, indices in expected.items():
+            selected = TOFUUnlearnDataModule(
+                str(tiny_model_dir),
+                ranking_file=str(ranking),
+                ranking_column=column,
+                subset=subset,
+                subset_fraction=0.25,
+                **data,
+            ).forget_rows()
+            assert selected.indices == indices, (column, subset)
+            assert [r["question"] for r in selected.rows] == [QUESTIONS[i] for i in indices]
