@@ -21,6 +21,10 @@ Hugging Face's ``output_hidden_states`` index (0 the embedding output, l the out
 the output of the final norm), the G-effect paper's ``rmu_<l>``. Block ``l`` is hidden-states index ``l + 1`` for
 every block but the last, whose output the hidden states only hold after the final norm."""
 
+ControlVector = Literal["unit", "uniform"]
+"""RMU's control direction u: ``"unit"``, uniform in [0,1)^d normalised to unit norm (original RMU); ``"uniform"``,
+the same draw unnormalised (the G-effect paper's code), so the target ``c·u`` has norm ≈ ``c·√(d/3)``."""
+
 _FINAL_NORMS = ("norm", "final_layernorm", "ln_f")
 """Attribute names of the final norm on a Hugging Face decoder (Llama-style, Phi, GPT-2-style)."""
 
@@ -89,16 +93,22 @@ class RMU(UnlearningModule):
         layer_index: LayerIndex = "block",
         trainable_params: str = r"layers\.(5|6|7)\.mlp\.down_proj\.weight",
         steering_coeff: float = 2.0,
-        control_vector: Literal["unit", "uniform"] = "unit",
+        control_vector: ControlVector = "unit",
         seed: int = 0,
         retain_loss: RMURetainLoss = "rmu",
         **kwargs: Any,
     ) -> None:
-        super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         if layer_index not in get_args(LayerIndex):
             raise ValueError(f"RMU layer_index={layer_index!r}; choose 'block' or 'hidden_states'.")
+        if control_vector not in get_args(ControlVector):
+            raise ValueError(
+                f"RMU control_vector={control_vector!r}; choose 'unit' (original RMU) or 'uniform' (the G-effect "
+                "paper's code)."
+            )
+        super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
         self.layer = layer
         self.layer_index = layer_index
+        self.control_vector = control_vector
         n_layers = len(decoder_layers(self.model))
         if layer_index == "block" and not 0 <= layer < n_layers:
             raise ValueError(f"RMU layer={layer} but the model has {n_layers} blocks (0..{n_layers - 1}).")
