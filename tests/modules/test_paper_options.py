@@ -133,3 +133,33 @@ def test_tnpo_eps_of_the_paper_code_suppresses_low_probability_tokens() -> None:
     # WTNPO multiplies by p^α on top.
     weights = losses.wtnpo_weights(logp, logp, 4.0, 1.5, 1e-5)
     assert float(weights) == pytest.approx(1.62e-6 / 1.162e-5 * 0.03**1.5, rel=1e-9)
+
+
+def test_weights_without_a_tokenizer_take_tokenizer_name_in_module_and_data(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """TOFU's Phi-1.5 targets ship weights only: the preset names the tokenizer separately, and both the module and
+    the data module (linked on the command line) use it."""
+    import shutil
+
+    from lit_unlearn.lightning_cli import run_lightning_cli
+
+    weights = tmp_path / "weights_only"
+    weights.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, weights / name)
+    common = [
+        "--config",
+        str(Path(__file__).resolve().parents[2] / "configs/tofu_paper/phi_ga.yaml"),
+        f"--model.model_name_or_path={weights}",
+        f"--model.output_dir={tmp_path / 'out'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.precision=32-true",
+    ]
+    cli = run_lightning_cli([*common, f"--model.tokenizer_name={tiny_model_dir}"], run=False)
+    assert cli.datamodule.hparams.tokenizer_name_or_path == str(tiny_model_dir)
+    expected = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert cli.model.tokenizer.get_vocab() == expected.get_vocab()
+    # Without it, the weights' folder has no tokenizer to load (jsonargparse wraps the module's error).
+    with pytest.raises((ValueError, FileNotFoundError), match=r"weights_only' has none of \['tokenizer\.json'"):
+        run_lightning_cli([*common, "--model.tokenizer_name=null"], run=False)
