@@ -12,6 +12,7 @@ from typing_extensions import override
 
 # Importing the package registers every module and data class, so `--model=NPO` shorthands resolve.
 import lit_unlearn  # noqa: F401
+from lit_unlearn.models.hub import tokenizer_source
 
 
 class LitUnlearnCLI(LightningCLI):
@@ -20,8 +21,15 @@ class LitUnlearnCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # One source of truth: the tokenizer always comes from the model being trained or unlearned.
-        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        # One source of truth: the data module tokenizes with the tokenizer the model loads, its `tokenizer_name` when
+        # the weights ship without one, else its `model_name_or_path`. (Not the same key as the data module's
+        # `tokenizer_name_or_path`: with the module's None beside the data module's path, Lightning would refuse to
+        # log the two hparams.)
+        parser.link_arguments(
+            ("model.init_args.model_name_or_path", "model.init_args.tokenizer_name"),
+            "data.init_args.tokenizer_name_or_path",
+            compute_fn=tokenizer_source,
+        )
         # One evaluation item cap, `model.evaluation.max_items`: the data module's loaders then hold (and tokenize)
         # only the rows that are evaluated. jsonargparse parses the optional dataclass `evaluation: EvalSettings |
         # None` like a subclass ({class_path, init_args}), hence `.init_args.`; the path without it names no key,

@@ -16,12 +16,19 @@ Averaging levels are part of each objective and are kept exactly (β values are 
 that way): token mean over the whole micro-batch for NLL/GA/WGA/TNPO/WTNPO/SatImp (and position mean for
 KL/UNDIAL/CE-U/PDU), per-sequence log-prob SUM inside logσ for NPO/DPO, per-sequence MEAN for SimNPO.
 
+Every loss can also return its per-example split (``per_example=True``): a ``(B,)`` tensor whose entry b is sequence
+b's exact additive share of the loss, the scalar loss being the sum of the shares (one computation, so the two cannot
+drift apart). The share follows the loss's own averaging, which is not always a mean of per-example losses: for a token
+(or position) mean over the micro-batch, row b's share is ``Σ_{t ∈ answer(b)} ℓ_t / N`` with N the count over the WHOLE
+micro-batch; for a mean over sequences it is ``ℓ(b) / B``. The G-effect callback differentiates these shares to rank
+forget examples (``per_example_unlearn``).
+
 A masked position never contributes a value or a gradient. This matters because cross-entropy at an ignored label is 0,
 so ``exp(-ce) = 1`` there: an unmasked weighted loss would count every prompt token with the largest possible weight.
 """
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +38,7 @@ from lit_unlearn.batch import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
+    "KLPositions",
     "ceu",
     "check_positive",
     "dpo",
@@ -80,8 +88,12 @@ def _clean(logps: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, _upcast(logps), 0.0)
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` over the True entries of ``mask``; masked entries contribute neither value nor gradient."""
+def _token_shares(values: Tensor, mask: Tensor) -> Tensor:
+    """Each row's share of the mean of ``values`` over the True entries of ``mask``: ``(B,)``, summing to that mean.
+
+    Row b's share is ``Σ_{t: mask[b, t]} values[b, t] / N`` with N the number of True entries of the WHOLE batch (a
+    token mean over the batch, not a mean of per-row means); masked entries contribute neither value nor gradient.
+    """
     count = mask.sum()
     # One host sync per call; it buys a clear error instead of a silent NaN (0/0) loss.
     if not bool(count):
@@ -90,7 +102,17 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
             "Check the label masking (an answer truncated away by max_length?) or drop empty examples."
         )
     # where(), not multiplication: a NaN/inf at a masked position must not leak into the value or the gradient.
-    return torch.where(mask, values, 0.0).sum() / count
+    return torch.where(mask, values, 0.0).sum(dim=-1) / count
+
+
+def _reduce(shares: Tensor, per_example: bool) -> Tensor:
+    """The loss from its per-example shares: the shares themselves (``per_example``), else their sum."""
+    return shares if per_example else shares.sum()
+
+
+def _row_shares(values: Tensor, rows: Tensor, batch: int, count: int) -> Tensor:
+    """``(batch,)`` shares of a position mean: ``values`` (N,) summed per row (``rows``, (N,)), over ``count``."""
+    return values.new_zeros(batch).index_add(0, rows, values) / count
 
 
 def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
@@ -136,20 +158,25 @@ class _LabelLogProb(torch.autograd.Function):
 
     Derivatives, with s = softmax(x_r): ``∂ log p_r / ∂ x_rv = 1[v = target_r] - s_v`` and ``∂ lse_r / ∂ x_rv = s_v``.
     Both reverse mode (training, G-effect gradients) and forward mode (``torch.func.jvp``, the G-effect callback's
-    per-instance pass) are implemented; there is no double backward.
+    per-instance pass) are implemented; there is no double backward. The forward and the JVP are written with
+    out-of-place ops only, so ``torch.func.vmap`` derives their batching rule (``generate_vmap_rule``): the callback
+    batches one JVP over several tangents (one per risk). The backward writes the gradient chunk by chunk into one
+    buffer, which keeps its memory at one gradient but cannot run under ``vmap``.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # logits (R, V) contiguous; targets (R,) with IGNORE_INDEX where no token is scored
         valid, index = _valid_index(targets)  # (R,), (R,)
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # (R,)
-        label_logit = torch.empty_like(lse)  # (R,)
+        lse_parts, label_parts = [], []
         for rows in _row_chunks(logits):
             chunk = logits[rows].to(dtype)  # (r, V) float32: the log-softmax must not run in bf16
-            lse[rows] = torch.logsumexp(chunk, dim=-1)
-            label_logit[rows] = chunk.gather(-1, index[rows, None]).squeeze(-1)
+            lse_parts.append(torch.logsumexp(chunk, dim=-1))
+            label_parts.append(chunk.gather(-1, index[rows, None]).squeeze(-1))
+        lse, label_logit = torch.cat(lse_parts), torch.cat(label_parts)  # (R,) each
         return torch.where(valid, label_logit - lse, 0.0), lse
 
     @staticmethod
@@ -180,13 +207,14 @@ class _LabelLogProb(torch.autograd.Function):
     def jvp(ctx: torch.autograd.function.FunctionCtx, logits_dot: Tensor, targets_dot: None) -> tuple[Tensor, Tensor]:
         logits, targets, lse = ctx.saved_tensors
         valid, index = _valid_index(targets)
-        expected_dot = torch.empty_like(lse)  # (R,): Σ_v s_v · dx_v = d lse
-        label_dot = torch.empty_like(lse)  # (R,): dx at the label
+        expected_parts, label_parts = [], []
         for rows in _row_chunks(logits):
-            prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
+            prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp()  # (r, V)
             tangent = logits_dot[rows].to(lse.dtype)  # (r, V)
-            expected_dot[rows] = (prob * tangent).sum(dim=-1)
-            label_dot[rows] = tangent.gather(-1, index[rows, None]).squeeze(-1)
+            expected_parts.append((prob * tangent).sum(dim=-1))
+            label_parts.append(tangent.gather(-1, index[rows, None]).squeeze(-1))
+        expected_dot = torch.cat(expected_parts)  # (R,): Σ_v s_v · dx_v = d lse
+        label_dot = torch.cat(label_parts)  # (R,): dx at the label
         return torch.where(valid, label_dot - expected_dot, 0.0), expected_dot
 
 
@@ -258,7 +286,7 @@ def sequence_logps(logps: Tensor, mask: Tensor) -> Tensor:
 # risk / retain terms
 
 
-def nll(logps: Tensor, mask: Tensor) -> Tensor:
+def nll(logps: Tensor, mask: Tensor, per_example: bool = False) -> Tensor:
     """Mean negative log-likelihood over all answer tokens of the batch: the risk ``R`` of the G-effect paper.
 
     ``R = mean_tokens(ce_i) = -(1/N) Σ_{valid i} log p_i`` with N the number of valid tokens in the whole batch, the
@@ -268,42 +296,59 @@ def nll(logps: Tensor, mask: Tensor) -> Tensor:
     Args:
         logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
         mask: ``(B, T-1)`` bool, False on prompt and padding.
+        per_example: Return each sequence's share ``-(1/N) Σ_{i ∈ answer(b)} log p_i`` instead (N over the batch).
 
     Returns:
-        Scalar tensor.
+        Scalar tensor; with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: if ``mask`` has no True entry (no answer token left after masking).
     """
     _check_pair(logps, mask)
-    return -_masked_mean(_clean(logps, mask), mask)
+    return _reduce(-_token_shares(_clean(logps, mask), mask), per_example)
 
 
 mean_token_nll = nll
 """Alias of :func:`nll`: the risk ``R(D; θ)`` whose gradient the G-effect dots with the objective's gradient."""
 
 
-def kl_divergence(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
-    """KL retain regulariser: forward ``KL(p_θo(·|ctx) ‖ p_θ(·|ctx))`` over the vocabulary, mean over answer positions.
+KLPositions = Literal["answer", "all"]
+"""Where :func:`kl_divergence` averages: ``"answer"`` (this project's default) or ``"all"`` (the paper's code and
+OpenUnlearning: every one of the B·T positions, ``F.kl_div(..., reduction="batchmean")`` on the flattened batch)."""
 
-    G-effect paper (KL regularisation, "a robust retention aid"; code ``*_kl`` losses), TOFU's ``KL`` objective:
-    ``L_KL = (1/N) Σ_{valid t} Σ_v p_o(v|t) (log p_o(v|t) - log p_θ(v|t))`` with the logits shifted like
-    :func:`token_logps` and N the number of positions whose shifted label is not -100. The paper's code and
-    OpenUnlearning's ``compute_kl_divergence`` both average ``F.kl_div(..., reduction="batchmean")`` over ALL flattened
-    positions instead (question and padding included); restricting to answer positions makes the value independent of
-    prompt length and padding. Limiting case: 0 (with zero gradient) when ``logits == ref_logits`` at every answer
-    position. Computed in float32 (float64 inputs stay float64).
+
+def kl_divergence(
+    logits: Tensor,
+    ref_logits: Tensor,
+    labels: Tensor,
+    positions: KLPositions = "answer",
+    per_example: bool = False,
+) -> Tensor:
+    """KL retain regulariser: forward ``KL(p_θo(·|ctx) ‖ p_θ(·|ctx))`` over the vocabulary, mean over positions.
+
+    G-effect paper (KL regularisation, "a robust retention aid"; code ``*_kl`` losses), TOFU's ``KL`` objective. With
+    ``positions="answer"`` (default): ``L_KL = (1/N) Σ_{valid t} Σ_v p_o(v|t) (log p_o(v|t) - log p_θ(v|t))`` with the
+    logits shifted like :func:`token_logps` and N the number of positions whose shifted label is not -100; the value is
+    then independent of prompt length and padding. With ``positions="all"``: the same sum over ALL B·T positions of the
+    batch (prompt, answer, the last position and right padding included) divided by B·T, which is what the paper's code
+    and OpenUnlearning's ``compute_kl_divergence`` compute (``F.kl_div(log q, log p_o, reduction="batchmean",
+    log_target=True)`` on the flattened ``(B·T, V)`` log-probs); its value depends on the padding width of the batch.
+    Limiting case: 0 (with zero gradient) when ``logits == ref_logits`` at every averaged position. Computed in float32
+    (float64 inputs stay float64).
 
     Args:
         logits: ``(B, T, V)`` logits of the model being unlearned.
         ref_logits: ``(B, T, V)`` logits of the frozen reference model on the same inputs (no gradient flows to them).
-        labels: ``(B, T)`` labels, -100 on prompt and padding.
+        labels: ``(B, T)`` labels, -100 on prompt and padding (with ``"all"`` only their shape is used).
+        positions: ``"answer"`` or ``"all"`` (see above).
+        per_example: Return each sequence's share instead: the sum of its positions' KL over N (``"answer"``) or B·T
+            (``"all"``).
 
     Returns:
-        Scalar tensor, ≥ 0.
+        Scalar tensor, ≥ 0; with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
-        ValueError: on shape mismatch or when no position has a label.
+        ValueError: on shape mismatch, an unknown ``positions``, or (``"answer"``) when no position has a label.
     """
     if logits.shape != ref_logits.shape:
         raise ValueError(
@@ -315,20 +360,29 @@ def kl_divergence(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
             f"expected logits (B, T, V) and labels (B, T), got logits {tuple(logits.shape)} and labels "
             f"{tuple(labels.shape)}."
         )
-    mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
-    if not bool(mask.any()):
-        raise ValueError("labels are -100 everywhere: no answer position to average the KL term over.")
-    # Select the answer positions first: the float32 log-softmaxes are then (N, V), not (B, T-1, V).
-    logq = F.log_softmax(_upcast(logits[:, :-1][mask]), dim=-1)  # (N, V)
-    logp_ref = F.log_softmax(_upcast(ref_logits[:, :-1][mask].detach()), dim=-1)  # (N, V)
+    if positions not in get_args(KLPositions):
+        raise ValueError(f"positions={positions!r}; choose 'answer' (answer positions) or 'all' (every position).")
+    batch, steps, vocab = logits.shape
+    if positions == "answer":
+        mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
+        if not bool(mask.any()):
+            raise ValueError("labels are -100 everywhere: no answer position to average the KL term over.")
+        # Select the answer positions first: the float32 log-softmaxes are then (N, V), not (B, T-1, V).
+        current, reference = logits[:, :-1][mask], ref_logits[:, :-1][mask]  # (N, V)
+        rows = torch.arange(batch, device=labels.device)[:, None].expand(batch, steps - 1)[mask]  # (N,)
+    else:
+        current, reference = logits.reshape(-1, vocab), ref_logits.reshape(-1, vocab)  # (B·T, V)
+        rows = torch.arange(batch, device=labels.device).repeat_interleave(steps)  # (B·T,)
+    logq = F.log_softmax(_upcast(current), dim=-1)
+    logp_ref = F.log_softmax(_upcast(reference.detach()), dim=-1)
     p_ref = logp_ref.exp()
     # xlogy gives 0·log 0 = 0 for vocabulary entries the reference rules out (-inf logits), where p·(log p - log q)
     # would be NaN.
-    kl = (torch.special.xlogy(p_ref, p_ref) - p_ref * logq).sum(dim=-1)  # (N,)
-    return kl.mean()
+    kl = (torch.special.xlogy(p_ref, p_ref) - p_ref * logq).sum(dim=-1)  # (N,) or (B·T,)
+    return _reduce(_row_shares(kl, rows, batch, kl.shape[0]), per_example)
 
 
-def rmu(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+def rmu(hidden: Tensor, target: Tensor, mask: Tensor, per_example: bool = False) -> Tensor:
     """RMU representation loss (Li et al. 2024, studied in the G-effect paper): squared distance to a target activation.
 
     ``L = (1/N) Σ_{valid t} (1/D) Σ_d (h_t,d - target_t,d)^2``. Forget term: ``target = c·u``, a fixed random control
@@ -341,9 +395,10 @@ def rmu(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         target: broadcastable to ``hidden``: ``(D,)`` control vector or ``(B, T-1, D)`` reference states. Treated as a
             constant (detached): it is a target, never something to move.
         mask: ``(B, T-1)`` bool, False on prompt and padding.
+        per_example: Return each sequence's share ``(1/N) Σ_{t ∈ answer(b)} (1/D) Σ_d (...)^2`` instead.
 
     Returns:
-        Scalar tensor.
+        Scalar tensor; with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: on shape mismatch or an all-False mask.
@@ -362,14 +417,14 @@ def rmu(hidden: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         ) from err
     sq = (_upcast(hidden) - _upcast(target.detach())).pow(2).mean(dim=-1)  # (B, T-1)
     _check_pair(sq, mask, "hidden")
-    return _masked_mean(sq, mask)
+    return _reduce(_token_shares(sq, mask), per_example)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # forget objectives
 
 
-def gradient_ascent(logps: Tensor, mask: Tensor) -> Tensor:
+def gradient_ascent(logps: Tensor, mask: Tensor, per_example: bool = False) -> Tensor:
     """Gradient ascent (GA): ``L_GA = -R(D_u; θ)``, the G-effect paper's baseline (code: ``loss = -outputs.loss``).
 
     ``L_GA = -mean_tokens(ce_i) = (1/N) Σ_{valid i} log p_i``. Its gradient ``(1/N) Σ_i ∇p_i / p_i`` carries the
@@ -379,14 +434,15 @@ def gradient_ascent(logps: Tensor, mask: Tensor) -> Tensor:
     Args:
         logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
         mask: ``(B, T-1)`` bool, False on prompt and padding.
+        per_example: Return each sequence's share ``(1/N) Σ_{i ∈ answer(b)} log p_i`` instead (N over the batch).
 
     Returns:
-        Scalar tensor (≤ 0).
+        Scalar tensor (≤ 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: if ``mask`` has no True entry.
     """
-    return -nll(logps, mask)
+    return -nll(logps, mask, per_example)
 
 
 def wga_weights(logps: Tensor, beta: float) -> Tensor:
@@ -406,7 +462,7 @@ def wga_weights(logps: Tensor, beta: float) -> Tensor:
     return torch.exp(beta * _upcast(logps.detach()))
 
 
-def wga(logps: Tensor, mask: Tensor, beta: float) -> Tensor:
+def wga(logps: Tensor, mask: Tensor, beta: float, per_example: bool = False) -> Tensor:
     """Weighted gradient ascent (WGA), proposed in the G-effect paper (code: ``wga`` in ``dataloader.py``).
 
     ``L_WGA = -mean_tokens(sg[p_i^β] · ce_i) = (1/N) Σ_{valid i} sg[p_i^β] log p_i``; the weight is the per-token
@@ -417,19 +473,20 @@ def wga(logps: Tensor, mask: Tensor, beta: float) -> Tensor:
         logps: ``(B, T-1)`` token log-probs from :func:`token_logps`.
         mask: ``(B, T-1)`` bool, False on prompt and padding.
         beta: confidence exponent β ≥ 0 (paper code default 5, OpenUnlearning 1).
+        per_example: Return each sequence's share ``(1/N) Σ_{i ∈ answer(b)} sg[p_i^β] log p_i`` instead.
 
     Returns:
-        Scalar tensor (≤ 0).
+        Scalar tensor (≤ 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: if ``beta < 0`` or ``mask`` has no True entry.
     """
     _check_pair(logps, mask)
     logps = _clean(logps, mask)
-    return _masked_mean(wga_weights(logps, beta) * logps, mask)
+    return _reduce(_token_shares(wga_weights(logps, beta) * logps, mask), per_example)
 
 
-def npo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float) -> Tensor:
+def npo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, per_example: bool = False) -> Tensor:
     """Negative preference optimisation (Zhang et al. 2024), analysed in the G-effect paper as a weighted GA.
 
     ``L_NPO = -(2/β) · mean_seq logσ(-β · (log π(y|x) - log π_o(y|x)))`` with per-sequence log-prob SUMS, i.e.
@@ -443,19 +500,20 @@ def npo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float) -> Tensor:
         ref_logps: ``(B, T-1)`` token log-probs of the frozen reference model (detached here).
         mask: ``(B, T-1)`` bool, False on prompt and padding.
         beta: inverse temperature β > 0 (OpenUnlearning 0.1, paper code 0.5).
+        per_example: Return each sequence's share ``-(2/β) logσ(-β log(π(y_b|x_b)/π_o(y_b|x_b))) / B`` instead.
 
     Returns:
-        Scalar tensor (> 0).
+        Scalar tensor (> 0); with ``per_example``, ``(B,)`` shares summing to it.
     """
     _check_pair(logps, mask)
     _check_pair(ref_logps, mask, "ref_logps")
     check_positive(beta, "beta")
     # The reference model is frozen: no gradient may reach it even if the caller forgot no_grad.
     log_ratio = sequence_logps(logps, mask) - sequence_logps(ref_logps.detach(), mask)  # (B,)
-    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+    return _reduce(-(2.0 / beta) * F.logsigmoid(-beta * log_ratio) / log_ratio.shape[0], per_example)
 
 
-def simnpo(logps: Tensor, mask: Tensor, beta: float, delta: float = 0.0) -> Tensor:
+def simnpo(logps: Tensor, mask: Tensor, beta: float, delta: float = 0.0, per_example: bool = False) -> Tensor:
     """SimNPO (Fan et al. 2024): reference-free, length-normalised NPO, in OpenUnlearning's form.
 
     ``L_SimNPO = -(2/β) · mean_seq logσ(β · (mean_i ce_i - δ))`` where ``mean_i ce_i = -(1/|y|) log π(y|x)`` is the
@@ -467,9 +525,10 @@ def simnpo(logps: Tensor, mask: Tensor, beta: float, delta: float = 0.0) -> Tens
         mask: ``(B, T-1)`` bool, False on prompt and padding.
         beta: inverse temperature β > 0 (OpenUnlearning default 4.5).
         delta: reward margin δ (default 0).
+        per_example: Return each sequence's share ``-(2/β) logσ(β (mean_i ce_i - δ)) / B`` instead.
 
     Returns:
-        Scalar tensor (> 0).
+        Scalar tensor (> 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: if ``beta <= 0`` or a sequence has no answer token (its mean NLL is undefined).
@@ -484,7 +543,7 @@ def simnpo(logps: Tensor, mask: Tensor, beta: float, delta: float = 0.0) -> Tens
             "drop those examples or raise max_length."
         )
     mean_ce = -sequence_logps(logps, mask) / lengths  # (B,)
-    return -(2.0 / beta) * F.logsigmoid(beta * (mean_ce - delta)).mean()
+    return _reduce(-(2.0 / beta) * F.logsigmoid(beta * (mean_ce - delta)) / mean_ce.shape[0], per_example)
 
 
 def tnpo_weights(logps: Tensor, ref_logps: Tensor, beta: float, eps: float = 0.0) -> Tensor:
@@ -522,7 +581,9 @@ def _tnpo_log_weights(logps: Tensor, ref_logps: Tensor, beta: float, alpha: floa
     return math.log(2.0) + (beta + alpha) * lp - log_denom
 
 
-def tnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, eps: float = 0.0) -> Tensor:
+def tnpo(
+    logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, eps: float = 0.0, per_example: bool = False
+) -> Tensor:
     """Token-wise NPO (TNPO), proposed in the G-effect paper (code: ``tnpo`` / ``ins_npo``).
 
     ``L_TNPO = -mean_tokens(sg[w_i] · ce_i)``, ``w_i = 2 p_i^β / (p_i^β + p_o,i^β)``: NPO's weight applied per token.
@@ -536,14 +597,15 @@ def tnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, eps: float
         mask: ``(B, T-1)`` bool, False on prompt and padding.
         beta: β ≥ 0 (paper code default 4).
         eps: denominator term (paper code 1e-5; default 0).
+        per_example: Return each sequence's share ``(1/N) Σ_{i ∈ answer(b)} sg[w_i] log p_i`` instead.
 
     Returns:
-        Scalar tensor (≤ 0).
+        Scalar tensor (≤ 0); with ``per_example``, ``(B,)`` shares summing to it.
     """
     _check_pair(logps, mask)
     _check_pair(ref_logps, mask, "ref_logps")
     logps, ref_logps = _clean(logps, mask), _clean(ref_logps, mask)
-    return _masked_mean(tnpo_weights(logps, ref_logps, beta, eps) * logps, mask)
+    return _reduce(_token_shares(tnpo_weights(logps, ref_logps, beta, eps) * logps, mask), per_example)
 
 
 def wtnpo_weights(logps: Tensor, ref_logps: Tensor, beta: float, alpha: float, eps: float = 0.0) -> Tensor:
@@ -562,7 +624,15 @@ def wtnpo_weights(logps: Tensor, ref_logps: Tensor, beta: float, alpha: float, e
     return _tnpo_log_weights(logps, ref_logps, beta, alpha, eps).exp()
 
 
-def wtnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, alpha: float, eps: float = 0.0) -> Tensor:
+def wtnpo(
+    logps: Tensor,
+    ref_logps: Tensor,
+    mask: Tensor,
+    beta: float,
+    alpha: float,
+    eps: float = 0.0,
+    per_example: bool = False,
+) -> Tensor:
     """Weighted token-wise NPO (WTNPO), proposed in the G-effect paper: TNPO times WGA's confidence weight.
 
     ``L_WTNPO = -mean_tokens(sg[w_i] · ce_i)``, ``w_i = 2 p_i^(β+α) / (p_i^β + p_o,i^β)``. Limiting cases: α = 0 is
@@ -575,14 +645,15 @@ def wtnpo(logps: Tensor, ref_logps: Tensor, mask: Tensor, beta: float, alpha: fl
         beta: β ≥ 0 (paper code default 4).
         alpha: α ≥ 0 (paper code default 1.5).
         eps: denominator term (paper code 1e-5; default 0).
+        per_example: Return each sequence's share ``(1/N) Σ_{i ∈ answer(b)} sg[w_i] log p_i`` instead.
 
     Returns:
-        Scalar tensor (≤ 0).
+        Scalar tensor (≤ 0); with ``per_example``, ``(B,)`` shares summing to it.
     """
     _check_pair(logps, mask)
     _check_pair(ref_logps, mask, "ref_logps")
     logps, ref_logps = _clean(logps, mask), _clean(ref_logps, mask)
-    return _masked_mean(wtnpo_weights(logps, ref_logps, beta, alpha, eps) * logps, mask)
+    return _reduce(_token_shares(wtnpo_weights(logps, ref_logps, beta, alpha, eps) * logps, mask), per_example)
 
 
 def dpo(
@@ -593,6 +664,7 @@ def dpo(
     rejected_ref_logps: Tensor,
     rejected_mask: Tensor,
     beta: float,
+    per_example: bool = False,
 ) -> Tensor:
     """DPO (Rafailov et al. 2023) as used for unlearning (IdkDPO): prefer a refusal over the forget answer.
 
@@ -609,9 +681,10 @@ def dpo(
         rejected_ref_logps: same under the reference model (detached here).
         rejected_mask: ``(B, T_l-1)`` bool mask of the answers to forget.
         beta: β > 0 (OpenUnlearning default 0.1).
+        per_example: Return each pair's share ``-(2/β) logσ(β · [...]_b) / B`` instead.
 
     Returns:
-        Scalar tensor (> 0).
+        Scalar tensor (> 0); with ``per_example``, ``(B,)`` shares summing to it.
     """
     _check_pair(chosen_logps, chosen_mask, "chosen_logps")
     _check_pair(chosen_ref_logps, chosen_mask, "chosen_ref_logps")
@@ -627,7 +700,7 @@ def dpo(
     rejected = sequence_logps(rejected_logps, rejected_mask) - sequence_logps(
         rejected_ref_logps.detach(), rejected_mask
     )  # (B,)
-    return -(2.0 / beta) * F.logsigmoid(beta * (chosen - rejected)).mean()
+    return _reduce(-(2.0 / beta) * F.logsigmoid(beta * (chosen - rejected)) / chosen.shape[0], per_example)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -654,7 +727,7 @@ def satimp_weights(logps: Tensor, beta1: float, beta2: float) -> Tensor:
     return torch.exp(beta1 * lp) * (-torch.expm1(lp)).pow(beta2)
 
 
-def satimp(logps: Tensor, mask: Tensor, beta1: float, beta2: float) -> Tensor:
+def satimp(logps: Tensor, mask: Tensor, beta1: float, beta2: float, per_example: bool = False) -> Tensor:
     """SatImp (Yang et al., "Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning", ICML 2025).
 
     ``F = (1/N) Σ_{valid i} w_i log p_i`` with ``w_i = sg[p_i^β1 · (1 - p_i)^β2]``: gradient ascent reweighted per
@@ -673,16 +746,17 @@ def satimp(logps: Tensor, mask: Tensor, beta1: float, beta2: float) -> Tensor:
         mask: ``(B, T-1)`` bool, False on prompt and padding.
         beta1: saturation exponent β1 ≥ 0 (the authors: 5).
         beta2: importance exponent β2 ≥ 0 (the authors' README: 0.1; OpenUnlearning: 1).
+        per_example: Return each sequence's share ``(1/N) Σ_{i ∈ answer(b)} w_i log p_i`` instead.
 
     Returns:
-        Scalar tensor (≤ 0).
+        Scalar tensor (≤ 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: if ``beta1`` or ``beta2`` is negative or ``mask`` has no True entry.
     """
     _check_pair(logps, mask)
     logps = _clean(logps, mask)
-    return _masked_mean(satimp_weights(logps, beta1, beta2) * logps, mask)
+    return _reduce(_token_shares(satimp_weights(logps, beta1, beta2) * logps, mask), per_example)
 
 
 def _check_logits_labels(logits: Tensor, labels: Tensor) -> None:
@@ -705,8 +779,8 @@ def _check_label_ids(targets: Tensor, vocab: int) -> None:
         )
 
 
-def _answer_rows(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Shifted answer positions only: logits ``(N, V)`` upcast to float32 and their labels ``(N,)``.
+def _answer_rows(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Shifted answer positions only: logits ``(N, V)`` upcast to float32, their labels and batch rows, each ``(N,)``.
 
     Selecting before upcasting keeps the float32 temporaries (N, V) instead of (B, T-1, V).
     """
@@ -716,11 +790,17 @@ def _answer_rows(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
             "labels are -100 everywhere: no answer position to average over. Check the label masking (an answer "
             "truncated away by max_length?) or drop empty examples."
         )
-    return _upcast(logits[:, :-1][mask]), labels[:, 1:][mask]
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]  # (N,)
+    return _upcast(logits[:, :-1][mask]), labels[:, 1:][mask], rows
 
 
 def undial(
-    logits: Tensor, ref_logits: Tensor, labels: Tensor, beta: float, positions: Literal["answer", "all"] = "answer"
+    logits: Tensor,
+    ref_logits: Tensor,
+    labels: Tensor,
+    beta: float,
+    positions: Literal["answer", "all"] = "answer",
+    per_example: bool = False,
 ) -> Tensor:
     """UNDIAL (Dong et al., "UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in LLMs", NAACL 2025).
 
@@ -744,9 +824,11 @@ def undial(
         beta: β ≥ 0, how far the label's logit is lowered (OpenUnlearning's config: 10; the paper: 3, 10 or 30).
         positions: ``"answer"`` (default): mean over answer positions; ``"all"``: OpenUnlearning's mean over every
             position (its value then depends on prompt length and padding).
+        per_example: Return each sequence's share instead: the sum of ``ℓ_t`` over its averaged positions, divided by
+            the number of averaged positions of the whole batch (N answer positions, or B·(T-1) with ``"all"``).
 
     Returns:
-        Scalar tensor (≥ 0).
+        Scalar tensor (≥ 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: on shape mismatch, a negative β, an unknown ``positions``, a label id outside the vocabulary, or
@@ -759,16 +841,17 @@ def undial(
             "on the same batch."
         )
     check_positive(beta, "beta", allow_zero=True)
-    vocab = logits.shape[-1]
+    batch, steps, vocab = logits.shape
     if positions == "answer":
-        student, _ = _answer_rows(logits, labels)  # (N, V)
-        teacher, targets = _answer_rows(ref_logits.detach(), labels)  # (N, V), (N,)
+        student, _, rows = _answer_rows(logits, labels)  # (N, V), (N,)
+        teacher, targets, _ = _answer_rows(ref_logits.detach(), labels)  # (N, V), (N,)
     elif positions == "all":
         if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
             raise ValueError("labels are -100 everywhere: UNDIAL has no answer token to lower.")
         student = _upcast(logits[:, :-1].reshape(-1, vocab))  # (N, V), N = B*(T-1)
         teacher = _upcast(ref_logits[:, :-1].detach().reshape(-1, vocab))
         targets = labels[:, 1:].reshape(-1)  # (N,), -100 at prompt and padding
+        rows = torch.arange(batch, device=labels.device).repeat_interleave(steps - 1)  # (N,)
     else:
         raise ValueError(f"positions={positions!r}; choose 'answer' (the paper's) or 'all' (OpenUnlearning's).")
     _check_label_ids(targets, vocab)
@@ -777,10 +860,11 @@ def undial(
     shift = torch.where(lowered, -beta, 0.0).to(teacher.dtype)  # (N,)
     teacher = teacher.scatter_add(-1, targets.masked_fill(~lowered, 0)[:, None], shift[:, None])
     target_probs = torch.softmax(teacher, dim=-1)  # (N, V), a constant
-    return F.cross_entropy(student, target_probs)
+    per_position = F.cross_entropy(student, target_probs, reduction="none")  # (N,)
+    return _reduce(_row_shares(per_position, rows, batch, per_position.shape[0]), per_example)
 
 
-def ceu(logits: Tensor, labels: Tensor, ignore_first_n: int = 1) -> Tensor:
+def ceu(logits: Tensor, labels: Tensor, ignore_first_n: int = 1, per_example: bool = False) -> Tensor:
     """CE-U, cross-entropy unlearning (Bo Yang, "CE-U: Cross Entropy Unlearning", arXiv 2503.01224).
 
     Cross-entropy to the model's OWN detached distribution with the label removed:
@@ -798,9 +882,11 @@ def ceu(logits: Tensor, labels: Tensor, ignore_first_n: int = 1) -> Tensor:
         logits: ``(B, T, V)`` logits of the model being unlearned, V ≥ 2.
         labels: ``(B, T)`` labels, -100 on prompt and padding.
         ignore_first_n: answer tokens skipped at the start of every answer, ≥ 0 (OpenUnlearning's config: 1).
+        per_example: Return each sequence's share ``(1/N) Σ_{t ∈ answer(b)} ℓ_t`` instead (N counted after skipping,
+            over the whole batch).
 
     Returns:
-        Scalar tensor (≥ 0).
+        Scalar tensor (≥ 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: on shape mismatch, a negative ``ignore_first_n``, V < 2, a label id outside the vocabulary, or no
@@ -819,14 +905,15 @@ def ceu(logits: Tensor, labels: Tensor, ignore_first_n: int = 1) -> Tensor:
             f"no answer token left after skipping the first ignore_first_n={ignore_first_n} of each answer; lower "
             "ignore_first_n or check the label masking."
         )
-    z, targets = _answer_rows(logits, labels)  # (N, V), (N,)
+    z, targets, rows = _answer_rows(logits, labels)  # (N, V), (N,), (N,)
     _check_label_ids(targets, z.shape[-1])
     target_logits = z.detach().scatter(-1, targets[:, None], float("-inf"))  # (N, V)
     # q_y = 0 exactly, so the label's log-prob never enters: the loss is the cross-entropy over the other tokens.
-    return F.cross_entropy(z, torch.softmax(target_logits, dim=-1))
+    per_position = F.cross_entropy(z, torch.softmax(target_logits, dim=-1), reduction="none")  # (N,)
+    return _reduce(_row_shares(per_position, rows, labels.shape[0], per_position.shape[0]), per_example)
 
 
-def pdu_forget(logits: Tensor, labels: Tensor) -> Tensor:
+def pdu_forget(logits: Tensor, labels: Tensor, per_example: bool = False) -> Tensor:
     """PDU's forget loss (Entesari et al., "Constrained Entropic Unlearning: A Primal-Dual Framework for LLMs", 2025).
 
     Logit-margin flattening: ``F = (1/N) Σ_{valid t} (max_v z_t,v - mean_v z_t,v)^2`` over the answer positions,
@@ -843,14 +930,16 @@ def pdu_forget(logits: Tensor, labels: Tensor) -> Tensor:
     Args:
         logits: ``(B, T, V)`` logits of the model being unlearned (any float dtype; math in float32).
         labels: ``(B, T)`` labels, -100 on prompt and padding; only their mask is used, not the ids.
+        per_example: Return each sequence's share ``(1/N) Σ_{t ∈ answer(b)} (max_v z_t,v - mean_v z_t,v)^2`` instead.
 
     Returns:
-        Scalar tensor (≥ 0).
+        Scalar tensor (≥ 0); with ``per_example``, ``(B,)`` shares summing to it.
 
     Raises:
         ValueError: on shape mismatch or when no position has a label.
     """
     _check_logits_labels(logits, labels)
-    z, _ = _answer_rows(logits, labels)  # (N, V)
+    z, _, rows = _answer_rows(logits, labels)  # (N, V), (N,), (N,)
     # amax spreads the gradient evenly over tied maxima, so the derivative is symmetric in the tied entries.
-    return (z.amax(dim=-1) - z.mean(dim=-1)).pow(2).mean()
+    gap = (z.amax(dim=-1) - z.mean(dim=-1)).pow(2)  # (N,)
+    return _reduce(_row_shares(gap, rows, labels.shape[0], gap.shape[0]), per_example)

@@ -18,6 +18,10 @@ def test_configs_exist() -> None:
     for objective in objectives:
         assert f"tofu/{objective}.yaml" in names
         assert f"tofu_tiny/{objective}.yaml" in names
+    # The G-effect paper's presets: both of its models and the tiny one, for every method of its code.
+    for method in ("ga", "gd", "ga_kl", "npo", "npo_kl", "idk", "rmu", "wga", "tnpo", "wtnpo"):
+        for model in ("phi", "llama2", "tiny"):
+            assert f"tofu_paper/{model}_{method}.yaml" in names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -33,6 +37,8 @@ def test_config_instantiates(config: Path, tiny_model_dir: Path, tmp_path: Path)
         overrides.append(f"--model.model_name_or_path={tmp_path / 'init'}")
     else:
         overrides.append(f"--model.model_name_or_path={tiny_model_dir}")
+    if "tokenizer_name" in init:  # a Hub tokenizer beside Hub weights (TOFU's Phi-1.5): the tiny model's own
+        overrides.append(f"--model.tokenizer_name={tiny_model_dir}")
     if "output_dir" in init:
         overrides.append(f"--model.output_dir={tmp_path / 'out'}")
     if raw["model"]["class_path"].endswith("RMU"):
@@ -46,3 +52,12 @@ def test_config_instantiates(config: Path, tiny_model_dir: Path, tmp_path: Path)
         for key in ("forget_weight", "retain_weight", "retain_loss"):
             if key in init:
                 assert getattr(cli.model, key) == init[key]
+    if config.parent.name == "tofu_paper":  # the paper's code settings reach the module and the data module
+        assert cli.model.kl_positions == "all"
+        assert cli.model.hparams.weight_decay == 0.0
+        assert cli.datamodule.hparams.hold_out_retain_eval
+        for key in ("beta", "alpha", "eps", "control_vector", "layer_index"):
+            if key in init:
+                assert getattr(cli.model, key) == init[key]
+        if "tokenizer_name" in init:
+            assert cli.datamodule.hparams.tokenizer_name_or_path == str(tiny_model_dir)

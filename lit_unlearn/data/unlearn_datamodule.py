@@ -3,7 +3,7 @@
 import math
 import random
 from importlib import resources
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Subset
@@ -13,6 +13,7 @@ from lit_unlearn.data.datasets import PartsCollator, QACollator, QADataset, Zipp
 from lit_unlearn.data.evaluation import EVAL_SPLITS, tofu_eval_dataloaders, tofu_file_of
 from lit_unlearn.data.formatting import PromptFormat
 from lit_unlearn.data.loaders import PartsCombinedLoader, seeded_loader
+from lit_unlearn.data.ranking import SubsetMode, check_subset_options, select_subset
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, forget_authors, full_indices
 from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, load_tofu, resolve_tofu_file
 from lit_unlearn.models.hub import load_tokenizer
@@ -22,6 +23,20 @@ RetainSplit = Literal["retain99", "retain95", "retain90"]
 
 RETAIN_EVAL_SPLIT = "retain_perturbed"
 """TOFU's retain evaluation set: the first 400 rows of ``full`` with paraphrased and perturbed answers."""
+
+
+class SplitRows(NamedTuple):
+    """Rows of a TOFU split chosen for training, in file order.
+
+    Args:
+        rows: The rows (``question``, ``answer``, ...).
+        names: One name per row for error messages, e.g. ``"forget10[3]"``.
+        indices: Each row's index in the split file.
+    """
+
+    rows: list[dict]
+    names: list[str]
+    indices: list[int]
 
 
 def idk_answers() -> list[str]:
@@ -46,6 +61,20 @@ class TOFUUnlearnDataModule(LightningDataModule):
     At tiny scale (``num_authors``) the retain pool keeps only its first N authors. With
     ``hold_out_retain_eval=True`` those start after the 20 held-out authors, so a tiny model fine-tuned on the
     first 20 authors needs ``hold_out_retain_eval=False`` to regularise on authors it knows.
+
+    Every forget (and idk) part carries ``index``, each row's index in the forget split file, and ``question``: the
+    unlearning modules name their forget examples by them for the G-effect callback's instance rows and ranking.
+
+    Subset unlearning (the G-effect paper's instance-ranking experiment): with ``subset`` and ``subset_fraction``
+    only ``floor(subset_fraction · N)`` of the N forget rows are unlearned (the idk part keeps the same rows, with the
+    refusals they get in the whole split). ``"top"`` keeps the rows with the LARGEST ``ranking_column`` values of
+    ``ranking_file`` (sorted by value, descending), ``"bottom"`` the SMALLEST (ascending), ties broken by the smaller
+    row index; ``"random"`` draws them uniformly with ``subset_seed``, ignoring any ranking values (the control). The
+    ranking is the ``g_effect_ranking.csv`` of ``GEffectCallback(per_instance="objective")`` on this forget split;
+    by ``g_effect_retain`` (the default column), negative means the example's unlearning raises the retain risk
+    (collateral damage), so ``"bottom"`` keeps the most damaging examples and ``"top"`` the most benign ones; by
+    ``g_effect_forget``, more negative means more removal, so ``"bottom"`` keeps the examples that unlearn hardest.
+    See :mod:`lit_unlearn.data.ranking`.
 
     Args:
         tokenizer_name_or_path: Hub id or local directory of the tokenizer (normally the model's).
@@ -73,6 +102,12 @@ class TOFUUnlearnDataModule(LightningDataModule):
             ``None``: all rows (OpenUnlearning). On the command line it is set from ``model.evaluation.max_items``
             (the one evaluation cap, linked by ``LitUnlearnCLI``); in Python, give it the model's
             ``EvalSettings.max_items``, or the evaluator stops at the first row beyond its cap.
+        ranking_file: A ``g_effect_ranking.csv`` of ``forget_split`` to select ``"top"``/``"bottom"`` rows by; checked
+            against the split (every row ranked once, questions matching) also for ``"random"``.
+        ranking_column: The ranking's column to sort by, ``g_effect_retain`` (default) or ``g_effect_forget``.
+        subset: ``"top"``, ``"bottom"`` or ``"random"`` (see above); ``None`` unlearns the whole forget split.
+        subset_fraction: The fraction of the forget split to unlearn, in (0, 1] (needs ``subset``).
+        subset_seed: Seed of the ``"random"`` subset.
     """
 
     def __init__(
@@ -91,8 +126,14 @@ class TOFUUnlearnDataModule(LightningDataModule):
         seed: int = 0,
         data_dir: str | None = None,
         eval_max_items: int | None = None,
+        ranking_file: str | None = None,
+        ranking_column: str = "g_effect_retain",
+        subset: SubsetMode | None = None,
+        subset_fraction: float | None = None,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
+        check_subset_options(ranking_file, ranking_column, subset, subset_fraction)
         if forget_split not in FORGET_AUTHORS:
             raise ValueError(f"forget_split={forget_split!r}: choose one of {list(FORGET_AUTHORS)}.")
         if retain_split is not None and retain_split not in RETAIN_OF_FORGET.values():
@@ -126,13 +167,30 @@ class TOFUUnlearnDataModule(LightningDataModule):
             resolve_tofu_file(split, hp.data_dir)
         load_tokenizer(hp.tokenizer_name_or_path)
 
-    def forget_rows(self) -> tuple[list[dict], list[str]]:
-        """The forget rows in file order, each with a name (``"forget10[3]"``)."""
+    def forget_rows(self) -> SplitRows:
+        """The forget rows to unlearn in file order (all of them, or the ``subset``), each with a name
+        (``"forget10[3]"``) and its index in the file.
+
+        Raises:
+            ValueError: a ranking file that does not fit the split or the options (see
+                :func:`lit_unlearn.data.ranking.select_subset`).
+        """
         hp = self.hparams
         rows = load_tofu(hp.forget_split, hp.data_dir)
-        return rows, [f"{hp.forget_split}[{i}]" for i in range(len(rows))]
+        keep = list(range(len(rows)))
+        if hp.subset is not None:
+            keep = select_subset(
+                [row["question"] for row in rows],
+                hp.forget_split,
+                hp.subset,
+                hp.subset_fraction,
+                ranking_file=hp.ranking_file,
+                ranking_column=hp.ranking_column,
+                seed=hp.subset_seed,
+            )
+        return SplitRows([rows[i] for i in keep], [f"{hp.forget_split}[{i}]" for i in keep], keep)
 
-    def retain_rows(self) -> tuple[list[dict], list[str]]:
+    def retain_rows(self) -> SplitRows:
         """The retain pool in file order, each with a name (``"retain90[417]"``), after hold-out and subset.
 
         Raises:
@@ -170,7 +228,7 @@ class TOFUUnlearnDataModule(LightningDataModule):
                 )
             chosen = set(authors[: hp.num_authors])
             keep = [i for i in keep if author_of(ids[i]) in chosen]
-        return [rows[i] for i in keep], [f"{split}[{i}]" for i in keep]
+        return SplitRows([rows[i] for i in keep], [f"{split}[{i}]" for i in keep], keep)
 
     def idk_rows(self, forget_rows: list[dict]) -> list[dict]:
         """``forget_rows`` with each answer replaced by a refusal, drawn with ``random.Random(seed)``."""
@@ -185,14 +243,17 @@ class TOFUUnlearnDataModule(LightningDataModule):
             self.tokenizer = load_tokenizer(hp.tokenizer_name_or_path)
         if stage == "fit" and self.forget_dataset is None:
             encode = {"tokenizer": self.tokenizer, "prompt_format": hp.prompt_format, "max_length": hp.max_length}
-            forget, forget_names = self.forget_rows()
-            parts = {"forget": QADataset(forget, row_names=forget_names, **encode)}
+            forget = self.forget_rows()
+            parts = {"forget": QADataset(forget.rows, row_names=forget.names, indices=forget.indices, **encode)}
             if hp.with_idk:
-                idk_names = [f"{name} (idk answer)" for name in forget_names]
-                parts["idk"] = QADataset(self.idk_rows(forget), row_names=idk_names, **encode)
-            retain, retain_names = self.retain_rows()
+                # Refusals are drawn over the whole split, so a row's refusal does not depend on the subset.
+                refusals = self.idk_rows(load_tofu(hp.forget_split, hp.data_dir))
+                idk = [refusals[i] for i in forget.indices]
+                idk_names = [f"{name} (idk answer)" for name in forget.names]
+                parts["idk"] = QADataset(idk, row_names=idk_names, indices=forget.indices, **encode)
+            retain = self.retain_rows()
             self.forget_dataset = ZippedDataset(parts)
-            self.retain_dataset = QADataset(retain, row_names=retain_names, **encode)
+            self.retain_dataset = QADataset(retain.rows, row_names=retain.names, indices=retain.indices, **encode)
 
     def train_dataloader(self) -> PartsCombinedLoader:
         """``CombinedLoader({"forget", "retain"(, "idk")}, mode="min_size")``: one epoch = one pass over the forget set.

@@ -88,6 +88,21 @@ def _hub_error(name_or_path: str, what: str, error: Exception) -> OSError:
     )
 
 
+def tokenizer_source(model_name_or_path: str, tokenizer_name: str | None = None) -> str:
+    """Where a model's tokenizer is loaded from: ``tokenizer_name`` when given, else the weights' own location.
+
+    A fine-tuned checkpoint may ship without a tokenizer (TOFU's released Phi-1.5 targets use the base model's); the
+    modules and the command line's data-module link both resolve it here.
+
+    Example:
+        >>> tokenizer_source("outputs/target")
+        'outputs/target'
+        >>> tokenizer_source("outputs/target", "outputs/base")
+        'outputs/base'
+    """
+    return tokenizer_name or model_name_or_path
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a Hub id or a local directory; set ``pad_token = eos_token`` when there is none.
 

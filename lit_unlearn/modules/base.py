@@ -1,15 +1,23 @@
 """``UnlearningModule``: the model to unlearn, its frozen reference, and the objective
 ``forget_weight·L_forget + retain_weight·L_retain`` (OpenUnlearning's γ and α).
 
-Each objective is a small subclass that implements :meth:`UnlearningModule.forget_loss` over the log-probs this base
-class computes. Forward passes live here, so every objective does exactly one forward with gradient per batch part
-and at most one reference forward per batch (all parts that need it, concatenated), under ``no_grad``.
+Each objective is a small subclass that implements :meth:`UnlearningModule.forget_term` over the log-probs this base
+class computes: L_forget split over the forget examples (a :class:`ForgetTerm`), so that the training loss, the
+G-effect callback's objective terms and its per-example shares are one computation. Forward passes live here, so every
+objective does exactly one forward with gradient per batch part and at most one reference forward per batch (all parts
+that need it, concatenated), under ``no_grad``.
+
+The module implements the G-effect callback's protocols (``callbacks/g_effect.py``): ``risk_losses``,
+``per_example_risks``, ``objective_terms`` (``{"unlearn": γ·L_forget, "regularizer": α·L_retain}``),
+``per_example_unlearn`` (each forget example's share of the unlearn term) and ``example_ids`` (each forget example's
+row index in the forget split file and its question, carried by the batches of
+:class:`~lit_unlearn.data.TOFUUnlearnDataModule`).
 """
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypedDict, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -26,6 +34,52 @@ from lit_unlearn.modules.causal_lm import AdamWSettings, CausalLMModule, Decay, 
 
 RetainLoss = Literal["none", "nll", "kl"]
 """The retain regularisers every objective offers; an objective with its own (RMU) extends this Literal."""
+
+
+class ExampleId(TypedDict):
+    """A forget example's identity in the G-effect callback's instance rows and ranking (``example_ids``).
+
+    Args:
+        index: Its row index in the forget split file (``forget10.json`` line ``index``, 0-based).
+        question: Its question, so a ranking can be checked against the split it is applied to.
+    """
+
+    index: int
+    question: str
+
+
+@dataclass(frozen=True)
+class ForgetTerm:
+    """An objective's forget term L_forget on one micro-batch, split over the micro-batch's forget examples.
+
+    Args:
+        shares: ``(B,)`` each forget example's exact additive share of L_forget (unweighted by ``forget_weight``):
+            ``L_forget = shares.sum()``. The share follows the objective's own averaging (see the objective's
+            docstring), e.g. ``Σ_{t ∈ answer(b)} ℓ_t / N`` for a token mean over the micro-batch's N answer tokens.
+        logs: Detached diagnostics ``training_step`` logs next to the loss (e.g. ``train/mean_token_weight``).
+    """
+
+    shares: Tensor
+    logs: Mapping[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def value(self) -> Tensor:
+        """L_forget itself: the sum of the shares."""
+        return self.shares.sum()
+
+
+@dataclass(frozen=True)
+class StepTerms:
+    """The objective's terms on one micro-batch, before weighting.
+
+    Args:
+        forget: L_forget, split over the forget examples.
+        retain: L_retain; ``None`` when the objective has no regulariser (``retain_loss="none"`` or weight 0), or when
+            it was not asked for.
+    """
+
+    forget: ForgetTerm
+    retain: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -71,7 +125,14 @@ class UnlearningModule(CausalLMModule):
             objective may add its own, e.g. RMU's ``"rmu"``).
         forget_weight: Weight of the forget term (γ in OpenUnlearning).
         retain_weight: Weight of the retain regulariser (OpenUnlearning calls it α; it is not WTNPO's exponent
-            ``alpha``).
+            ``alpha``). The G-effect paper's code ties the KL weight of ``npo_kl`` to NPO's β (set both to the same
+            number to reproduce it); every other ``*_kl`` and ``gd`` of that code uses 1.
+        kl_positions: Where the ``"kl"`` retain term averages: ``"answer"`` (default: the retain answer positions, a
+            value independent of prompt length and padding) or ``"all"`` (every position of the padded retain batch,
+            prompt and padding included: the G-effect paper's code and OpenUnlearning, ``reduction="batchmean"``).
+        tokenizer_name: Hub id or local directory of the tokenizer when it is not shipped with the weights
+            (TOFU's released Phi-1.5 targets use the base Phi-1.5 tokenizer); ``None``: ``model_name_or_path``. On
+            the command line the data module tokenizes with the same tokenizer (linked by ``LitUnlearnCLI``).
         lr: Peak learning rate of the default AdamW optimiser; ``None``: 1e-5 (TOFU: 1e-5 for Llama, 2e-5 for Phi).
         weight_decay: Weight decay of the default AdamW optimiser; ``None``: 0.01 (TOFU; the G-effect paper's code:
             0).
@@ -94,7 +155,7 @@ class UnlearningModule(CausalLMModule):
     """
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
-    """Batch parts whose reference log-probs :meth:`forget_loss` needs (e.g. ``("forget",)`` for NPO)."""
+    """Batch parts whose reference log-probs :meth:`forget_term` needs (e.g. ``("forget",)`` for NPO)."""
     retain_losses: ClassVar[tuple[str, ...]] = get_args(RetainLoss)
     """The ``retain_loss`` values this class accepts: the arguments of the Literal its signature declares."""
     default_adamw = AdamWSettings(lr=1e-5, weight_decay=0.01)
@@ -106,6 +167,8 @@ class UnlearningModule(CausalLMModule):
         retain_loss: str = "nll",
         forget_weight: float = 1.0,
         retain_weight: float = 1.0,
+        kl_positions: losses.KLPositions = "answer",
+        tokenizer_name: str | None = None,
         lr: float | None = None,
         weight_decay: float | None = None,
         betas: tuple[float, float] | None = None,
@@ -125,8 +188,14 @@ class UnlearningModule(CausalLMModule):
             raise ValueError(f"{type(self).__name__}: retain_loss={retain_loss!r}; choose one of {self.retain_losses}.")
         if forget_weight < 0 or retain_weight < 0:
             raise ValueError(f"forget_weight and retain_weight must be ≥ 0, got {forget_weight} and {retain_weight}.")
+        if kl_positions not in get_args(losses.KLPositions):
+            raise ValueError(
+                f"{type(self).__name__}: kl_positions={kl_positions!r}; choose 'answer' (answer positions) or 'all' "
+                "(every position, the G-effect paper's code and OpenUnlearning)."
+            )
         super().__init__(
             model_name_or_path=model_name_or_path,
+            tokenizer_name=tokenizer_name,
             lr=lr,
             weight_decay=weight_decay,
             betas=betas,
@@ -146,6 +215,7 @@ class UnlearningModule(CausalLMModule):
         self.retain_loss = retain_loss
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
+        self.kl_positions = kl_positions
         self.reference_model: PreTrainedModel | None = None
         if self.needs_reference and not self.uses_lora:
             self.reference_model = load_causal_lm(
@@ -226,36 +296,71 @@ class UnlearningModule(CausalLMModule):
                 yield self.reference_model
 
     # ------------------------------------------------------------------------------------------------ objective
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
-        """The objective's forget term L_forget (minimised).
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
+        """The objective's forget term L_forget (minimised), split over the forget examples of ``batch``.
 
         Args:
             batch: The whole training batch (``"forget"``, ``"retain"``, maybe ``"idk"``).
             reference: The reference's outputs on the parts named in :attr:`reference_parts`
                 (``reference.logps("forget")``).
+
+        Returns:
+            The per-example shares (``(B,)``, one per forget example, summing to L_forget) and the diagnostics to log.
+            Must be a pure function of the parameters (no logging, no ``.item()``): the G-effect callback
+            differentiates the shares in forward mode.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement forget_loss.")
+        raise NotImplementedError(f"{type(self).__name__} must implement forget_term.")
 
     def retain_term(self, retain: Batch, reference_logits: Tensor | None) -> Tensor:
         """The retain regulariser L_retain on a retain batch part (one forward with gradient)."""
         logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
         if self.retain_loss == "kl":
-            return losses.kl_divergence(logits, reference_logits, retain["labels"])
+            return losses.kl_divergence(logits, reference_logits, retain["labels"], self.kl_positions)
         return losses.nll(*losses.token_logps(logits, retain["labels"]))
+
+    @property
+    def has_regularizer(self) -> bool:
+        """Whether the objective has a retain term: a ``retain_loss`` other than ``"none"`` with a positive weight."""
+        return self.retain_loss != "none" and self.retain_weight > 0
+
+    def regularizer(self, retain: Tensor) -> Tensor:
+        """The regulariser term of the loss from L_retain: ``retain_weight · L_retain``."""
+        return self.retain_weight * retain
+
+    def observe_retain(self, retain: Tensor) -> None:
+        """Called by ``training_step`` (only there) with each micro-batch's detached L_retain; a no-op here."""
+
+    def regularizer_logs(self) -> dict[str, float]:
+        """Values ``training_step`` logs with the regulariser (e.g. PDU's dual variable); none here."""
+        return {}
+
+    def step_terms(self, batch: Mapping[str, Batch], regularizer: bool = True) -> StepTerms:
+        """The objective's terms on one micro-batch: the reference forward, then L_forget and (maybe) L_retain.
+
+        Args:
+            batch: One training batch.
+            regularizer: Also compute L_retain (when :attr:`has_regularizer`); ``False`` skips its forward.
+        """
+        with_retain = regularizer and self.has_regularizer
+        wanted = list(self.reference_parts) + (["retain"] if with_retain and self.retain_loss == "kl" else [])
+        reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
+        forget = self.forget_term(batch, reference)
+        retain = self.retain_term(batch["retain"], reference.logits.get("retain")) if with_retain else None
+        return StepTerms(forget=forget, retain=retain)
 
     @override
     def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
-        wanted = list(self.reference_parts) + (["retain"] if self.retain_loss == "kl" else [])
-        reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
-        forget = self.forget_loss(batch, reference)
+        terms = self.step_terms(batch)
+        forget = terms.forget.value
         loss = self.forget_weight * forget
-        logs = {"train/forget_loss": forget.detach()}
-        if self.retain_loss != "none" and self.retain_weight > 0:
-            retain = self.retain_term(batch["retain"], reference.logits.get("retain"))
-            loss = loss + self.retain_weight * retain
-            logs["train/retain_loss"] = retain.detach()
+        logs: dict[str, Tensor | float] = {"train/forget_loss": forget.detach(), **terms.forget.logs}
+        if terms.retain is not None:
+            loss = loss + self.regularizer(terms.retain)
+            logs["train/retain_loss"] = terms.retain.detach()
+            logs.update(self.regularizer_logs())
+            self.observe_retain(terms.retain.detach())
         if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in logs.items())
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items())
             raise FloatingPointError(
                 f"{type(self).__name__}: non-finite loss at global step {self.global_step} ({parts}). "
                 "Lower the learning rate, or use bf16/fp32 instead of fp16."
@@ -265,9 +370,10 @@ class UnlearningModule(CausalLMModule):
         self.log_dict(logs, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def log_token_weight(self, weights: Tensor, mask: Tensor) -> None:
-        """Log the mean detached token weight of a weighted objective (WGA, TNPO, WTNPO) over answer tokens."""
-        self.log("train/mean_token_weight", weights[mask].mean(), batch_size=mask.shape[0])
+    @staticmethod
+    def token_weight_log(weights: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The mean detached token weight of a weighted objective (WGA, TNPO, WTNPO, SatImp) over answer tokens."""
+        return {"train/mean_token_weight": weights.detach()[mask].mean()}
 
     # ------------------------------------------------------------------------------------------------ G-effect
     def risk_losses(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
@@ -292,3 +398,54 @@ class UnlearningModule(CausalLMModule):
                 per_example.append(-(logps * mask).sum(-1) / mask.sum(-1))
             risks[name] = torch.cat(per_example)
         return risks
+
+    def objective_terms(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
+        """The objective's terms on the step's micro-batches, for ``GEffectCallback(terms=True)``.
+
+        ``{"unlearn": forget_weight · L_forget, "regularizer": <the regulariser term>}`` (only ``"unlearn"`` without a
+        regulariser), each computed exactly as ``training_step`` computes it and averaged over the ``k`` micro-batches
+        as Lightning averages accumulated gradients, so ``unlearn + regularizer`` is the mean of the losses
+        ``training_step`` returns. The regulariser term is ``retain_weight · L_retain`` (PDU: ``λ · (R − ε)`` with the
+        current λ).
+        """
+        unlearn, regularizer = [], []
+        for batch in batches:
+            terms = self.step_terms(batch)
+            unlearn.append(self.forget_weight * terms.forget.value)
+            if terms.retain is not None:
+                regularizer.append(self.regularizer(terms.retain))
+        out = {"unlearn": torch.stack(unlearn).mean()}
+        if regularizer:
+            out["regularizer"] = torch.stack(regularizer).mean()
+        return out
+
+    def per_example_unlearn(self, batches: Sequence[Mapping[str, Batch]]) -> Tensor:
+        """Each forget example's share of ``objective_terms(batches)["unlearn"]``, shape (N,), summing to it.
+
+        Example i of micro-batch j contributes ``forget_weight / k · shares_j[i]`` with ``shares_j`` the objective's
+        :class:`ForgetTerm` shares (its docstring states the share) and k the number of micro-batches; the examples
+        are concatenated over the micro-batches in order. No retain forward is run.
+        """
+        shares = [self.step_terms(batch, regularizer=False).forget.shares for batch in batches]
+        return self.forget_weight * torch.cat(shares) / len(batches)
+
+    def example_ids(self, batches: Sequence[Mapping[str, Batch]]) -> list[ExampleId]:
+        """The forget examples of ``batches`` in ``per_example_unlearn``'s order: row index in the forget split file
+        and question, from the ``index`` and ``question`` the data module's collator puts in each forget part.
+
+        Raises:
+            KeyError: a forget part without ``index`` or ``question`` (a batch not built by
+                :class:`~lit_unlearn.data.TOFUUnlearnDataModule`).
+        """
+        ids: list[ExampleId] = []
+        for batch in batches:
+            forget = batch["forget"]
+            if "index" not in forget or "question" not in forget:
+                raise KeyError(
+                    f"{type(self).__name__}.example_ids: the forget batch part has no 'index'/'question' (keys: "
+                    f"{sorted(forget)}). Batches from lit_unlearn.data.TOFUUnlearnDataModule carry them; add both to "
+                    "hand-built batches, or turn off the G-effect callback's objective side."
+                )
+            indices = forget["index"].tolist()
+            ids += [ExampleId(index=int(i), question=str(q)) for i, q in zip(indices, forget["question"], strict=True)]
+        return ids

@@ -31,6 +31,7 @@ from typing_extensions import override
 from lit_unlearn.eval.mixin import TOFUEvalMixin
 from lit_unlearn.eval.settings import EvalSettings
 from lit_unlearn.models import DType, LoraSettings, load_causal_lm, load_tokenizer
+from lit_unlearn.models.hub import tokenizer_source
 
 Decay = Literal["linear", "cosine"]
 
@@ -136,7 +137,8 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
     """Base of :class:`~lit_unlearn.modules.finetune.Finetune` and every unlearning objective.
 
     Subclasses call ``super().__init__(...)`` with these arguments (documented on the subclasses, where the CLI shows
-    them), set :attr:`default_adamw` and :attr:`default_schedule`, and implement ``training_step``.
+    them; ``tokenizer_name=None`` loads the tokenizer from ``model_name_or_path``), set
+    :attr:`default_adamw` and :attr:`default_schedule`, and implement ``training_step``.
 
     Raises:
         ValueError: an option of the default optimiser (``lr``, ``weight_decay``, ``betas``) given together with
@@ -166,6 +168,7 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
+        tokenizer_name: str | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -189,7 +192,7 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
         self.output_dir = output_dir
         self.eval_settings = evaluation or EvalSettings()
         self.uses_lora = lora is not None
-        self.tokenizer = load_tokenizer(model_name_or_path)
+        self.tokenizer = load_tokenizer(tokenizer_source(model_name_or_path, tokenizer_name))
         self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps submodule modes as found at fit start:
         # without this, dropout would silently stay off during training.

@@ -3,12 +3,11 @@
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class CEU(UnlearningModule):
@@ -17,6 +16,10 @@ class CEU(UnlearningModule):
     Its gradient is the unlikelihood gradient ``p − q``: bounded as the answer token's probability vanishes, where
     gradient ascent's grows as ``1/p``. No reference model. The paper has no retain term, hence ``retain_loss="none"``
     by default; GD and KL are available like for every objective.
+
+    Per-example share (G-effect callback): a position mean over the micro-batch, so forget example b's share of
+    L_forget is ``Σ_{t ∈ answer(b)} ℓ_t / N`` with N the answer positions of the whole micro-batch left after skipping
+    the first ``ignore_first_n`` of each answer.
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.
@@ -34,7 +37,7 @@ class CEU(UnlearningModule):
         self.ignore_first_n = ignore_first_n
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
         forget = batch["forget"]
         logits = self.model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-        return losses.ceu(logits, forget["labels"], self.ignore_first_n)
+        return ForgetTerm(losses.ceu(logits, forget["labels"], self.ignore_first_n, per_example=True))

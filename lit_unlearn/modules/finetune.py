@@ -102,6 +102,9 @@ class Finetune(CausalLMModule):
             batch (chunk NLL sums over the batch's answer-token count), so loss and gradient are the same up to float
             rounding, while no compute is spent on padding columns: on the tiny TOFU recipe, where world-fact answers
             of a few tokens share batches with author answers of a hundred, padding is 45% of a batch.
+        tokenizer_name: Hub id or local directory of the tokenizer when the weights ship without one;
+            ``None``: ``model_name_or_path`` (with ``tiny``, the tokenizer built there). The command line links the
+            data module's tokenizer to it.
     """
 
     default_adamw = AdamWSettings(lr=2.0e-5, weight_decay=0.0)
@@ -127,6 +130,7 @@ class Finetune(CausalLMModule):
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
         rows_per_forward: int | None = None,
+        tokenizer_name: str | None = None,
     ) -> None:
         if rows_per_forward is not None and rows_per_forward < 1:
             raise ValueError(f"rows_per_forward must be ≥ 1 or None (the whole batch), got {rows_per_forward}.")
@@ -150,6 +154,7 @@ class Finetune(CausalLMModule):
             lora=lora,
             output_dir=output_dir,
             evaluation=evaluation,
+            tokenizer_name=tokenizer_name,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.rows_per_forward = rows_per_forward

@@ -9,7 +9,9 @@ from lit_unlearn.modules.grad_ascent import GradAscent
 class GradDiff(GradAscent):
     """Gradient difference (Liu et al. 2022; TOFU): ``L = −mean_tokens(ce_forget) + α · mean_tokens(ce_retain)``.
 
-    Gradient ascent with the retain NLL term on by default (``retain_loss="kl"`` gives GA+KL).
+    Gradient ascent with the retain NLL term on by default (``retain_loss="kl"`` gives GA+KL). The G-effect paper's
+    ``gd`` with its default λ = 1 (``retain_weight``); GA is the only objective its code pairs with GD. The unlearn
+    term and its per-example shares are :class:`~lit_unlearn.modules.GradAscent`'s.
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.

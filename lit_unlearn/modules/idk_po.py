@@ -3,12 +3,11 @@
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 def idk_part(module: UnlearningModule, batch: Mapping[str, Batch]) -> Batch:
@@ -27,9 +26,14 @@ class IdkPO(UnlearningModule):
     Fits a refusal, drawn at random from the refusal list shipped in ``lit_unlearn/data/idk_answers.txt``, to every
     forget question; it never pushes on the true answer directly.
 
+    Per-example share (G-effect callback): a token mean over the refusal answers of the micro-batch, so forget example
+    b's share of L_forget is ``(1/N_idk) Σ_{i ∈ refusal(b)} ce_i``, N_idk the refusal-answer tokens of the micro-batch
+    (the ``"idk"`` rows are the forget rows in the same order).
+
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.
-        retain_loss: Retain regulariser, ``"nll"`` by default (TOFU's "idk" = PO + GD).
+        retain_loss: Retain regulariser, ``"nll"`` by default (TOFU's "idk" = PO + GD). The G-effect paper's ``idk``
+            has none (``"none"``).
         **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
     """
 
@@ -37,5 +41,5 @@ class IdkPO(UnlearningModule):
         super().__init__(model_name_or_path=model_name_or_path, retain_loss=retain_loss, **kwargs)
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
-        return losses.nll(*self.answer_logps(idk_part(self, batch)))
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
+        return ForgetTerm(losses.nll(*self.answer_logps(idk_part(self, batch)), per_example=True))

@@ -3,12 +3,11 @@
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class NPO(UnlearningModule):
@@ -17,10 +16,14 @@ class NPO(UnlearningModule):
     Its gradient is gradient ascent's with the per-sequence weight ``2 p^β / (p^β + p_ref^β)`` (G-effect paper
     §4.2): sequences already unlikely relative to the reference get pushed less.
 
+    Per-example share (G-effect callback): a mean over sequences, so forget example b's share of L_forget is
+    ``−(2/β) log σ(−β · log(π_θ(y_b|x_b) / π_ref(y_b|x_b))) / B`` with B the micro-batch size.
+
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.
         beta: Inverse temperature β (OpenUnlearning: 0.1; the G-effect paper's code: 0.5). β → 0 recovers GA.
-        retain_loss: Retain regulariser, ``"nll"`` by default (OpenUnlearning's NPO).
+        retain_loss: Retain regulariser, ``"nll"`` by default (OpenUnlearning's NPO). The G-effect paper's ``npo`` has
+            none (``"none"``); its ``npo_kl`` is ``"kl"`` with ``retain_weight`` equal to β (its code ties the two).
         **kwargs: Further :class:`~lit_unlearn.modules.base.UnlearningModule` arguments.
     """
 
@@ -34,6 +37,6 @@ class NPO(UnlearningModule):
         self.beta = beta
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
         logps, mask = self.answer_logps(batch["forget"])
-        return losses.npo(logps, reference.logps("forget"), mask, self.beta)
+        return ForgetTerm(losses.npo(logps, reference.logps("forget"), mask, self.beta, per_example=True))

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 def dual_ascent(dual: float, retain: float, epsilon: float, step_size: float) -> float:
@@ -46,6 +46,10 @@ class PDU(UnlearningModule):
     ``retain_loss`` chooses the constrained quantity R: ``"nll"`` (the paper's, retain answer NLL), ``"kl"`` (the
     KL from the frozen model on the retain answers, so ε bounds a KL) or ``"none"`` (no constraint: ``L = γ · F`` and
     λ is unused). Unlike the other objectives, R is computed even while λ = 0, since λ may have to rise again.
+
+    Per-example share (G-effect callback): F is a position mean over the micro-batch, so forget example b's share of
+    F is ``Σ_{t ∈ answer(b)} gap_t² / N`` with N the answer positions of the whole micro-batch; the regulariser term
+    of ``objective_terms`` is ``λ · (R − ε)`` with the current λ.
 
     Differences from OpenUnlearning's PDU: λ moves once per optimiser step, not once per micro-batch, and with the
     retain loss of all ranks rather than a per-rank λ; the forget mask is shifted like every loss here (see
@@ -97,36 +101,30 @@ class PDU(UnlearningModule):
         self._retain_count = 0
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
         forget = batch["forget"]
         logits = self.model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-        return losses.pdu_forget(logits, forget["labels"])
+        return ForgetTerm(losses.pdu_forget(logits, forget["labels"], per_example=True))
+
+    @property
+    @override
+    def has_regularizer(self) -> bool:
+        # R is needed at every step for the dual update, even while λ = 0: λ may have to rise again.
+        return self.retain_loss != "none"
 
     @override
-    def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
-        # The base class adds a constant α · R, skipped when α = 0; here the weight is λ, the term is shifted by ε,
-        # and R is needed at every step for the dual update.
-        wanted = ["retain"] if self.retain_loss == "kl" else []
-        reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
-        forget = self.forget_loss(batch, reference)
-        loss = self.forget_weight * forget
-        logs: dict[str, Tensor | float] = {"train/forget_loss": forget.detach()}
-        if self.retain_loss != "none":
-            retain = self.retain_term(batch["retain"], reference.logits.get("retain"))
-            loss = loss + self.dual * (retain - self.epsilon)
-            self._retain_sum = retain.detach() if self._retain_sum is None else self._retain_sum + retain.detach()
-            self._retain_count += 1
-            logs["train/retain_loss"] = retain.detach()
-            logs["train/dual"] = self.dual
-        if not torch.isfinite(loss):
-            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items())
-            raise FloatingPointError(
-                f"{type(self).__name__}: non-finite loss at global step {self.global_step} ({parts}). "
-                "Lower the learning rate, or use bf16/fp32 instead of fp16."
-            )
-        logs["train/loss"] = loss.detach()
-        self.log_dict(logs, prog_bar=True, batch_size=batch["forget"]["input_ids"].shape[0])
-        return loss
+    def regularizer(self, retain: Tensor) -> Tensor:
+        """The Lagrangian's constraint term ``λ · (R − ε)`` with the current λ."""
+        return self.dual * (retain - self.epsilon)
+
+    @override
+    def regularizer_logs(self) -> dict[str, float]:
+        return {"train/dual": self.dual}
+
+    @override
+    def observe_retain(self, retain: Tensor) -> None:
+        self._retain_sum = retain if self._retain_sum is None else self._retain_sum + retain
+        self._retain_count += 1
 
     @override
     def on_train_start(self) -> None:

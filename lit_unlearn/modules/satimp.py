@@ -3,12 +3,11 @@
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class SatImp(UnlearningModule):
@@ -18,6 +17,9 @@ class SatImp(UnlearningModule):
     ``(1 − p)^β2`` (tokens the model is certain of are pushed less). The defaults are the authors' (tmlr-group/SatImp):
     β1 = 5 and β2 = 0.1 (README), forget weight 1 and retain weight 0.1 with the GD retain term (``satimp_gd``).
     OpenUnlearning's config uses β2 = 1 and swaps the weights (γ = 0.1, α = 1).
+
+    Per-example share (G-effect callback): a token mean over the micro-batch, so forget example b's share of L_forget
+    is ``(1/N) Σ_{i ∈ answer(b)} w_i log p_i`` with N the answer tokens of the whole micro-batch.
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.
@@ -52,7 +54,7 @@ class SatImp(UnlearningModule):
         self.beta2 = beta2
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
         logps, mask = self.answer_logps(batch["forget"])
-        self.log_token_weight(losses.satimp_weights(logps.detach(), self.beta1, self.beta2), mask)
-        return losses.satimp(logps, mask, self.beta1, self.beta2)
+        logs = self.token_weight_log(losses.satimp_weights(logps, self.beta1, self.beta2), mask)
+        return ForgetTerm(losses.satimp(logps, mask, self.beta1, self.beta2, per_example=True), logs)

@@ -3,18 +3,20 @@
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class SimNPO(UnlearningModule):
     """SimNPO (Fan et al. 2024, Eq. 4): ``L = −(2/β) · mean_seq log σ(β · (mean_i ce_i − δ))``.
 
     NPO with the reference replaced by a length-normalised log-likelihood and a margin δ; no frozen copy needed.
+
+    Per-example share (G-effect callback): a mean over sequences, so forget example b's share of L_forget is
+    ``−(2/β) log σ(β · (mean_{i ∈ answer(b)} ce_i − δ)) / B`` with B the micro-batch size.
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn.
@@ -38,5 +40,6 @@ class SimNPO(UnlearningModule):
         self.delta = delta
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
-        return losses.simnpo(*self.answer_logps(batch["forget"]), self.beta, self.delta)
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
+        logps, mask = self.answer_logps(batch["forget"])
+        return ForgetTerm(losses.simnpo(logps, mask, self.beta, self.delta, per_example=True))

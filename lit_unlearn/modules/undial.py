@@ -3,12 +3,11 @@
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from torch import Tensor
 from typing_extensions import override
 
 from lit_unlearn import losses
 from lit_unlearn.batch import Batch
-from lit_unlearn.modules.base import ReferenceOutputs, RetainLoss, UnlearningModule
+from lit_unlearn.modules.base import ForgetTerm, ReferenceOutputs, RetainLoss, UnlearningModule
 
 
 class UNDIAL(UnlearningModule):
@@ -18,6 +17,10 @@ class UNDIAL(UnlearningModule):
     stays close to the model before unlearning everywhere else; the loss is bounded, unlike gradient ascent's.
     Defaults: β = 10 and no retain term, OpenUnlearning's UNDIAL config (its ``α = 0``; its README: the paper uses
     β ∈ {3, 10, 30} and no retain set). That config's learning rate is 1e-4 over 10 epochs.
+
+    Per-example share (G-effect callback): a position mean over the micro-batch, so forget example b's share of
+    L_forget is ``Σ_{t ∈ positions(b)} ℓ_t / N`` with N the averaged positions of the whole micro-batch (its answer
+    positions; with ``positions="all"`` every position, B·(T−1)).
 
     Args:
         model_name_or_path: Hub id or local directory of the model to unlearn (also the frozen teacher).
@@ -46,7 +49,10 @@ class UNDIAL(UnlearningModule):
         self.positions = positions
 
     @override
-    def forget_loss(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> Tensor:
+    def forget_term(self, batch: Mapping[str, Batch], reference: ReferenceOutputs) -> ForgetTerm:
         forget = batch["forget"]
         logits = self.model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"]).logits
-        return losses.undial(logits, reference.logits["forget"], forget["labels"], self.beta, self.positions)
+        shares = losses.undial(
+            logits, reference.logits["forget"], forget["labels"], self.beta, self.positions, per_example=True
+        )
+        return ForgetTerm(shares)

@@ -136,10 +136,30 @@ def test_batch_parts_are_right_padded_long_tensors(tiny_model_dir: Path) -> None
     batch = _epoch(dm)[0]
     assert set(batch) == {"forget", "retain", "idk"}
     for part in batch.values():
-        assert set(part) == {"input_ids", "attention_mask", "labels"}
-        assert all(t.dtype == torch.long and t.shape == part["input_ids"].shape for t in part.values())
+        assert set(part) == {"input_ids", "attention_mask", "labels", "index", "question"}
+        tensors = [part[k] for k in ("input_ids", "attention_mask", "labels")]
+        assert all(t.dtype == torch.long and t.shape == part["input_ids"].shape for t in tensors)
         assert (part["attention_mask"][:, 0] == 1).all()  # right padding: real tokens first
         assert (part["labels"][part["attention_mask"] == 0] == IGNORE_INDEX).all()
+        assert part["index"].dtype == torch.long
+        assert part["index"].shape == (part["input_ids"].shape[0],)
+
+
+def test_every_part_carries_its_rows_file_index_and_question(tiny_model_dir: Path) -> None:
+    """The ids the unlearning modules name their forget examples by: row of the split file, and its question."""
+    dm = _datamodule(tiny_model_dir, with_idk=True)
+    forget_file, retain_file = load_tofu("forget01"), load_tofu("retain99")
+    seen = []
+    for batch in _epoch(dm):
+        assert torch.equal(batch["forget"]["index"], batch["idk"]["index"])
+        assert batch["forget"]["question"] == batch["idk"]["question"]
+        for i, q in zip(batch["forget"]["index"].tolist(), batch["forget"]["question"], strict=True):
+            assert forget_file[i]["question"] == q
+            seen.append(i)
+        for i, q in zip(batch["retain"]["index"].tolist(), batch["retain"]["question"], strict=True):
+            assert retain_file[i]["question"] == q
+            assert i < 20  # num_authors=1 without the hold-out: the pool is author 0, rows 0..19 of retain99
+    assert sorted(seen) == list(range(40))
 
 
 def test_idk_part_is_aligned_with_the_forget_part(tiny_model_dir: Path) -> None:

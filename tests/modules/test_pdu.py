@@ -17,6 +17,7 @@ import lit_unlearn
 from lit_unlearn import losses
 from lit_unlearn.data.collate import pad_sequences
 from lit_unlearn.data.formatting import encode_pair
+from lit_unlearn.modules.base import ForgetTerm
 from lit_unlearn.modules.pdu import PDU, dual_ascent
 
 # Worked example P2 (objectives_more.md §4): F = 13, γ = 1, λ₀ = 100, η = 5, ε = 0.3.
@@ -71,10 +72,10 @@ class SpyPDU(PDU):
         self.seen_retain: list[float] = []
         self.seen_loss: list[float] = []
 
-    def forget_loss(self, batch, reference) -> Tensor:
-        value = super().forget_loss(batch, reference)
-        self.seen_forget.append(value.item())
-        return value
+    def forget_term(self, batch, reference) -> ForgetTerm:
+        term = super().forget_term(batch, reference)
+        self.seen_forget.append(term.value.item())
+        return term
 
     def retain_term(self, retain, reference_logits) -> Tensor:
         value = super().retain_term(retain, reference_logits)
@@ -97,8 +98,8 @@ class ScriptedPDU(SpyPDU):
     def _zero(self) -> Tensor:
         return 0.0 * next(self.model.parameters()).float().sum()  # float32 even under bf16-true, like the real losses
 
-    def forget_loss(self, batch, reference) -> Tensor:
-        return 13.0 + self._zero()
+    def forget_term(self, batch, reference) -> ForgetTerm:
+        return ForgetTerm((13.0 + self._zero())[None])
 
     def retain_term(self, retain, reference_logits) -> Tensor:
         return next(self.script) + self._zero()
