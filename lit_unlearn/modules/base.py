@@ -91,6 +91,9 @@ class UnlearningModule(CausalLMModule):
             model with the adapters disabled, so no second copy of the weights is held.
         output_dir: Where the unlearned model and tokenizer are saved (``save_pretrained``) when ``fit`` ends.
         evaluation: TOFU evaluation settings for ``validate``/``test`` and in-training validation.
+        gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
+            storing them (non-reentrant activation checkpointing): activation memory falls from every block's
+            to about one block's, for roughly one extra forward pass per step.
     """
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
@@ -120,6 +123,7 @@ class UnlearningModule(CausalLMModule):
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if retain_loss not in self.retain_losses:
             raise ValueError(f"{type(self).__name__}: retain_loss={retain_loss!r}; choose one of {self.retain_losses}.")
@@ -141,6 +145,7 @@ class UnlearningModule(CausalLMModule):
             lora=lora,
             output_dir=output_dir,
             evaluation=evaluation,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.retain_loss = retain_loss
@@ -160,6 +165,12 @@ class UnlearningModule(CausalLMModule):
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the model before unlearning is needed (reference log-probs, KL, RMU)."""
         return bool(self.reference_parts) or self.retain_loss == "kl"
+
+    @override
+    def models_to_shard(self) -> list[nn.Module]:
+        # The frozen reference is sharded like the model: whole on every device it would cost one full copy of the
+        # weights per device, the very memory sharding frees. Its forward then all-gathers one block at a time too.
+        return [self.model] if self.reference_model is None else [self.model, self.reference_model]
 
     @override
     def train(self, mode: bool = True) -> "UnlearningModule":
