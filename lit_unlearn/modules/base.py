@@ -9,7 +9,7 @@ and at most one reference forward per batch (all parts that need it, concatenate
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -159,6 +159,7 @@ class UnlearningModule(CausalLMModule):
             self.reference_model.requires_grad_(False).eval()
         # The reference is rebuilt from model_name_or_path, never restored from a checkpoint (it is not saved).
         self.strict_loading = False
+        self.register_state_dict_post_hook(_without_reference)
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -179,13 +180,6 @@ class UnlearningModule(CausalLMModule):
         if self.reference_model is not None:
             self.reference_model.eval()
         return self
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The frozen reference equals the model at model_name_or_path: storing it would double the checkpoint size.
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("reference_model.")]:
-            del state[key]
 
     # -------------------------------------------------------------------------------------------- forward passes
     def answer_logps(self, part: Batch) -> tuple[Tensor, Tensor]:
@@ -303,3 +297,14 @@ class UnlearningModule(CausalLMModule):
                 per_example.append(-(logps * mask).sum(-1) / mask.sum(-1))
             risks[name] = torch.cat(per_example)
         return risks
+
+
+def _without_reference(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``state_dict`` post-hook: drop the frozen reference, which equals the model at ``model_name_or_path``.
+
+    Storing it would double a checkpoint's size. Dropping it from the state dict itself, rather than from the
+    checkpoint afterwards, also keeps it out of the keys a sharded checkpoint is saved and resumed with
+    (``torch.distributed.checkpoint`` loads exactly the keys of the module's state dict).
+    """
+    for key in [k for k in state_dict if k.startswith(f"{prefix}reference_model.")]:
+        del state_dict[key]

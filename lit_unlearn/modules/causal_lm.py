@@ -202,6 +202,10 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
             # Non-reentrant: the checkpointed blocks stay in the autograd graph of their inputs and parameters, so
             # torch.autograd.grad (the G-effect callback) and forward-mode JVPs see through them.
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers also hooks the embedding to make its output require grad, which only reentrant
+            # checkpointing needs (non-reentrant reaches the parameters of a block whose input needs no grad, LoRA's
+            # adapters included), and whose requires_grad_ call inside forward breaks forward-mode JVPs.
+            self.model.disable_input_require_grads()
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps submodule modes as found at fit start:
         # without this, dropout would silently stay off during training.
         self.model.train()
