@@ -6,6 +6,7 @@ The extra commands are dispatched here and only here; each one is a ``main(argv)
 import sys
 from collections.abc import Callable, Sequence
 
+from lit_unlearn.attacks.cli import main as attack_main
 from lit_unlearn.config_hub import main as configs_main
 from lit_unlearn.eval.summarize import main as summarize_main
 from lit_unlearn.lightning_cli import run_lightning_cli
@@ -15,6 +16,7 @@ EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "quickstart": (quickstart_main, "build the tiny TOFU models, unlearn under the G-effect callback, write a report"),
     "summarize": (summarize_main, "print forget quality, model utility and its components of an evaluation as JSON"),
     "configs": (configs_main, "list the shipped configs, or copy them into a folder to edit"),
+    "attack": (attack_main, "robustness attacks on an unlearned model: relearn | quantize (docs/attacks.md)"),
 }
 
 

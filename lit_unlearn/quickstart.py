@@ -304,16 +304,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     jobs = [
         ModelJob(
-            kind,
+            name,
             config,
             str(inputs.cache_dir),
             inputs.data_dir,
             inputs.data_fingerprint,
-            inputs.max_new_tokens,
-            inputs.max_items,
-            inputs.rebuild,
+            evaluations=(FORGET_SPLIT,),
+            max_new_tokens=inputs.max_new_tokens,
+            max_items=inputs.max_items,
+            rebuild=inputs.rebuild,
         )
-        for kind, config in (("target", inputs.target_config), ("retain", inputs.retain_config))
+        for name, config in (("target", inputs.target_config), ("retain", inputs.retain_config))
     ]
     _say("preparing the tiny target and retain models side by side (one process and one thread each)")
     prepared = prepare_models(jobs)

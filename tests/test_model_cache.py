@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -62,6 +63,7 @@ def _short_recipe() -> str:
     return yaml.safe_dump(raw)
 
 
+@pytest.mark.slow
 def test_builds_under_different_thread_settings_are_identical(tmp_path: Path, tofu_dir: Path) -> None:
     """Two builds whose environments ask for 1 and for 2 threads give bit-identical weights and evaluations: the
     cache pins the thread count itself."""

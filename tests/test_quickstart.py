@@ -5,8 +5,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lit_unlearn import quickstart
+from lit_unlearn.config_hub import shipped_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +100,43 @@ def test_previous_results_are_moved_not_overwritten(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- end to end
+def _short(name: str, tmp_path: Path, **trainer: int) -> str:
+    """A shipped tiny config cut to a few steps and a few evaluated rows, written to ``tmp_path``."""
+    raw = yaml.safe_load(shipped_config(name).read_text())
+    raw["trainer"].update(trainer)
+    evaluation = raw["model"]["init_args"].get("evaluation")
+    if evaluation is not None:
+        evaluation.update(max_items=3, max_new_tokens=4)
+    path = tmp_path / f"{name.replace('/', '_')}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_quickstart_pipeline_on_a_short_recipe(tmp_path: Path, tofu_dir: Path) -> None:
+    """The whole job, wired as the README runs it, on recipes cut to a few steps: every file is written and the
+    report states each risk's direction as the sign of its realised change."""
+    out = tmp_path / "out"
+    argv = [
+        "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(tofu_dir),
+        "--target-config", _short("tofu_tiny/finetune_target", tmp_path, max_epochs=1, limit_train_batches=2),
+        "--retain-config", _short("tofu_tiny/finetune_retain", tmp_path, max_epochs=1, limit_train_batches=2),
+        "--unlearn-config", _short("tofu_tiny/wga", tmp_path, max_epochs=1, limit_train_batches=3),
+    ]  # fmt: skip
+    assert quickstart.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for model in ("target", "retain", "unlearned"):
+        assert {"forget_quality", "model_utility"} <= summary[model].keys()
+    assert summary["retain"]["forget_quality"] == 1.0
+    assert summary["what_ran"]["optimiser steps"] == 3
+    assert summary["what_ran"]["torch threads"] == 1
+    report = (out / "report.md").read_text()
+    for risk, reading in summary["g_effect"].items():
+        word = "ROSE" if reading["realised"] > 0 else "FELL"
+        assert f"**{risk} risk {word}**" in report
+    for name in ("fq_vs_mu.png", "g_effect_steps.png", "risk_changes.png", "eval_unlearned/eval_items.json"):
+        assert (out / name).is_file(), name
+
+
 @pytest.mark.slow
 def test_quickstart_end_to_end_from_an_empty_cache(tmp_path: Path, tofu_dir: Path) -> None:
     """The README's main job: models built from scratch, a convincing unlearning, a report that follows its data."""

@@ -70,6 +70,9 @@ class TOFUEvalDataset(Dataset):
     ``answer_pair`` (teacher-forced question + answer), ``paraphrased_pair`` (forget/retain only),
     ``perturbed_pairs`` (one per perturbed answer; absent on holdout) and ``prompt_ids`` (generation input).
 
+    ``rows`` keeps every row of the file (up to ``max_items``), so that ``rows[index]`` is the row of an item whatever
+    subset ``row_indices`` selects; ``indices`` lists the rows the dataset iterates.
+
     Args:
         rows: the split's rows with Hub field names (from ``lit_unlearn.data.load_tofu``).
         split: evaluation split name, one of ``EVAL_SPLITS``.
@@ -77,6 +80,13 @@ class TOFUEvalDataset(Dataset):
         prompt_format: see ``lit_unlearn.data.formatting.PromptFormat``.
         max_length: teacher-forced sequences are truncated on the right to this many tokens.
         max_items: keep only the first ``max_items`` rows (original TOFU: 300).
+        row_indices: iterate only these rows (TOFU row numbers, kept as the items' ``index``), in increasing order,
+            e.g. the held-out half of the forget set in the relearning attack; ``None``: every row. Applied after
+            ``max_items``.
+
+    Raises:
+        ValueError: on an unknown split, no row to iterate, a row lacking a field its split needs, or a
+            ``row_indices`` entry that is repeated or not a row of the (capped) split.
     """
 
     def __init__(
@@ -87,12 +97,25 @@ class TOFUEvalDataset(Dataset):
         prompt_format: PromptFormat = "auto",
         max_length: int = 512,
         max_items: int | None = None,
+        row_indices: Sequence[int] | None = None,
     ) -> None:
         if split not in EVAL_SPLITS:
             raise ValueError(f"Unknown TOFU evaluation split {split!r}; choose from {list(EVAL_SPLITS)}.")
         self.rows = list(rows)[:max_items] if max_items is not None else list(rows)
         if not self.rows:
             raise ValueError(f"TOFU evaluation split {split!r} has no rows.")
+        self.indices = list(range(len(self.rows))) if row_indices is None else sorted(row_indices)
+        if row_indices is not None:
+            bad = [
+                i for i in self.indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.rows)
+            ]
+            repeated = sorted({i for i in self.indices if self.indices.count(i) > 1})
+            if bad or repeated or not self.indices:
+                raise ValueError(
+                    f"row_indices of the {split!r} evaluation split must be distinct row numbers in "
+                    f"0..{len(self.rows) - 1} (the split has {len(self.rows)} rows after max_items={max_items}); got "
+                    f"{len(self.indices)} indices, out of range: {bad[:10]}, repeated: {repeated[:10]}."
+                )
         self.split = split
         self.tokenizer = tokenizer
         self.prompt_format = prompt_format
@@ -111,17 +134,18 @@ class TOFUEvalDataset(Dataset):
                 )
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.indices)
 
     def _pair(self, question: str, answer: str) -> EncodedPair:
         return encode_pair(self.tokenizer, question, answer, self.prompt_format, self.max_length)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.rows[i]
+        index = self.indices[i]
+        row = self.rows[index]
         question, answer = row["question"], row["answer"]
         item: dict[str, Any] = {
             "split": self.split,
-            "index": i,
+            "index": index,
             "question": question,
             "answer": answer,
             "answer_pair": self._pair(question, answer),
@@ -204,6 +228,7 @@ def eval_dataloader(
     batch_size: int = 16,
     max_length: int = 512,
     max_items: int | None = None,
+    row_indices: Sequence[int] | None = None,
 ) -> DataLoader:
     """A sequential ``DataLoader`` over one evaluation split built from already loaded rows.
 
@@ -215,11 +240,12 @@ def eval_dataloader(
         batch_size: questions per batch.
         max_length: truncation length of teacher-forced sequences.
         max_items: keep only the first ``max_items`` rows (the evaluation's ``EvalSettings.max_items``).
+        row_indices: evaluate only these rows of the split (their TOFU row numbers stay the items' ``index``).
 
     Returns:
         A loader of ``TOFUEvalCollator`` batches, in row order.
     """
-    dataset = TOFUEvalDataset(rows, split, tokenizer, prompt_format, max_length, max_items)
+    dataset = TOFUEvalDataset(rows, split, tokenizer, prompt_format, max_length, max_items, row_indices)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=TOFUEvalCollator(pad_token_id_of(tokenizer))
     )
