@@ -145,7 +145,9 @@ def run(
     losses = StepLosses()
     callbacks: list[Callback] = [g_effect, losses]
     if checkpoint_every is not None:
-        callbacks.append(ModelCheckpoint(dirpath=root / name / "ckpt", every_n_train_steps=checkpoint_every, save_top_k=-1))
+        callbacks.append(
+            ModelCheckpoint(dirpath=root / name / "ckpt", every_n_train_steps=checkpoint_every, save_top_k=-1)
+        )
     trainer = Trainer(
         accelerator="cpu",
         devices=devices,
@@ -180,7 +182,9 @@ def main(tiny_model_dir: str, tofu_dir: str, out_json: str) -> None:
         "npo": run("npo", tiny_model_dir, batches, root, strategy(), WORLD, max_steps=4, checkpoint_every=2),
     }
     step_2 = root / "npo" / "ckpt" / "epoch=0-step=2.ckpt"
-    results["npo_resumed"] = run("npo_resumed", tiny_model_dir, batches, root, strategy(), WORLD, 4, ckpt_path=str(step_2))
+    results["npo_resumed"] = run(
+        "npo_resumed", tiny_model_dir, batches, root, strategy(), WORLD, 4, ckpt_path=str(step_2)
+    )
     results["grad_diff_bf16"] = run(
         "grad_diff_bf16", tiny_model_dir, batches, root, strategy(), WORLD, 1, "bf16-mixed", gradient_checkpointing=True
     )

@@ -46,7 +46,10 @@ def single(tiny_model_dir: Path, tofu_dir: Path, tmp_path_factory: pytest.TempPa
     """The same runs on one process (no mesh: the modules stay unsharded), the halves accumulated."""
     root = tmp_path_factory.mktemp("single")
     batches = tofu_batches(tiny_model_dir, tofu_dir)
-    results = {name: run(name, tiny_model_dir, batches, root, "auto", 1, steps) for name, steps in [("grad_diff", 3), ("npo", 4)]}
+    results = {
+        name: run(name, tiny_model_dir, batches, root, "auto", 1, steps)
+        for name, steps in [("grad_diff", 3), ("npo", 4)]
+    }
     return {**results, "root": root}
 
 
@@ -84,7 +87,8 @@ def test_resuming_a_sharded_checkpoint_continues_the_run(sharded: dict[str, Any]
     """Resumed from the step-2 distributed checkpoint (no frozen reference in it), steps 2-3 are those of the
     uninterrupted run, and the callback's history continues from the checkpoint."""
     checkpoint = sharded["root"] / "npo" / "ckpt" / "epoch=0-step=2.ckpt"
-    assert checkpoint.is_dir() and len(list(checkpoint.glob("*.distcp"))) == WORLD
+    assert checkpoint.is_dir()
+    assert len(list(checkpoint.glob("*.distcp"))) == WORLD
     full, resumed = sharded["npo"], sharded["npo_resumed"]
     assert resumed["losses"] == pytest.approx(full["losses"][2:], rel=1e-6)
     assert _rows(resumed["history"]).keys() == _rows(full["history"]).keys()
