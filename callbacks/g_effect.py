@@ -36,7 +36,8 @@ This module imports only ``torch`` and ``lightning`` (matplotlib lazily, for the
 into any Lightning project. The module being trained tells the callback what to measure by implementing the
 protocols below: :class:`SupportsRiskLosses` always; :class:`SupportsPerExampleRisks` for the risk side of
 ``per_instance``; :class:`SupportsObjectiveTerms` for ``terms``; :class:`SupportsPerExampleObjective` (and, for the
-ranking, :class:`SupportsExampleIds`) for the objective side of ``per_instance``.
+ranking, :class:`SupportsExampleIds`) for the objective side of ``per_instance``; :class:`SupportsStepRisks` for
+``reuse_step_forward`` (the risks from ``training_step``'s own forward, without a second forward pass).
 """
 
 import contextlib
@@ -185,6 +186,28 @@ class SupportsExampleIds(Protocol):
 
 #: ``"group"``: a fine group (a block, a named group or a parameter); ``"coarse"``: a coarse depth group;
 #: ``"total"``: the sum over all parameters.
+@runtime_checkable
+class SupportsStepRisks(Protocol):
+    """A LightningModule that hands over the risks of its own ``training_step`` forward (``reuse_step_forward=True``).
+
+    Between ``keep_step_risks(True)`` and ``keep_step_risks(False)`` every ``training_step`` records its risks,
+    computed from the logits of the step's own forward (the values ``risk_losses([batch])`` would return for that
+    micro-batch, with their autograd graph), and the module's ``backward`` keeps the graph (``retain_graph=True``)
+    so that the callback can differentiate the risks after the objective's backward. ``step_risks()`` returns the
+    records, one mapping per ``training_step`` call since ``keep_step_risks(True)``. ``keep_step_risks(False)`` drops
+    them, which frees the graphs. The callback turns recording on at the first micro-batch of each measured step only,
+    so the other steps keep no graph.
+    """
+
+    def keep_step_risks(self, keep: bool) -> None:
+        """Start recording (``True``: forget earlier records) or stop and drop the records (``False``)."""
+        ...
+
+    def step_risks(self) -> Sequence[Mapping[str, Tensor]]:
+        """The risks recorded since ``keep_step_risks(True)``, one ``{name: scalar}`` per ``training_step``."""
+        ...
+
+
 _Level = Literal["group", "coarse", "total"]
 
 #: ``"total"``: the gradient the optimiser applies (``.grad``); ``"unlearn"``/``"regularizer"``: one objective term.
@@ -385,6 +408,13 @@ class GEffectCallback(Callback):
         plot_smoothing: Smooth the curves of the PNG with an exponential moving average of the plotted series,
             ``s_t = w·s_{t−1} + (1−w)·e_t`` with this weight ``w`` in [0, 1) (the raw values are drawn faintly
             behind). Plot only: the stored and logged values stay raw, and this is not the paper's gradient EMA.
+        reuse_step_forward: Take the risks from ``training_step``'s own forward instead of a forward of their own
+            (:class:`SupportsStepRisks`): on measured steps the module keeps its graph through the objective's
+            backward and the callback runs one backward per risk through it, so a measured step costs backward
+            passes but no extra forward. The values equal the default mode's when the forward is deterministic
+            (no dropout in training mode: the default mode's risk forward draws its own dropout masks). The memory
+            of the step's activations is held until the risk gradients are taken. Not under sharded parameters
+            (FSDP2), whose backward hooks cannot run twice through one graph.
 
     Example:
         A regression trained on its own risk: the G-effect is then the squared gradient norm, never negative.
@@ -436,6 +466,7 @@ class GEffectCallback(Callback):
         terms: bool = False,
         coarse_boundaries: tuple[int, ...] | None = None,
         plot_smoothing: float | None = None,
+        reuse_step_forward: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
@@ -494,6 +525,7 @@ class GEffectCallback(Callback):
         self.terms = terms
         self.coarse_boundaries = coarse_boundaries
         self.plot_smoothing = plot_smoothing
+        self.reuse_step_forward = reuse_step_forward
 
         #: One row per (step, risk, term, group).
         self.history: list[GEffectRow] = []
@@ -601,6 +633,18 @@ class GEffectCallback(Callback):
             )
         if self._sides and isinstance(trainer.strategy, ModelParallelStrategy):
             raise NotImplementedError(_PER_INSTANCE_SHARDED)
+        if self.reuse_step_forward and isinstance(trainer.strategy, ModelParallelStrategy):
+            raise NotImplementedError(
+                "GEffectCallback(reuse_step_forward=True) cannot run under ModelParallelStrategy: FSDP2's backward "
+                "hooks reduce-scatter each gradient once per graph, so the risk backward passes cannot run through "
+                "the step's retained graph. Use the default reuse_step_forward=False (exact under FSDP2)."
+            )
+        if self.reuse_step_forward and not isinstance(pl_module, SupportsStepRisks):
+            raise TypeError(
+                f"GEffectCallback(reuse_step_forward=True) needs SupportsStepRisks, but {type(pl_module).__name__} "
+                "has no `keep_step_risks(self, keep)` and `step_risks(self)` methods (the risks of training_step's "
+                "own forward, with the graph kept by backward). Add them, or turn reuse_step_forward off."
+            )
         owner = type(pl_module).__name__
         if not self._overrides("risk_losses") and not isinstance(pl_module, SupportsRiskLosses):
             raise TypeError(
@@ -689,11 +733,15 @@ class GEffectCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps != 0:
+            if self.reuse_step_forward:
+                pl_module.keep_step_risks(False)
             return
         if step != self._batch_step:
             # First micro-batch of a measured accumulation window: forget batches of an earlier window.
             self._batches = []
             self._batch_step = step
+            if self.reuse_step_forward:
+                pl_module.keep_step_risks(True)
         if pl_module.automatic_optimization and len(self._batches) >= trainer.accumulate_grad_batches:
             # A batch whose training_step returned None was not stepped on: keep only the window's micro-batches.
             self._batches.pop(0)
@@ -731,7 +779,10 @@ class GEffectCallback(Callback):
         shards = torch.tensor([float(_distinct_shards(p)) for p in params], device=_local(params[0]).device)
 
         with self._quiet_forward(trainer, pl_module), torch.enable_grad():
-            risks = self._checked_risks(pl_module, batches)
+            if self.reuse_step_forward:
+                risks = self._step_risks(pl_module, window)
+            else:
+                risks = self._checked_risks(pl_module, batches)
             names = list(risks)
             # One (risks, *shape) buffer per parameter (its local shard when sharded): row r is risk r's gradient.
             # Stacked this way they are also the batched tangents of the objective-side JVP, without a second copy.
@@ -749,6 +800,9 @@ class GEffectCallback(Callback):
                 dots.append(d[0] * shards)
             values = torch.stack([risks[n].detach().float() for n in names])
             del risks
+            if self.reuse_step_forward:
+                # The risk gradients are taken: the step's graph can go.
+                pl_module.keep_step_risks(False)
 
         if keep and trainer.world_size > 1 and not sharded and (self.terms or objective_side):
             # The terms and the per-example shares below are this rank's, and so is ∇R: their dot product is
@@ -937,6 +991,33 @@ class GEffectCallback(Callback):
                     "module's trainable parameters, outside torch.no_grad() and without detach()."
                 )
         return {name: risk.reshape(()) for name, risk in risks.items()}
+
+    def _step_risks(self, pl_module: LightningModule, window: Sequence[Any]) -> dict[str, Tensor]:
+        """The risks of the window's own ``training_step`` forwards (``reuse_step_forward``), averaged over the
+        micro-batches (or only the last, ``micro_batches="last"``) like :meth:`risk_losses`.
+
+        Raises:
+            RuntimeError: the module recorded another number of forwards than the window has micro-batches, or
+                risks without a graph.
+        """
+        records = list(pl_module.step_risks())
+        owner = type(pl_module).__name__
+        if len(records) != len(window):
+            raise RuntimeError(
+                f"GEffectCallback(reuse_step_forward=True): {owner} recorded the risks of {len(records)} "
+                f"training_step call(s), but the optimiser step accumulated {len(window)} micro-batch(es). Record "
+                "exactly once per training_step between keep_step_risks(True) and keep_step_risks(False)."
+            )
+        used = records if self.micro_batches == "all" else records[-1:]
+        names = list(used[0])
+        risks = {name: torch.stack([r[name].reshape(()) for r in used]).mean() for name in names}
+        for name, risk in risks.items():
+            if not risk.requires_grad:
+                raise RuntimeError(
+                    f"GEffectCallback(reuse_step_forward=True): risk {name!r} recorded by {owner} has no graph; "
+                    "record it from training_step's forward, outside torch.no_grad() and without detach()."
+                )
+        return risks
 
     def _checked_terms(self, pl_module: LightningModule, batches: Sequence[Any]) -> dict[str, Tensor]:
         """The objective terms, validated and ordered as :data:`TERMS`."""
@@ -1195,10 +1276,15 @@ class GEffectCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.reuse_step_forward:
+            # A last measured window that never reached an optimiser step must not keep its graph.
+            pl_module.keep_step_risks(False)
         self._write_outputs(trainer)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self.reuse_step_forward and isinstance(pl_module, SupportsStepRisks):
+            pl_module.keep_step_risks(False)
         # What was measured before a crash or Ctrl-C is still worth keeping.
         with contextlib.suppress(Exception):
             self._write_outputs(trainer)

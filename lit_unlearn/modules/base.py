@@ -160,6 +160,11 @@ class UnlearningModule(CausalLMModule):
         # The reference is rebuilt from model_name_or_path, never restored from a checkpoint (it is not saved).
         self.strict_loading = False
         self.register_state_dict_post_hook(_without_reference)
+        # Graph-reuse G-effect (GEffectCallback(reuse_step_forward=True)): while a list, every training_step appends
+        # the risks of its own forward, and backward keeps the graph for the callback's risk gradients.
+        self._step_risks: list[dict[str, Tensor]] | None = None
+        self._risk_parts: dict[int, str] = {}
+        self._recorded: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -185,7 +190,9 @@ class UnlearningModule(CausalLMModule):
     def answer_logps(self, part: Batch) -> tuple[Tensor, Tensor]:
         """One forward with gradient: per-token answer log-probs and mask, each (B, T-1)."""
         logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-        return losses.token_logps(logits, part["labels"])
+        logps, mask = losses.token_logps(logits, part["labels"])
+        self._record_risk(part, logps, mask)
+        return logps, mask
 
     def reference_logits(self, parts: Mapping[str, Batch]) -> dict[str, Tensor]:
         """Logits of the frozen reference on several batch parts, in ONE forward.
@@ -245,11 +252,37 @@ class UnlearningModule(CausalLMModule):
         """The retain regulariser L_retain on a retain batch part (one forward with gradient)."""
         logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
         if self.retain_loss == "kl":
+            if self._risk_parts:
+                self._record_risk(retain, *losses.token_logps(logits, retain["labels"]))
             return losses.kl_divergence(logits, reference_logits, retain["labels"])
-        return losses.nll(*losses.token_logps(logits, retain["labels"]))
+        logps, mask = losses.token_logps(logits, retain["labels"])
+        self._record_risk(retain, logps, mask)
+        return losses.nll(logps, mask)
 
     @override
     def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
+        if self._step_risks is None:
+            return self._objective_step(batch)
+        # Recording for the G-effect callback: the forwards below note the risks of these two parts as they go.
+        self._risk_parts = {id(batch[name]): name for name in ("forget", "retain")}
+        self._recorded = {}
+        try:
+            loss = self._objective_step(batch)
+        finally:
+            self._risk_parts = {}
+        missing = sorted({"forget", "retain"} - set(self._recorded))
+        if missing:
+            raise RuntimeError(
+                f"GEffectCallback(reuse_step_forward=True): {type(self).__name__}.training_step did not forward the "
+                f"{' and '.join(missing)} part through answer_logps/retain_term, so the risks cannot come from its "
+                "own forward (e.g. retain_loss='none'). Use the callback's default reuse_step_forward=False."
+            )
+        self._step_risks.append(self._recorded)
+        self._recorded = {}
+        return loss
+
+    def _objective_step(self, batch: Mapping[str, Batch]) -> Tensor:
+        """The objective ``forget_weight·L_forget + retain_weight·L_retain`` on one batch, logged."""
         wanted = list(self.reference_parts) + (["retain"] if self.retain_loss == "kl" else [])
         reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
         forget = self.forget_loss(batch, reference)
@@ -275,6 +308,28 @@ class UnlearningModule(CausalLMModule):
         self.log("train/mean_token_weight", weights[mask].mean(), batch_size=mask.shape[0])
 
     # ------------------------------------------------------------------------------------------------ G-effect
+    def _record_risk(self, part: Batch, logps: Tensor, mask: Tensor) -> None:
+        """Note ``part``'s risk (mean answer NLL) from a forward of the step being recorded, once per part."""
+        name = self._risk_parts.get(id(part))
+        if name is not None and name not in self._recorded:
+            self._recorded[name] = losses.nll(logps, mask)
+
+    def keep_step_risks(self, keep: bool) -> None:
+        """:class:`~callbacks.SupportsStepRisks`: start recording the risks of each ``training_step``'s own forward
+        (``True``; earlier records are dropped), or stop and drop them with their graphs (``False``)."""
+        self._step_risks = [] if keep else None
+
+    def step_risks(self) -> list[dict[str, Tensor]]:
+        """:class:`~callbacks.SupportsStepRisks`: the forget and retain risks of each recorded ``training_step``."""
+        return list(self._step_risks or [])
+
+    @override
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._step_risks is not None:
+            # The callback differentiates the recorded risks through this same graph after this backward.
+            kwargs["retain_graph"] = True
+        super().backward(loss, *args, **kwargs)
+
     def risk_losses(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
         """Mean answer NLL of the forget and retain parts of ``batches`` (the risks of the G-effect).
 
