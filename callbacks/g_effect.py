@@ -413,8 +413,8 @@ class GEffectCallback(Callback):
             backward and the callback runs one backward per risk through it, so a measured step costs backward
             passes but no extra forward. The values equal the default mode's when the forward is deterministic
             (no dropout in training mode: the default mode's risk forward draws its own dropout masks). The memory
-            of the step's activations is held until the risk gradients are taken. Not under sharded parameters
-            (FSDP2), whose backward hooks cannot run twice through one graph.
+            of the step's activations is held until the risk gradients are taken. Single process only (DDP's and
+            FSDP2's hooks expect one backward per forward).
 
     Example:
         A regression trained on its own risk: the G-effect is then the squared gradient norm, never negative.
@@ -633,11 +633,13 @@ class GEffectCallback(Callback):
             )
         if self._sides and isinstance(trainer.strategy, ModelParallelStrategy):
             raise NotImplementedError(_PER_INSTANCE_SHARDED)
-        if self.reuse_step_forward and isinstance(trainer.strategy, ModelParallelStrategy):
+        if self.reuse_step_forward and (isinstance(trainer.strategy, ModelParallelStrategy) or trainer.world_size > 1):
+            # The step's graph runs through the strategy's wrapper (DDP's reducer, FSDP2's reduce-scatter hooks),
+            # which expect one backward per forward; the default mode's risk forward bypasses the wrapper.
             raise NotImplementedError(
-                "GEffectCallback(reuse_step_forward=True) cannot run under ModelParallelStrategy: FSDP2's backward "
-                "hooks reduce-scatter each gradient once per graph, so the risk backward passes cannot run through "
-                "the step's retained graph. Use the default reuse_step_forward=False (exact under FSDP2)."
+                "GEffectCallback(reuse_step_forward=True) runs on a single process only: under DDP or FSDP2 the "
+                "step's forward goes through the strategy's wrapper, whose gradient-synchronisation hooks expect one "
+                "backward pass per forward. Use the default reuse_step_forward=False, which is exact there."
             )
         if self.reuse_step_forward and not isinstance(pl_module, SupportsStepRisks):
             raise TypeError(

@@ -7,9 +7,11 @@ Against the default mode (a forward of the risks' own), on the tiny Llama withou
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import pytest
 import torch
+from g_effect_modules import MLPUnlearner
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
@@ -82,3 +84,11 @@ def test_reused_forward_gives_the_default_g_effects(
 
     assert per_step(reused["forwards"]) == [4, 4, 4]
     assert per_step(default["forwards"]) == [8, 4, 8]
+
+
+def test_reuse_refusals() -> None:
+    cb = GEffectCallback(reuse_step_forward=True)
+    with pytest.raises(TypeError, match="SupportsStepRisks.*MLPUnlearner.*keep_step_risks"):
+        cb.setup(Mock(spec=Trainer, strategy=Mock(), world_size=1), MLPUnlearner(), "fit")
+    with pytest.raises(NotImplementedError, match="single process only.*reuse_step_forward=False"):
+        cb.setup(Mock(spec=Trainer, strategy=Mock(), world_size=2), MLPUnlearner(), "fit")
