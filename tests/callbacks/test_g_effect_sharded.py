@@ -18,6 +18,10 @@ from transformers import AutoModelForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
 
+# One two-process launch of five runs, plus the one-process references: about a minute of CPU, three on a loaded
+# two-core machine. Run with -m slow.
+pytestmark = pytest.mark.slow
+
 
 def _rows(history: list[dict[str, Any]]) -> dict[tuple[int, str, str, str], dict[str, Any]]:
     return {(r["step"], r["risk"], r["term"], r["group"]): r for r in history}
