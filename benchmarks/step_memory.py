@@ -330,7 +330,7 @@ def run_configs(configs: list[Config], args: argparse.Namespace, model_dir: Path
     while pending or running:
         while pending and len(running) < args.jobs:
             config = pending.pop(0)
-            out = Path(tempfile.mkdtemp(prefix="step_memory_"))
+            out = Path(tempfile.mkdtemp(prefix="run_", dir=model_dir))  # removed with the model folder
             command = [sys.executable, __file__, "--child", f"--objective={config.objective}", f"--impl={config.impl}"]
             command += [f"--model_dir={model_dir}", f"--out_dir={out}", *shared] + (
                 ["--g_effect"] if config.g_effect else []
