@@ -36,7 +36,8 @@ This module imports only ``torch`` and ``lightning`` (matplotlib lazily, for the
 into any Lightning project. The module being trained tells the callback what to measure by implementing the
 protocols below: :class:`SupportsRiskLosses` always; :class:`SupportsPerExampleRisks` for the risk side of
 ``per_instance``; :class:`SupportsObjectiveTerms` for ``terms``; :class:`SupportsPerExampleObjective` (and, for the
-ranking, :class:`SupportsExampleIds`) for the objective side of ``per_instance``.
+ranking, :class:`SupportsExampleIds`) for the objective side of ``per_instance``; :class:`SupportsStepRisks` for
+``reuse_step_forward`` (the risks from ``training_step``'s own forward, without a second forward pass).
 """
 
 import contextlib
@@ -56,6 +57,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelP
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from typing_extensions import override
 
@@ -184,6 +186,28 @@ class SupportsExampleIds(Protocol):
 
 #: ``"group"``: a fine group (a block, a named group or a parameter); ``"coarse"``: a coarse depth group;
 #: ``"total"``: the sum over all parameters.
+@runtime_checkable
+class SupportsStepRisks(Protocol):
+    """A LightningModule that hands over the risks of its own ``training_step`` forward (``reuse_step_forward=True``).
+
+    Between ``keep_step_risks(True)`` and ``keep_step_risks(False)`` every ``training_step`` records its risks,
+    computed from the logits of the step's own forward (the values ``risk_losses([batch])`` would return for that
+    micro-batch, with their autograd graph), and the module's ``backward`` keeps the graph (``retain_graph=True``)
+    so that the callback can differentiate the risks after the objective's backward. ``step_risks()`` returns the
+    records, one mapping per ``training_step`` call since ``keep_step_risks(True)``. ``keep_step_risks(False)`` drops
+    them, which frees the graphs. The callback turns recording on at the first micro-batch of each measured step only,
+    so the other steps keep no graph.
+    """
+
+    def keep_step_risks(self, keep: bool) -> None:
+        """Start recording (``True``: forget earlier records) or stop and drop the records (``False``)."""
+        ...
+
+    def step_risks(self) -> Sequence[Mapping[str, Tensor]]:
+        """The risks recorded since ``keep_step_risks(True)``, one ``{name: scalar}`` per ``training_step``."""
+        ...
+
+
 _Level = Literal["group", "coarse", "total"]
 
 #: ``"total"``: the gradient the optimiser applies (``.grad``); ``"unlearn"``/``"regularizer"``: one objective term.
@@ -288,6 +312,8 @@ class _PendingStep:
     risk_values: Tensor
     #: (params,) float64 learning rate each parameter is stepped with (0 for parameters the optimiser does not own).
     lrs: Tensor
+    #: (params,) float64 number of distinct pieces the ranks hold of each parameter (1 unless it is sharded).
+    shards: Tensor
     #: Which parameter belongs to which group.
     layout: "_GroupLayout"
     #: The micro-batches the risks were evaluated on; ``realised_change`` evaluates them again at θ_{t+1}.
@@ -382,6 +408,13 @@ class GEffectCallback(Callback):
         plot_smoothing: Smooth the curves of the PNG with an exponential moving average of the plotted series,
             ``s_t = w·s_{t−1} + (1−w)·e_t`` with this weight ``w`` in [0, 1) (the raw values are drawn faintly
             behind). Plot only: the stored and logged values stay raw, and this is not the paper's gradient EMA.
+        reuse_step_forward: Take the risks from ``training_step``'s own forward instead of a forward of their own
+            (:class:`SupportsStepRisks`): on measured steps the module keeps its graph through the objective's
+            backward and the callback runs one backward per risk through it, so a measured step costs backward
+            passes but no extra forward. The values equal the default mode's when the forward is deterministic
+            (no dropout in training mode: the default mode's risk forward draws its own dropout masks). The memory
+            of the step's activations is held until the risk gradients are taken. Single process only (DDP's and
+            FSDP2's hooks expect one backward per forward).
 
     Example:
         A regression trained on its own risk: the G-effect is then the squared gradient norm, never negative.
@@ -433,6 +466,7 @@ class GEffectCallback(Callback):
         terms: bool = False,
         coarse_boundaries: tuple[int, ...] | None = None,
         plot_smoothing: float | None = None,
+        reuse_step_forward: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
@@ -491,6 +525,7 @@ class GEffectCallback(Callback):
         self.terms = terms
         self.coarse_boundaries = coarse_boundaries
         self.plot_smoothing = plot_smoothing
+        self.reuse_step_forward = reuse_step_forward
 
         #: One row per (step, risk, term, group).
         self.history: list[GEffectRow] = []
@@ -508,6 +543,7 @@ class GEffectCallback(Callback):
         #: Running sums of the risk changes: see :func:`_with_running_sums`.
         self._cumulative: dict[str, float] = {}
         self._files: dict[str, Path] = {}
+        self._directory: Path | None = None
         self._warned_nonfinite = False
 
     # ------------------------------------------------------------------ override points
@@ -585,13 +621,31 @@ class GEffectCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        sharded = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
-        culprit = next((cls for cls in sharded if isinstance(trainer.strategy, cls)), None)
+        culprit = next((cls for cls in (FSDPStrategy, DeepSpeedStrategy) if isinstance(trainer.strategy, cls)), None)
         if culprit is not None:
             raise NotImplementedError(
-                f"GEffectCallback does not support {culprit.__name__}: with sharded parameters and "
-                "gradients each rank holds only a shard, so the local dot product is not the G-effect. Use "
-                "strategy='auto', 'ddp', 'ddp_spawn' or 'ddp_find_unused_parameters_true' (single device or DDP)."
+                f"GEffectCallback does not support {culprit.__name__}: it flattens the parameters into buffers of "
+                "its own, so neither the original parameter names (the per-layer groups) nor each rank's piece of a "
+                "parameter's gradient can be read. For sharded training use "
+                "strategy=lightning.pytorch.strategies.ModelParallelStrategy with a module that applies FSDP2 "
+                "(fully_shard) in configure_model: the G-effect is then exact. Otherwise use a single device or "
+                "strategy='ddp'."
+            )
+        if self._sides and isinstance(trainer.strategy, ModelParallelStrategy):
+            raise NotImplementedError(_PER_INSTANCE_SHARDED)
+        if self.reuse_step_forward and (isinstance(trainer.strategy, ModelParallelStrategy) or trainer.world_size > 1):
+            # The step's graph runs through the strategy's wrapper (DDP's reducer, FSDP2's reduce-scatter hooks),
+            # which expect one backward per forward; the default mode's risk forward bypasses the wrapper.
+            raise NotImplementedError(
+                "GEffectCallback(reuse_step_forward=True) runs on a single process only: under DDP or FSDP2 the "
+                "step's forward goes through the strategy's wrapper, whose gradient-synchronisation hooks expect one "
+                "backward pass per forward. Use the default reuse_step_forward=False, which is exact there."
+            )
+        if self.reuse_step_forward and not isinstance(pl_module, SupportsStepRisks):
+            raise TypeError(
+                f"GEffectCallback(reuse_step_forward=True) needs SupportsStepRisks, but {type(pl_module).__name__} "
+                "has no `keep_step_risks(self, keep)` and `step_risks(self)` methods (the risks of training_step's "
+                "own forward, with the graph kept by backward). Add them, or turn reuse_step_forward off."
             )
         owner = type(pl_module).__name__
         if not self._overrides("risk_losses") and not isinstance(pl_module, SupportsRiskLosses):
@@ -657,6 +711,9 @@ class GEffectCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A second fit with the same callback starts its step counter afresh (history is kept).
         self._batches, self._batch_step, self._measured_step, self._pending = [], -1, -1, None
+        # Resolved here, where every rank runs the hook: trainer.log_dir is a broadcast from rank 0, which would
+        # wait forever if rank 0 alone asked for it when writing the files (or after an exception on one rank).
+        self._directory = self._output_dir(trainer)
         # The optimisers exist only from here on (after strategy.setup), so this is the earliest check for them.
         if trainer.scaler is None:
             return
@@ -678,11 +735,15 @@ class GEffectCallback(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps != 0:
+            if self.reuse_step_forward:
+                pl_module.keep_step_risks(False)
             return
         if step != self._batch_step:
             # First micro-batch of a measured accumulation window: forget batches of an earlier window.
             self._batches = []
             self._batch_step = step
+            if self.reuse_step_forward:
+                pl_module.keep_step_risks(True)
         if pl_module.automatic_optimization and len(self._batches) >= trainer.accumulate_grad_batches:
             # A batch whose training_step returned None was not stepped on: keep only the window's micro-batches.
             self._batches.pop(0)
@@ -711,27 +772,44 @@ class GEffectCallback(Callback):
         objective_side = "objective" in self._sides
         # The risk gradients are kept (one copy per risk) when something after the risk pass needs them whole.
         keep = self.measure_update or self.terms or objective_side
+        sharded = _check_sharded(params, bool(self._sides))
+        # Sharded gradients arrive only through FSDP's own backward, which writes `.grad` of every trainable
+        # parameter: those are saved and put back around each such pass.
+        trainable = [p for p in pl_module.parameters() if p.requires_grad] if sharded else None
+        # Each rank dots its own piece of every parameter; a piece held by several ranks (a replica) must count
+        # once in the rank mean below, so a local dot is multiplied by the number of distinct pieces.
+        shards = torch.tensor([float(_distinct_shards(p)) for p in params], device=_local(params[0]).device)
 
         with self._quiet_forward(trainer, pl_module), torch.enable_grad():
-            risks = self._checked_risks(pl_module, batches)
+            if self.reuse_step_forward:
+                risks = self._step_risks(pl_module, window)
+            else:
+                risks = self._checked_risks(pl_module, batches)
             names = list(risks)
-            # One (risks, *shape) buffer per parameter: row r is risk r's gradient. Stacked this way they are also
-            # the batched tangents of the objective-side JVP, without a second copy.
+            # One (risks, *shape) buffer per parameter (its local shard when sharded): row r is risk r's gradient.
+            # Stacked this way they are also the batched tangents of the objective-side JVP, without a second copy.
             stores = (
-                [torch.zeros((len(names), *p.shape), dtype=p.dtype, device=p.device) for p in params] if keep else []
+                [torch.zeros((len(names), *_local(p).shape), dtype=p.dtype, device=_local(p).device) for p in params]
+                if keep
+                else []
             )
-            objective_gradient = [p.grad for p in params]
+            objective_gradient = [_local(p.grad) for p in params]
             dots = []
             for r, name in enumerate(names):
                 store = [s[r] for s in stores] if keep else None
-                d = self._gradient_dots(risks[name], params, [objective_gradient], store, r < len(names) - 1)
-                dots.append(d[0])
+                last = r == len(names) - 1
+                d = self._gradient_dots(risks[name], params, [objective_gradient], store, not last, trainable)
+                dots.append(d[0] * shards)
             values = torch.stack([risks[n].detach().float() for n in names])
             del risks
+            if self.reuse_step_forward:
+                # The risk gradients are taken: the step's graph can go.
+                pl_module.keep_step_risks(False)
 
-        if keep and trainer.world_size > 1 and (self.terms or objective_side):
+        if keep and trainer.world_size > 1 and not sharded and (self.terms or objective_side):
             # The terms and the per-example shares below are this rank's, and so is ∇R: their dot product is
             # bilinear, so a mean of local dots is not the global value. With ∇R averaged over ranks first it is.
+            # (Sharded gradients are already averaged over ranks by FSDP's reduce-scatter.)
             stores = [trainer.strategy.reduce(s, reduce_op="mean") for s in stores]
         kept = [[s[r] for s in stores] for r in range(len(names))] if keep else []
         # ∇R·θ_t now, ∇R·θ_{t+1} after the step: their float64 difference is ∇R·Δθ without a θ_t copy.
@@ -746,8 +824,12 @@ class GEffectCallback(Callback):
                 last = len(term_names) - 1
                 # (terms, risks, params): each term's own backward pass, dotted with every kept risk gradient.
                 term_dots = torch.stack(
-                    [self._gradient_dots(terms[t], params, kept, None, k < last) for k, t in enumerate(term_names)]
+                    [
+                        self._gradient_dots(terms[t], params, kept, None, k < last, trainable)
+                        for k, t in enumerate(term_names)
+                    ]
                 )
+                term_dots = term_dots * shards
                 del terms
 
         # One all-reduce for everything on every rank, before any rank-zero-only code (DDP collectives must match).
@@ -773,6 +855,7 @@ class GEffectCallback(Callback):
             per_param=per_param,
             risk_values=risk_values,
             lrs=torch.tensor(lrs, dtype=torch.float64),
+            shards=shards.double(),
             layout=layout,
             batches=list(batches),
             params=params,
@@ -806,7 +889,8 @@ class GEffectCallback(Callback):
         if self.measure_update:
             for grads, anchor in zip(pending.kept, pending.anchors, strict=True):
                 # Same float64 dots as the anchors, now at θ_{t+1}; exact zero when the step was skipped.
-                parts.append((_dots64(grads, pending.params) - anchor).float())
+                change = (_dots64(grads, pending.params) - anchor) * pending.shards.to(anchor.device)
+                parts.append(change.float())
         reduced = None
         if parts:
             device = trainer.strategy.root_device
@@ -910,6 +994,33 @@ class GEffectCallback(Callback):
                 )
         return {name: risk.reshape(()) for name, risk in risks.items()}
 
+    def _step_risks(self, pl_module: LightningModule, window: Sequence[Any]) -> dict[str, Tensor]:
+        """The risks of the window's own ``training_step`` forwards (``reuse_step_forward``), averaged over the
+        micro-batches (or only the last, ``micro_batches="last"``) like :meth:`risk_losses`.
+
+        Raises:
+            RuntimeError: the module recorded another number of forwards than the window has micro-batches, or
+                risks without a graph.
+        """
+        records = list(pl_module.step_risks())
+        owner = type(pl_module).__name__
+        if len(records) != len(window):
+            raise RuntimeError(
+                f"GEffectCallback(reuse_step_forward=True): {owner} recorded the risks of {len(records)} "
+                f"training_step call(s), but the optimiser step accumulated {len(window)} micro-batch(es). Record "
+                "exactly once per training_step between keep_step_risks(True) and keep_step_risks(False)."
+            )
+        used = records if self.micro_batches == "all" else records[-1:]
+        names = list(used[0])
+        risks = {name: torch.stack([r[name].reshape(()) for r in used]).mean() for name in names}
+        for name, risk in risks.items():
+            if not risk.requires_grad:
+                raise RuntimeError(
+                    f"GEffectCallback(reuse_step_forward=True): risk {name!r} recorded by {owner} has no graph; "
+                    "record it from training_step's forward, outside torch.no_grad() and without detach()."
+                )
+        return risks
+
     def _checked_terms(self, pl_module: LightningModule, batches: Sequence[Any]) -> dict[str, Tensor]:
         """The objective terms, validated and ordered as :data:`TERMS`."""
         owner = type(pl_module).__name__
@@ -946,6 +1057,7 @@ class GEffectCallback(Callback):
         partners: Sequence[Sequence[Tensor]],
         store: list[Tensor] | None,
         retain_graph: bool,
+        trainable: list[Tensor] | None = None,
     ) -> Tensor:
         """Per-parameter float32 dots of ``∇loss`` with each partner vector, from one backward pass.
 
@@ -953,16 +1065,39 @@ class GEffectCallback(Callback):
             loss: The scalar to differentiate.
             params: The measured parameters.
             partners: Vectors to dot the gradient with, each one tensor per parameter (the objective gradient ``.grad``
-                for a risk; the kept risk gradients for a term).
+                for a risk; the kept risk gradients for a term); local shards when the parameters are sharded.
             store: Where to write the gradient, one tensor per parameter (zeros on entry), or None not to keep it.
             retain_graph: Keep the graph for a later backward through the same forward.
+            trainable: Sharded parameters only (None otherwise): every trainable parameter of the module, whose
+                ``.grad`` the backward pass overwrites and this method restores.
 
         Returns:
-            (partners, params) float32 dots; zero for parameters the loss does not depend on.
+            (partners, params) float32 dots of this rank's pieces; zero for parameters the loss does not depend on.
         """
-        dots = torch.zeros((len(partners), len(params)), dtype=torch.float32, device=params[0].device)
+        dots = torch.zeros((len(partners), len(params)), dtype=torch.float32, device=_local(params[0]).device)
         try:
-            if self.streaming:
+            if trainable is not None:
+                # FSDP2 computes a block's gradient on its all-gathered parameters, which are not the registered
+                # (sharded) ones, so torch.autograd.grad cannot reach them: only a real backward does, through
+                # FSDP's hooks, which reduce-scatter the rank-averaged gradient into the sharded `.grad`. The
+                # objective gradient is set aside for that pass and put back, the same tensors, afterwards.
+                saved = [p.grad for p in trainable]
+                for p in trainable:
+                    p.grad = None
+                try:
+                    torch.autograd.backward(loss, retain_graph=retain_graph)
+                    for i, p in enumerate(params):
+                        if p.grad is None:
+                            continue
+                        grad = _local(p.grad)
+                        for j, partner in enumerate(partners):
+                            dots[j, i] = _dot32(grad, partner[i])
+                        if store is not None:
+                            store[i].copy_(grad)
+                finally:
+                    for p, grad in zip(trainable, saved, strict=True):
+                        p.grad = grad
+            elif self.streaming:
                 # A leaf tensor hook receives each parameter's full gradient; dotting it there and handing autograd a
                 # stride-0 zero view means no full gradient copy ever exists (unless `store` asks for one).
                 def make_hook(i: int) -> Callable[[Tensor], Tensor]:
@@ -1143,10 +1278,15 @@ class GEffectCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.reuse_step_forward:
+            # A last measured window that never reached an optimiser step must not keep its graph.
+            pl_module.keep_step_risks(False)
         self._write_outputs(trainer)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if self.reuse_step_forward and isinstance(pl_module, SupportsStepRisks):
+            pl_module.keep_step_risks(False)
         # What was measured before a crash or Ctrl-C is still worth keeping.
         with contextlib.suppress(Exception):
             self._write_outputs(trainer)
@@ -1171,7 +1311,7 @@ class GEffectCallback(Callback):
     def _write_outputs(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero or not self.history:
             return
-        directory = self._output_dir(trainer)
+        directory = self._directory or self._output_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_write_csv(self._target(directory, "g_effect.csv"), self.history)
         if self.instance_history:
@@ -1572,10 +1712,59 @@ def _dot32(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _dots64(grads: Sequence[Tensor], params: Sequence[Tensor]) -> Tensor:
-    """Per-parameter float64 dots ``grad·param``; float64 keeps ``∇R·θ_{t+1} − ∇R·θ_t`` free of cancellation."""
+    """Per-parameter float64 dots ``grad·param`` (this rank's pieces); float64 keeps ``∇R·θ_{t+1} − ∇R·θ_t`` free of
+    cancellation."""
     with torch.no_grad():
         pairs = zip(grads, params, strict=True)
-        return torch.stack([torch.dot(g.reshape(-1).double(), p.reshape(-1).double()) for g, p in pairs])
+        return torch.stack([torch.dot(g.reshape(-1).double(), _local(p).reshape(-1).double()) for g, p in pairs])
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's piece of ``tensor``: the local shard of a ``DTensor``, else the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _distinct_shards(tensor: Tensor) -> int:
+    """How many different pieces the ranks hold of ``tensor``: the product of the sizes of the mesh dimensions it is
+    sharded over (1 for a plain tensor, whose copies on the ranks are replicas, or a replicated ``DTensor``).
+
+    Raises:
+        ValueError: a ``Partial`` placement (a pending reduction), whose local values are not pieces of the tensor.
+    """
+    if not isinstance(tensor, DTensor):
+        return 1
+    count = 1
+    for dim, placement in enumerate(tensor.placements):
+        if placement.is_partial():
+            raise ValueError(
+                f"GEffectCallback: a parameter or gradient has the placements {tensor.placements}; a Partial "
+                "placement holds unreduced values, not a shard. Shard parameters with FSDP2 (fully_shard)."
+            )
+        if placement.is_shard():
+            count *= tensor.device_mesh.size(dim)
+    return count
+
+
+def _check_sharded(params: Sequence[Tensor], per_instance: bool) -> bool:
+    """Whether the measured parameters are sharded (``DTensor``); raises where a requested mode cannot be exact.
+
+    Raises:
+        NotImplementedError: ``per_instance`` with sharded parameters.
+    """
+    sharded = any(isinstance(p, DTensor) for p in params)
+    if sharded and per_instance:
+        raise NotImplementedError(_PER_INSTANCE_SHARDED)
+    return sharded
+
+
+_PER_INSTANCE_SHARDED = (
+    "GEffectCallback(per_instance=...) cannot be exact on sharded parameters (FSDP2 / ModelParallelStrategy): the "
+    "per-example G-effects are forward-mode JVPs through the model, and FSDP2 all-gathers each block's parameters "
+    "inside its own forward hooks, which carry no forward-mode tangents; the reverse-mode alternative, one backward "
+    "per example, is a collective that averages the examples of all ranks into one gradient. Turn per_instance off "
+    "(the total, per-group and per-term G-effects are exact under FSDP2), or measure per-instance effects with "
+    "strategy='ddp' on a model that fits one device."
+)
 
 
 def _param_lrs(optimizer: Any, params: Sequence[Tensor]) -> list[float]:

@@ -17,7 +17,7 @@ row index in the forget split file and its question, carried by the batches of
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, TypedDict, get_args
+from typing import Any, ClassVar, Literal, TypedDict, get_args
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -152,6 +152,9 @@ class UnlearningModule(CausalLMModule):
             model with the adapters disabled, so no second copy of the weights is held.
         output_dir: Where the unlearned model and tokenizer are saved (``save_pretrained``) when ``fit`` ends.
         evaluation: TOFU evaluation settings for ``validate``/``test`` and in-training validation.
+        gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
+            storing them (non-reentrant activation checkpointing): activation memory falls from every block's
+            to about one block's, for roughly one extra forward pass per step.
     """
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
@@ -183,6 +186,7 @@ class UnlearningModule(CausalLMModule):
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if retain_loss not in self.retain_losses:
             raise ValueError(f"{type(self).__name__}: retain_loss={retain_loss!r}; choose one of {self.retain_losses}.")
@@ -210,6 +214,7 @@ class UnlearningModule(CausalLMModule):
             lora=lora,
             output_dir=output_dir,
             evaluation=evaluation,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.retain_loss = retain_loss
@@ -224,12 +229,24 @@ class UnlearningModule(CausalLMModule):
             self.reference_model.requires_grad_(False).eval()
         # The reference is rebuilt from model_name_or_path, never restored from a checkpoint (it is not saved).
         self.strict_loading = False
+        self.register_state_dict_post_hook(_without_reference)
+        # Graph-reuse G-effect (GEffectCallback(reuse_step_forward=True)): while a list, every training_step appends
+        # the risks of its own forward, and backward keeps the graph for the callback's risk gradients.
+        self._step_risks: list[dict[str, Tensor]] | None = None
+        self._risk_parts: dict[int, str] = {}
+        self._recorded: dict[str, Tensor] = {}
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
     def needs_reference(self) -> bool:
         """Whether a frozen copy of the model before unlearning is needed (reference log-probs, KL, RMU)."""
         return bool(self.reference_parts) or self.retain_loss == "kl"
+
+    @override
+    def models_to_shard(self) -> list[nn.Module]:
+        # The frozen reference is sharded like the model: whole on every device it would cost one full copy of the
+        # weights per device, the very memory sharding frees. Its forward then all-gathers one block at a time too.
+        return [self.model] if self.reference_model is None else [self.model, self.reference_model]
 
     @override
     def train(self, mode: bool = True) -> "UnlearningModule":
@@ -239,18 +256,13 @@ class UnlearningModule(CausalLMModule):
             self.reference_model.eval()
         return self
 
-    @override
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The frozen reference equals the model at model_name_or_path: storing it would double the checkpoint size.
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("reference_model.")]:
-            del state[key]
-
     # -------------------------------------------------------------------------------------------- forward passes
     def answer_logps(self, part: Batch) -> tuple[Tensor, Tensor]:
         """One forward with gradient: per-token answer log-probs and mask, each (B, T-1)."""
         logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-        return losses.token_logps(logits, part["labels"])
+        logps, mask = losses.token_logps(logits, part["labels"])
+        self._record_risk(part, logps, mask)
+        return logps, mask
 
     def reference_logits(self, parts: Mapping[str, Batch]) -> dict[str, Tensor]:
         """Logits of the frozen reference on several batch parts, in ONE forward.
@@ -315,8 +327,12 @@ class UnlearningModule(CausalLMModule):
         """The retain regulariser L_retain on a retain batch part (one forward with gradient)."""
         logits = self.model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
         if self.retain_loss == "kl":
+            if self._risk_parts:
+                self._record_risk(retain, *losses.token_logps(logits, retain["labels"]))
             return losses.kl_divergence(logits, reference_logits, retain["labels"], self.kl_positions)
-        return losses.nll(*losses.token_logps(logits, retain["labels"]))
+        logps, mask = losses.token_logps(logits, retain["labels"])
+        self._record_risk(retain, logps, mask)
+        return losses.nll(logps, mask)
 
     @property
     def has_regularizer(self) -> bool:
@@ -350,6 +366,28 @@ class UnlearningModule(CausalLMModule):
 
     @override
     def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
+        if self._step_risks is None:
+            return self._objective_step(batch)
+        # Recording for the G-effect callback: the forwards below note the risks of these two parts as they go.
+        self._risk_parts = {id(batch[name]): name for name in ("forget", "retain")}
+        self._recorded = {}
+        try:
+            loss = self._objective_step(batch)
+        finally:
+            self._risk_parts = {}
+        missing = sorted({"forget", "retain"} - set(self._recorded))
+        if missing:
+            raise RuntimeError(
+                f"GEffectCallback(reuse_step_forward=True): {type(self).__name__}.training_step did not forward the "
+                f"{' and '.join(missing)} part through answer_logps/retain_term, so the risks cannot come from its "
+                "own forward (e.g. retain_loss='none'). Use the callback's default reuse_step_forward=False."
+            )
+        self._step_risks.append(self._recorded)
+        self._recorded = {}
+        return loss
+
+    def _objective_step(self, batch: Mapping[str, Batch]) -> Tensor:
+        """The objective ``forget_weight·L_forget + <regulariser term>`` on one batch, logged."""
         terms = self.step_terms(batch)
         forget = terms.forget.value
         loss = self.forget_weight * forget
@@ -376,6 +414,28 @@ class UnlearningModule(CausalLMModule):
         return {"train/mean_token_weight": weights.detach()[mask].mean()}
 
     # ------------------------------------------------------------------------------------------------ G-effect
+    def _record_risk(self, part: Batch, logps: Tensor, mask: Tensor) -> None:
+        """Note ``part``'s risk (mean answer NLL) from a forward of the step being recorded, once per part."""
+        name = self._risk_parts.get(id(part))
+        if name is not None and name not in self._recorded:
+            self._recorded[name] = losses.nll(logps, mask)
+
+    def keep_step_risks(self, keep: bool) -> None:
+        """:class:`~callbacks.SupportsStepRisks`: start recording the risks of each ``training_step``'s own forward
+        (``True``; earlier records are dropped), or stop and drop them with their graphs (``False``)."""
+        self._step_risks = [] if keep else None
+
+    def step_risks(self) -> list[dict[str, Tensor]]:
+        """:class:`~callbacks.SupportsStepRisks`: the forget and retain risks of each recorded ``training_step``."""
+        return list(self._step_risks or [])
+
+    @override
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._step_risks is not None:
+            # The callback differentiates the recorded risks through this same graph after this backward.
+            kwargs["retain_graph"] = True
+        super().backward(loss, *args, **kwargs)
+
     def risk_losses(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
         """Mean answer NLL of the forget and retain parts of ``batches`` (the risks of the G-effect).
 
@@ -449,3 +509,14 @@ class UnlearningModule(CausalLMModule):
             indices = forget["index"].tolist()
             ids += [ExampleId(index=int(i), question=str(q)) for i, q in zip(indices, forget["question"], strict=True)]
         return ids
+
+
+def _without_reference(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """``state_dict`` post-hook: drop the frozen reference, which equals the model at ``model_name_or_path``.
+
+    Storing it would double a checkpoint's size. Dropping it from the state dict itself, rather than from the
+    checkpoint afterwards, also keeps it out of the keys a sharded checkpoint is saved and resumed with
+    (``torch.distributed.checkpoint`` loads exactly the keys of the module's state dict).
+    """
+    for key in [k for k in state_dict if k.startswith(f"{prefix}reference_model.")]:
+        del state_dict[key]

@@ -24,14 +24,19 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from typing_extensions import override
 
 from lit_unlearn.eval.mixin import TOFUEvalMixin
 from lit_unlearn.eval.settings import EvalSettings
-from lit_unlearn.models import DType, LoraSettings, load_causal_lm, load_tokenizer
+from lit_unlearn.models import DType, LoraSettings, apply_lora, load_causal_lm, load_tokenizer
 from lit_unlearn.models.hub import tokenizer_source
+from lit_unlearn.models.sharding import fully_shard_causal_lm, mixed_precision_policy, sharding_mesh
 
 Decay = Literal["linear", "cosine"]
 
@@ -169,6 +174,7 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
         tokenizer_name: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -192,11 +198,40 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
         self.output_dir = output_dir
         self.eval_settings = evaluation or EvalSettings()
         self.uses_lora = lora is not None
+        self.lora_settings = lora
         self.tokenizer = load_tokenizer(tokenizer_source(model_name_or_path, tokenizer_name))
         self.model = load_causal_lm(model_name_or_path, dtype=dtype, attn_implementation=attn_implementation, lora=lora)
+        if gradient_checkpointing:
+            # Non-reentrant: the checkpointed blocks stay in the autograd graph of their inputs and parameters, so
+            # torch.autograd.grad (the G-effect callback) and forward-mode JVPs see through them.
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers also hooks the embedding to make its output require grad, which only reentrant
+            # checkpointing needs (non-reentrant reaches the parameters of a block whose input needs no grad, LoRA's
+            # adapters included), and whose requires_grad_ call inside forward breaks forward-mode JVPs.
+            self.model.disable_input_require_grads()
         # from_pretrained returns eval mode and Lightning (>= 2.2) keeps submodule modes as found at fit start:
         # without this, dropout would silently stay off during training.
         self.model.train()
+
+    def models_to_shard(self) -> list[nn.Module]:
+        """The causal LMs :meth:`configure_model` shards: the trained model (subclasses add their frozen ones)."""
+        return [self.model]
+
+    @override
+    def configure_model(self) -> None:
+        """Shard every model of :meth:`models_to_shard` with FSDP2 when the strategy provides a device mesh.
+
+        Under ``strategy=ModelParallelStrategy(...)`` Lightning sets :attr:`device_mesh` before this hook:
+        ``fully_shard`` then wraps each decoder block and the root (:func:`~lit_unlearn.models.sharding.
+        fully_shard_causal_lm`), with FSDP2's mixed precision for ``precision="bf16-mixed"`` (bfloat16 compute,
+        float32 sharded weights and gradient reduction). Without a mesh (single device, DDP) nothing happens.
+        """
+        if self.device_mesh is None:
+            return
+        mesh = sharding_mesh(self.device_mesh)
+        policy = mixed_precision_policy(str(self.trainer.precision))
+        for model in self.models_to_shard():
+            fully_shard_causal_lm(model, mesh, policy)
 
     @override
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
@@ -220,7 +255,17 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
 
     @override
     def on_fit_end(self) -> None:
-        if not self.output_dir or not self.trainer.is_global_zero:
+        if not self.output_dir:
+            return
+        if isinstance(self.model, FSDPModule):
+            # Every rank takes part in gathering the shards; rank 0 alone receives the full tensors and saves them.
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_model_state_dict(self.model, options=options)
+            if self.trainer.is_global_zero:
+                self._unsharded_copy(state).save_pretrained(self.output_dir)
+                self.tokenizer.save_pretrained(self.output_dir)
+            return
+        if not self.trainer.is_global_zero:
             return
         model = self.model
         if self.uses_lora:
@@ -228,6 +273,22 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(self.output_dir)
         self.tokenizer.save_pretrained(self.output_dir)
+
+    def _unsharded_copy(self, state: dict[str, torch.Tensor]) -> PreTrainedModel:
+        """A plain model holding the gathered full ``state`` of the sharded :attr:`model` (LoRA: merged).
+
+        Built on the meta device and filled with the gathered tensors themselves (``assign=True``), so no second
+        copy of the weights is allocated; the sharded model's class is FSDP's, which ``save_pretrained`` would record
+        in ``config.json`` as the architecture.
+        """
+        config = self.model.get_base_model().config if self.uses_lora else self.model.config
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        if self.uses_lora:
+            model = apply_lora(model, self.lora_settings)
+        model.load_state_dict(state, assign=True)
+        model.tie_weights()
+        return model.merge_and_unload() if self.uses_lora else model
 
 
 def _settings(owner: str, default: _S, replacement: str, injected: object | None, **given: Any) -> _S | None:

@@ -97,6 +97,9 @@ class Finetune(CausalLMModule):
         output_dir: Where the fine-tuned model and tokenizer are saved with ``save_pretrained`` when ``fit`` ends
             (LoRA: the adapters merged into the base weights, so the directory loads as a plain model).
         evaluation: TOFU evaluation settings for ``validate``/``test``.
+        gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
+            storing them (non-reentrant activation checkpointing): activation memory falls from every block's
+            to about one block's, for roughly one extra forward pass per step.
         rows_per_forward: Forward each training batch in length-sorted chunks of at most this many rows, each cut to
             its own longest row; ``None``: the whole batch at once. The loss is still the token mean over the whole
             batch (chunk NLL sums over the batch's answer-token count), so loss and gradient are the same up to float
@@ -129,6 +132,7 @@ class Finetune(CausalLMModule):
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
+        gradient_checkpointing: bool = False,
         rows_per_forward: int | None = None,
         tokenizer_name: str | None = None,
     ) -> None:
@@ -155,6 +159,7 @@ class Finetune(CausalLMModule):
             output_dir=output_dir,
             evaluation=evaluation,
             tokenizer_name=tokenizer_name,
+            gradient_checkpointing=gradient_checkpointing,
         )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.rows_per_forward = rows_per_forward

@@ -1,0 +1,84 @@
+"""The ``lit-unlearn`` console script on two CPU processes, through Lightning's re-executing launcher.
+
+``strategy=ddp`` and ``ModelParallelStrategy`` start rank 1 by running the process's own command line again, so the
+command line must carry the subcommand and the whole configuration: these tests launch the real console script (the
+venv's ``lit-unlearn``; ``python -m lit_unlearn`` where none is installed) with ``PYTHONPATH`` set to this checkout,
+which Python searches before the installed package.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tofu_tiny" / "grad_diff.yaml"
+
+
+def _console_script() -> list[str]:
+    script = Path(sys.executable).with_name("lit-unlearn")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "lit_unlearn"]
+
+
+def _fit(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``lit-unlearn fit`` of the tiny GradDiff config on the offline tiny model: 2 steps, no evaluation."""
+    command = [
+        *_console_script(),
+        "fit",
+        "--config",
+        str(TINY_CONFIG),
+        f"--model.model_name_or_path={tiny_model_dir}",
+        f"--model.output_dir={tmp_path / 'model'}",
+        f"--data.data_dir={tofu_dir}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.mark.slow  # two process start-ups per test: about a minute each on two loaded CPU cores
+def test_fit_with_ddp_relaunches_the_command_line(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
+    done = _fit(tiny_model_dir, tofu_dir, tmp_path, "--trainer.strategy=ddp")
+    output = done.stdout + done.stderr
+    # Both ranks joined the process group: the relaunched rank parsed the same `fit` command line.
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in output
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    assert (tmp_path / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_fit_with_model_parallel_strategy_and_g_effect(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
+    """The issue's command: FSDP2 with the strategy's default mesh, and the G-effect callback appended."""
+    done = _fit(
+        tiny_model_dir,
+        tofu_dir,
+        tmp_path,
+        "--trainer.strategy=lightning.pytorch.strategies.ModelParallelStrategy",
+        "--trainer.strategy.process_group_backend=gloo",
+        "--trainer.callbacks+=callbacks.GEffectCallback",
+        "--trainer.callbacks.save_plot=false",
+    )
+    # The default mesh puts both devices on the tensor-parallel dimension, which the modules do not use: they say so.
+    assert "tensor_parallel_size=1" in done.stdout + done.stderr
+    [table] = (tmp_path / "runs").rglob("g_effect.csv")
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["step"], r["risk"]) for r in rows} == {(s, risk) for s in "01" for risk in ("forget", "retain")}
+    for step in "01":
+        for risk in ("forget", "retain"):
+            mine = {r["group"]: float(r["g_effect"]) for r in rows if r["step"] == step and r["risk"] == risk}
+            assert set(mine) == {"embedding", "layer_00", "layer_01", "final_norm", "lm_head", "total"}
+            # Every group is summed over both ranks' shards exactly once: the groups add up to the total.
+            assert sum(v for g, v in mine.items() if g != "total") == pytest.approx(mine["total"], rel=1e-5)
+    assert (tmp_path / "model" / "config.json").is_file()
