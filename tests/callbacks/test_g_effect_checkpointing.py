@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from sharded_runs import TermsCallback
 from torch.utils.data import DataLoader
+from trainers import quiet_trainer
 from transformers import AutoTokenizer
 
 import lit_unlearn
@@ -43,16 +43,7 @@ def _run(name: str, checkpointing: bool, batch: dict[str, Any], model_dir: Path,
     )
     assert module.model.is_activation_checkpointing is checkpointing
     cb = TermsCallback(terms=True, per_instance="risk", measure_update=True, save_plot=False)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        callbacks=[cb],
-    )
+    trainer = quiet_trainer(root, [cb], max_steps=2)
     trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
     return cb
 

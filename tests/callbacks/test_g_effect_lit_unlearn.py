@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
+from trainers import quiet_trainer
 from transformers import AutoTokenizer
 
 from callbacks import GEffectCallback
@@ -40,16 +40,7 @@ def test_unlearning_modules_plug_in(name: str, tiny_model_dir: Path, tofu_dir: P
     module = getattr(lit_unlearn, name)(model_name_or_path=str(tiny_model_dir), lr=1e-3, warmup_epochs=0.0)
     initial = copy.deepcopy(module)
     cb = GEffectCallback(per_instance=True, realised_change=True, measure_update=True, save_plot=False)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    )
+    trainer = quiet_trainer(tmp_path, [cb], max_steps=2)
     trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
     rows = {(r["risk"], r["group"]): r for r in cb.history if r["step"] == 0}
     groups = [g for (risk, g), r in rows.items() if risk == "forget" and r["level"] == "group"]
@@ -180,17 +171,7 @@ def test_every_objective_splits_its_loss_into_terms_and_forget_examples(
 
     # 3. The callback on the real training step (2 micro-batches accumulated), float32.
     cb = GEffectCallback(terms=True, per_instance="objective", group_by="none", save_plot=False)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        accumulate_grad_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    )
+    trainer = quiet_trainer(tmp_path, [cb], max_steps=1, accumulate_grad_batches=2)
     trainer.fit(module, train_dataloaders=DataLoader(micro_batches, batch_size=None))
     rows = {(r["risk"], r["term"]): r["g_effect"] for r in cb.history if r["step"] == 0}
     instances = [r for r in cb.instance_history if r["side"] == "objective"]
@@ -227,15 +208,6 @@ def test_objective_side_refuses_batches_without_example_ids(
     with pytest.raises(KeyError, match="no 'index'/'question'.*TOFUUnlearnDataModule"):
         module.example_ids([batch])
     cb = GEffectCallback(per_instance="objective", save_plot=False)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[cb],
-    )
+    trainer = quiet_trainer(tmp_path, [cb], max_steps=1)
     with pytest.raises(KeyError, match="TOFUUnlearnDataModule"):
         trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))

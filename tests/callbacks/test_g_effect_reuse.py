@@ -14,6 +14,7 @@ import torch
 from g_effect_modules import MLPUnlearner
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
+from trainers import quiet_trainer
 from transformers import AutoTokenizer
 
 import lit_unlearn
@@ -42,17 +43,7 @@ def _run(reuse: bool, retain_loss: str, batches: list[dict[str, Any]], model_dir
     forwards: list[int] = []
     module.model.register_forward_hook(lambda *_: forwards.append(module.global_step))
     cb = GEffectCallback(every_n_steps=2, measure_update=True, save_plot=False, reuse_step_forward=reuse)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        accumulate_grad_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-        callbacks=[cb],
-    )
+    trainer = quiet_trainer(root, [cb], max_steps=3, accumulate_grad_batches=2)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     assert module.step_risks() == [], "no graph is left behind"
     return {"history": cb.history, "forwards": forwards}

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from trainers import quiet_trainer
 
 from lit_unlearn.data import TOFUUnlearnDataModule, load_tofu
 from lit_unlearn.data.ranking import select_subset, subset_size
@@ -204,7 +205,6 @@ def test_a_ranking_written_by_the_callback_selects_its_own_extremes(tiny_model_d
     the data module then keeps exactly the rows with the largest / smallest values of the chosen column, read here
     from the file with the csv module."""
     import torch
-    from lightning.pytorch import Trainer
 
     from callbacks import GEffectCallback
     from lit_unlearn import GradAscent
@@ -216,17 +216,7 @@ def test_a_ranking_written_by_the_callback_selects_its_own_extremes(tiny_model_d
         data = {"forget_split": "forget01", "num_authors": 1, "hold_out_retain_eval": False, "max_length": 128}
         module = GradAscent(model_name_or_path=str(tiny_model_dir), lr=1e-3, warmup_epochs=0.0)
         cb = GEffectCallback(per_instance="objective", group_by="none", save_plot=False, output_dir=str(tmp_path))
-        trainer = Trainer(
-            accelerator="cpu",
-            max_epochs=1,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            callbacks=[cb],
-        )
+        trainer = quiet_trainer(tmp_path, [cb], max_epochs=1, limit_val_batches=0)
         trainer.fit(module, datamodule=TOFUUnlearnDataModule(str(tiny_model_dir), batch_size=20, **data))
     finally:
         torch.set_num_threads(threads)
