@@ -250,6 +250,7 @@ class TOFUEvaluator:
         self.metrics = torch.nn.ModuleDict()
         self.membership = MinKMembershipAUC(k=self.settings.min_k)
         self._reference: tuple[str, Records] | None = None
+        self.reference()  # a missing or broken reference fails now, not after the whole evaluation
 
     @property
     def splits(self) -> list[str]:
@@ -330,7 +331,14 @@ class TOFUEvaluator:
         if path is None:
             return None
         if self._reference is None or self._reference[0] != path:
-            self._reference = (path, load_eval(path)[0])
+            try:
+                self._reference = (path, load_eval(path)[0])
+            except FileNotFoundError as err:
+                raise FileNotFoundError(
+                    f"retain_eval_path (--model.evaluation.retain_eval_path): {err} Evaluate the retain model first "
+                    "(lit-unlearn test on it writes eval_items.json), or unset it with "
+                    "--model.evaluation.retain_eval_path=null (no forget quality then)."
+                ) from err
         return self._reference[1]
 
     def compute(self) -> dict[str, Any]:

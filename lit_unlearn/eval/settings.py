@@ -36,6 +36,10 @@ class EvalSettings:
     write_outputs: bool = True
 
     def __post_init__(self) -> None:
+        if self.retain_eval_path in ("None", "null"):
+            # The command line's `--model.evaluation.retain_eval_path=null` reaches this nested dataclass as the
+            # string (jsonargparse tries `str` first): it means "no reference", never a file named None.
+            self.retain_eval_path = None
         if self.max_new_tokens < 1:
             raise ValueError(f"EvalSettings.max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
         if self.max_items is not None and self.max_items < 1:
