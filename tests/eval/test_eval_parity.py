@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_data import PHI_REFERENCE
 from scipy.stats import hmean, ks_2samp
 
 from lit_unlearn.eval.io import load_eval
 from lit_unlearn.eval.summarize import main, summarize
 from lit_unlearn.metrics import MODEL_UTILITY_COMPONENTS
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tofu_reference" / "phi-1.5"
+REFERENCE = PHI_REFERENCE
 FULL = REFERENCE / "full_eval_log_aggregated.json"
 RETAIN = REFERENCE / "retain90_eval_log_aggregated.json"
 TASKS = {

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
+from reference_data import PHI_REFERENCE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_unlearn.data import EVAL_SPLITS, tofu_eval_dataloaders
@@ -122,14 +123,7 @@ def test_metrics_sync_across_two_processes_and_count_repeated_items_once(tmp_pat
         assert results[rank]["ratios"] == pytest.approx(truth_ratios(data["nll"], data["pert"]).tolist())
 
 
-RETAIN_REFERENCE = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "data"
-    / "tofu_reference"
-    / "phi-1.5"
-    / "retain90_eval_log_aggregated.json"
-)
+RETAIN_REFERENCE = PHI_REFERENCE / "retain90_eval_log_aggregated.json"
 ROWS = 5  # per split: 2 processes get rows 0, 2, 4 and 1, 3, 0 (the sampler repeats row 0)
 
 

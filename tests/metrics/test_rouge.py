@@ -2,15 +2,15 @@
 
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
+from reference_data import PHI_REFERENCE
 
 from lit_unlearn.metrics import ROUGELRecall, rouge_l_recall
 from lit_unlearn.metrics.functional.rouge import rouge_l_recall_batch
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tofu_reference" / "phi-1.5"
+REFERENCE = PHI_REFERENCE
 
 
 @pytest.mark.parametrize(
