@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_unlearn.eval.evaluator import TOFUEvaluator, eval_datasets
@@ -126,8 +127,24 @@ class TOFUEvalMixin:
         """Evaluate one batch of a TOFU evaluation split (teacher-forced passes and generation)."""
         self._tofu_eval_step(batch, dataloader_idx)
 
+    def _check_strategy(self) -> None:
+        """Refuse TOFU evaluation of a model sharded over several processes, before it can hang.
+
+        Greedy generation stops at a different step on each rank, while every forward of a sharded model is a
+        collective all ranks must join: evaluate the saved model on one device instead.
+        """
+        trainer = self.trainer
+        if isinstance(trainer.strategy, ModelParallelStrategy) and trainer.world_size > 1:
+            raise RuntimeError(
+                "TOFU evaluation does not run on a model sharded by ModelParallelStrategy over "
+                f"{trainer.world_size} processes (generation would leave the ranks out of step). Train with "
+                "--trainer.limit_val_batches=0, then evaluate the saved model (output_dir) on one device with "
+                "`lit-unlearn test`."
+            )
+
     def on_validation_epoch_start(self) -> None:
         """Start from no records."""
+        self._check_strategy()
         self._tofu_evaluator().reset()
 
     def on_validation_epoch_end(self) -> None:
@@ -136,6 +153,7 @@ class TOFUEvalMixin:
 
     def on_test_epoch_start(self) -> None:
         """Start from no records."""
+        self._check_strategy()
         self._tofu_evaluator().reset()
 
     def on_test_epoch_end(self) -> None:
