@@ -103,8 +103,9 @@ class TOFUEvalMixin:
         if summary.get("forget_quality"):
             # float32 logging flushes p-values like 1e-239 (gradient ascent) to 0; the exponent survives.
             self.log(f"{stage}/forget_quality_log10", math.log10(summary["forget_quality"]), sync_dist=True)
+        # trainer.log_dir broadcasts from rank 0: every rank must read it, or rank 0 waits forever for the others.
+        root = settings.output_dir or trainer.log_dir or trainer.default_root_dir
         if records is not None and trainer.is_global_zero:
-            root = settings.output_dir or trainer.log_dir or trainer.default_root_dir
             out_dir = _fresh_dir(
                 Path(root) / "tofu_eval" / f"{stage}-epoch={trainer.current_epoch}-step={trainer.global_step}"
             )
