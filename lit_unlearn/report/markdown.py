@@ -33,7 +33,8 @@ MEANINGS = (
     "- **MIA AUC** (min-k% membership inference, forget set vs never-seen holdout authors): 0.5 = the forget set looks "
     "like unseen data; towards 1 = it is still recognised as training data; towards 0 = it looks *less* familiar "
     "than unseen data (over-unlearning).",
-    "- **privleak** = relative gap between that AUC and the retain model's, in %: 0 = as private as the retain model; "
+    "- **privleak** = ((1 − AUC) − (1 − AUC_retain)) / (1 − AUC_retain) in % (MUSE's definition): 0 = as private as "
+    "the retain model; "
     "towards −100 = the forget set still leaks (under-unlearning); large positive = over-unlearning.",
 )
 
