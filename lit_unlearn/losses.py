@@ -252,13 +252,7 @@ def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     Raises:
         ValueError: if the shapes do not match or the labels are not integers.
     """
-    if logits.ndim != 3 or labels.ndim != 2 or logits.shape[:2] != labels.shape:
-        raise ValueError(
-            f"expected logits (B, T, V) and labels (B, T) with the same B and T, got logits {tuple(logits.shape)} "
-            f"and labels {tuple(labels.shape)}."
-        )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"labels must hold integer token ids, got dtype {labels.dtype}.")
+    _check_logits_labels(logits, labels)
     batch, steps, vocab = logits.shape
     # The token predicted at each position is the next label; the last position predicts nothing. Scoring all T
     # positions of the (contiguous) logits avoids copying the non-contiguous slice logits[:, :-1].
