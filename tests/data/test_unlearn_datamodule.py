@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
+from trainers import quiet_trainer
 
 from lit_unlearn.data import IGNORE_INDEX, TOFUUnlearnDataModule, idk_answers, load_tofu
 from lit_unlearn.data.evaluation import EVAL_SPLITS
@@ -230,16 +231,7 @@ def test_trainer_sees_flat_paired_batches_one_per_forget_batch(tiny_model_dir: P
         batch_size=16,
     )
     model = _Recorder()
-    trainer = Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     assert len(model.seen) == 2 * 3
     assert all(set(s) == {"forget", "idk", "retain"} for s in model.seen)
