@@ -5,7 +5,8 @@ on a tiny Llama built from a ``LlamaConfig`` (no download), in one process, with
 
 * ``plain``: no callback;
 * ``g_effect every step`` (streaming per-parameter dots, the default), its non-streaming variant, with the realised
-  risk change, with the G-effect per objective term (``terms=True``: one backward pass per term), and with
+  risk change, with the G-effect per objective term (``terms=True``: the unlearn term differentiated through the
+  step's own graph before its backward, :class:`SupportsLossTerms`; the regulariser's is the rest), and with
   per-instance G-effects on the risk side (``per_instance="risk"``: one forward-mode JVP along the objective gradient)
   and on the objective side (``per_instance="objective"``: one forward-mode JVP of the forget examples' unlearn shares
   along the risk gradients, batched over the risks);
@@ -64,7 +65,8 @@ class RandomQA(Dataset):
         gen = torch.Generator().manual_seed(seed)
         self.ids = torch.randint(0, vocab, (2, n, length), generator=gen)
         self.labels = self.ids.clone()
-        self.labels[:, :, :prompt] = -100
+        # At most half of each row is prompt, so that every row keeps answer tokens (a finite loss) at any length.
+        self.labels[:, :, : min(prompt, length // 2)] = -100
 
     def __len__(self) -> int:
         return self.ids.shape[1]
@@ -102,6 +104,8 @@ class GradDiff(LightningModule):
         # SupportsStepRisks (graph reuse): while a list, each training_step appends its risks and backward keeps the
         # graph for the callback.
         self._step_risks: list[dict[str, Tensor]] | None = None
+        # SupportsLossTerms (terms=True): while a dict, training_step records the terms of the loss it returns.
+        self._loss_terms: dict[str, Tensor] | None = None
 
     def token_nll(self, ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
@@ -118,7 +122,15 @@ class GradDiff(LightningModule):
         forget, retain = self.nll(batch["f_ids"], batch["f_labels"]), self.nll(batch["r_ids"], batch["r_labels"])
         if self._step_risks is not None:
             self._step_risks.append({"forget": forget, "retain": retain})
+        if self._loss_terms is not None:
+            self._loss_terms = {"unlearn": -forget, "regularizer": retain}
         return -forget + retain
+
+    def keep_loss_terms(self, keep: bool) -> None:
+        self._loss_terms = {} if keep else None
+
+    def loss_terms(self) -> dict[str, Tensor]:
+        return dict(self._loss_terms or {})
 
     def keep_step_risks(self, keep: bool) -> None:
         self._step_risks = [] if keep else None

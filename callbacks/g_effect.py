@@ -35,9 +35,10 @@ scalars).
 This module imports only ``torch`` and ``lightning`` (matplotlib lazily, for the optional PNG) so it can be vendored
 into any Lightning project. The module being trained tells the callback what to measure by implementing the
 protocols below: :class:`SupportsRiskLosses` always; :class:`SupportsPerExampleRisks` for the risk side of
-``per_instance``; :class:`SupportsObjectiveTerms` for ``terms``; :class:`SupportsPerExampleObjective` (and, for the
-ranking, :class:`SupportsExampleIds`) for the objective side of ``per_instance``; :class:`SupportsStepRisks` for
-``reuse_step_forward`` (the risks from ``training_step``'s own forward, without a second forward pass).
+``per_instance``; :class:`SupportsObjectiveTerms` for ``terms`` (:class:`SupportsLossTerms` for its fast path);
+:class:`SupportsPerExampleObjective` (and, for the ranking, :class:`SupportsExampleIds`) for the objective side of
+``per_instance``; :class:`SupportsStepRisks` for ``reuse_step_forward`` (the risks from ``training_step``'s own
+forward, without a second forward pass).
 """
 
 import contextlib
@@ -132,6 +133,30 @@ class SupportsObjectiveTerms(Protocol):
 
     def objective_terms(self, batches: Sequence[Any]) -> Mapping[str, Tensor]:
         """Return the objective's terms on ``batches``, differentiable scalars keyed ``"unlearn"``/``"regularizer"``."""
+        ...
+
+
+@runtime_checkable
+class SupportsLossTerms(Protocol):
+    """A LightningModule that hands over the terms of the loss its own ``training_step`` returns (``terms=True``).
+
+    The fast path of the G-effect per term. Between ``keep_loss_terms(True)`` and ``keep_loss_terms(False)`` every
+    ``training_step`` records the terms of the loss it returns on its micro-batch, ``{"unlearn": ..., "regularizer":
+    ...}`` named as in :class:`SupportsObjectiveTerms`, with their autograd graph and summing to that loss (the
+    callback checks the sum). ``loss_terms()`` returns the latest record. Just before the objective's backward
+    (``on_before_backward``), the callback differentiates the unlearn term through the step's own graph: one backward
+    through the forget part and no forward, where ``objective_terms`` costs a forward of the objective and a backward
+    per term. The regulariser's gradient is then the objective gradient minus the unlearn term's, exact because the
+    recorded terms sum to the loss whose gradient the optimiser applies. The callback turns recording on for measured
+    steps only.
+    """
+
+    def keep_loss_terms(self, keep: bool) -> None:
+        """Start (``True``) or stop (``False``, dropping the last record) recording each ``training_step``'s terms."""
+        ...
+
+    def loss_terms(self) -> Mapping[str, Tensor]:
+        """The terms of the loss the latest ``training_step`` returned, differentiable scalars keyed like the terms."""
         ...
 
 
@@ -394,11 +419,15 @@ class GEffectCallback(Callback):
         save_plot: Also write a PNG of the per-group curves (needs matplotlib).
         terms: Also measure the G-effect of each objective term next to the total, for every risk and group
             (:class:`SupportsObjectiveTerms`): rows with ``term="unlearn"`` (the paper's G-effect) and
-            ``term="regularizer"`` next to ``term="total"``. Each term's gradient comes from its own backward pass of
-            ``objective_terms``, independently of ``.grad``, so ``unlearn + regularizer = total`` holds as a check
-            (exactly, up to float rounding, on one process without dropout; under DDP the terms use the all-reduced
-            risk gradient, one gradient all-reduce per risk). Costs one forward of the objective and one backward per
-            term, and keeps one gradient copy per risk.
+            ``term="regularizer"`` next to ``term="total"``. With :class:`SupportsLossTerms` on one process with
+            automatic optimisation (every ``lit_unlearn`` objective), the unlearn term's gradient is taken from the
+            step's own forward just before its backward (one backward through the forget part, no forward; one
+            gradient copy) and the regulariser's is ``.grad`` minus it (exact up to the float32 rounding of those two
+            gradients: a few ulps of the larger term's G-effect). Otherwise each term's gradient comes from
+            its own backward pass of ``objective_terms``, independently of ``.grad``, so ``unlearn + regularizer =
+            total`` holds as a check (exactly, up to float rounding, without dropout; under DDP the terms use the
+            all-reduced risk gradient, one gradient all-reduce per risk); that costs one forward of the objective and
+            one backward per term, and keeps one gradient copy per risk.
         coarse_boundaries: Block indices at which a new coarse group starts, e.g. ``(10, 20)`` for the paper's groups
             of a 32-block model: blocks 0–9, 10–19 and 20–31, named ``blocks_00_09``, ``blocks_10_19`` and
             ``blocks_20_31+final_norm``. As in the paper's code, the final norm (the named group ``"final_norm"``) is
@@ -545,6 +574,11 @@ class GEffectCallback(Callback):
         self._files: dict[str, Path] = {}
         self._directory: Path | None = None
         self._warned_nonfinite = False
+        #: ``terms`` through :class:`SupportsLossTerms` (decided at fit start), and while a measured step's
+        #: micro-batches run: the unlearn term's accumulated gradient per parameter, and the terms recorded.
+        self._loss_terms = False
+        self._unlearn_gradient: dict[Tensor, Tensor] = {}
+        self._recorded_terms: set[str] = set()
 
     # ------------------------------------------------------------------ override points
 
@@ -714,6 +748,17 @@ class GEffectCallback(Callback):
         # Resolved here, where every rank runs the hook: trainer.log_dir is a broadcast from rank 0, which would
         # wait forever if rank 0 alone asked for it when writing the files (or after an exception on one rank).
         self._directory = self._output_dir(trainer)
+        # The terms from training_step's own graph need its loss to be the one backward differentiates, unscaled but
+        # for the accumulation divisor (automatic optimisation), and autograd.grad to reach unsharded parameters
+        # without a strategy hook in between (one process): elsewhere objective_terms is exact.
+        self._loss_terms = (
+            self.terms
+            and isinstance(pl_module, SupportsLossTerms)
+            and not self._overrides("objective_terms")
+            and pl_module.automatic_optimization
+            and trainer.world_size == 1
+            and not isinstance(trainer.strategy, ModelParallelStrategy)
+        )
         # The optimisers exist only from here on (after strategy.setup), so this is the earliest check for them.
         if trainer.scaler is None:
             return
@@ -737,6 +782,8 @@ class GEffectCallback(Callback):
         if step % self.every_n_steps != 0:
             if self.reuse_step_forward:
                 pl_module.keep_step_risks(False)
+            if self._loss_terms:
+                pl_module.keep_loss_terms(False)
             return
         if step != self._batch_step:
             # First micro-batch of a measured accumulation window: forget batches of an earlier window.
@@ -744,10 +791,44 @@ class GEffectCallback(Callback):
             self._batch_step = step
             if self.reuse_step_forward:
                 pl_module.keep_step_risks(True)
+            if self._loss_terms:
+                pl_module.keep_loss_terms(True)
+                self._unlearn_gradient, self._recorded_terms = {}, set()
         if pl_module.automatic_optimization and len(self._batches) >= trainer.accumulate_grad_batches:
             # A batch whose training_step returned None was not stepped on: keep only the window's micro-batches.
             self._batches.pop(0)
         self._batches.append(batch)
+
+    @override
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
+        step = trainer.global_step
+        if not self._loss_terms or step != self._batch_step or step % self.every_n_steps or step == self._measured_step:
+            return
+        owner = type(pl_module).__name__
+        terms = self._checked_terms(pl_module.loss_terms(), owner, f"{owner}.loss_terms")
+        # The loss backward receives is training_step's divided by the accumulation steps (and times the fp16 loss
+        # scale): the recorded terms must add up to it, or their gradients would not split the applied one.
+        scale = (trainer.scaler.get_scale() if trainer.scaler is not None else 1.0) / trainer.accumulate_grad_batches
+        total = sum(t.detach().double() for t in terms.values()) * scale
+        size = sum(t.detach().double().abs() for t in terms.values()) * scale
+        # A non-finite loss has nothing to check: its step is dropped with a warning once measured (see _finalise).
+        consistent = not torch.isfinite(total) or torch.isclose(
+            loss.detach().double(), total, rtol=1e-5, atol=1e-6 * float(size) + 1e-12
+        )
+        if not consistent:
+            raise RuntimeError(
+                f"GEffectCallback(terms=True): the terms {owner}.loss_terms() recorded sum to {float(total):.6g} "
+                f"(after Lightning's scaling) but the loss training_step returned is {float(loss):.6g} at step "
+                f"{step}. Record the terms of the very loss training_step returns, once per training_step."
+            )
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        for p in params:
+            if p not in self._unlearn_gradient:
+                self._unlearn_gradient[p] = torch.zeros_like(p)
+        store = [self._unlearn_gradient[p] for p in params]
+        # The graph is the step's own: kept for the objective's backward that follows this hook.
+        self._gradient_dots(terms["unlearn"] / trainer.accumulate_grad_batches, params, [], store, retain_graph=True)
+        self._recorded_terms.update(terms)
 
     # ------------------------------------------------------------------ measurement at θ_t
 
@@ -770,8 +851,10 @@ class GEffectCallback(Callback):
         batches = window if self.micro_batches == "all" else window[-1:]
         lrs = _param_lrs(optimizer, params)
         objective_side = "objective" in self._sides
+        # The unlearn term's gradient from training_step's own graph (SupportsLossTerms), else None.
+        unlearn = self._take_unlearn_gradient(pl_module, params)
         # The risk gradients are kept (one copy per risk) when something after the risk pass needs them whole.
-        keep = self.measure_update or self.terms or objective_side
+        keep = self.measure_update or (self.terms and unlearn is None) or objective_side
         sharded = _check_sharded(params, bool(self._sides))
         # Sharded gradients arrive only through FSDP's own backward, which writes `.grad` of every trainable
         # parameter: those are saved and put back around each such pass.
@@ -793,13 +876,16 @@ class GEffectCallback(Callback):
                 if keep
                 else []
             )
-            objective_gradient = [_local(p.grad) for p in params]
-            dots = []
+            # Each risk gradient is dotted with the objective gradient and, with the step's unlearn term, with its
+            # gradient too, in the same backward pass.
+            partners = [[_local(p.grad) for p in params]] + ([unlearn] if unlearn is not None else [])
+            dots, unlearn_dots = [], []
             for r, name in enumerate(names):
                 store = [s[r] for s in stores] if keep else None
                 last = r == len(names) - 1
-                d = self._gradient_dots(risks[name], params, [objective_gradient], store, not last, trainable)
-                dots.append(d[0] * shards)
+                d = self._gradient_dots(risks[name], params, partners, store, not last, trainable) * shards
+                dots.append(d[0])
+                unlearn_dots.append(d[1:])
             values = torch.stack([risks[n].detach().float() for n in names])
             del risks
             if self.reuse_step_forward:
@@ -817,9 +903,17 @@ class GEffectCallback(Callback):
 
         term_names: list[str] = []
         term_dots = torch.zeros(0, device=values.device)
-        if self.terms:
+        if unlearn is not None:
+            # (terms, risks, params): the regulariser's gradient is the applied one minus the unlearn term's, since
+            # the recorded terms sum to the loss (checked in on_before_backward).
+            term_names = [t for t in TERMS if t in self._recorded_terms]
+            unlearn_term = torch.cat(unlearn_dots)
+            term_dots = torch.stack([unlearn_term, torch.stack(dots) - unlearn_term][: len(term_names)])
+            self._unlearn_gradient, self._recorded_terms = {}, set()
+        elif self.terms:
             with self._quiet_forward(trainer, pl_module), torch.enable_grad():
-                terms = self._checked_terms(pl_module, window)
+                owner = type(pl_module).__name__
+                terms = self._checked_terms(self.objective_terms(pl_module, window), owner, f"{owner}.objective_terms")
                 term_names = list(terms)
                 last = len(term_names) - 1
                 # (terms, risks, params): each term's own backward pass, dotted with every kept risk gradient.
@@ -1021,14 +1115,23 @@ class GEffectCallback(Callback):
                 )
         return risks
 
-    def _checked_terms(self, pl_module: LightningModule, batches: Sequence[Any]) -> dict[str, Tensor]:
-        """The objective terms, validated and ordered as :data:`TERMS`."""
-        owner = type(pl_module).__name__
-        terms = self.objective_terms(pl_module, batches)
+    def _take_unlearn_gradient(self, pl_module: LightningModule, params: list[Tensor]) -> list[Tensor] | None:
+        """The unlearn term's gradient accumulated by :meth:`on_before_backward` over the step's micro-batches, one
+        tensor per measured parameter (zeros where the term does not reach it); None unless the step recorded terms.
+        Recording stops here: the step's terms are all in."""
+        if not self._loss_terms:
+            return None
+        pl_module.keep_loss_terms(False)
+        if not self._recorded_terms:
+            return None
+        return [self._unlearn_gradient.get(p, torch.zeros_like(p)) for p in params]
+
+    def _checked_terms(self, terms: Any, owner: str, source: str) -> dict[str, Tensor]:
+        """Objective terms from ``source`` (a method of module ``owner``), validated and ordered as :data:`TERMS`."""
         keys = sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__
         if not isinstance(terms, Mapping) or "unlearn" not in terms or set(terms) - set(TERMS):
             raise TypeError(
-                f"GEffectCallback: {owner}.objective_terms must return {{'unlearn': forget_weight * L_forget, "
+                f"GEffectCallback: {source} must return {{'unlearn': forget_weight * L_forget, "
                 f"'regularizer': retain_weight * L_retain}} (only 'unlearn' without a regulariser), got {keys}."
             )
         out = {}
@@ -1038,12 +1141,12 @@ class GEffectCallback(Callback):
                 continue
             if not isinstance(term, Tensor) or term.numel() != 1:
                 raise TypeError(
-                    f"GEffectCallback: term {name!r} from {owner}.objective_terms must be a scalar tensor, got "
+                    f"GEffectCallback: term {name!r} from {source} must be a scalar tensor, got "
                     f"{getattr(term, 'shape', type(term).__name__)}."
                 )
             if not term.requires_grad:
                 raise RuntimeError(
-                    f"GEffectCallback: term {name!r} from {owner}.objective_terms does not require grad. Compute it "
+                    f"GEffectCallback: term {name!r} from {source} of {owner} does not require grad. Compute it "
                     "with the forward passes training_step uses (outside torch.no_grad(), without detach()), or leave "
                     "the term out when the module has none (e.g. its weight is 0)."
                 )
@@ -1066,7 +1169,8 @@ class GEffectCallback(Callback):
             params: The measured parameters.
             partners: Vectors to dot the gradient with, each one tensor per parameter (the objective gradient ``.grad``
                 for a risk; the kept risk gradients for a term); local shards when the parameters are sharded.
-            store: Where to write the gradient, one tensor per parameter (zeros on entry), or None not to keep it.
+            store: Where to add the gradient, one tensor per parameter (zeros on entry, or a sum being accumulated),
+                or None not to keep it.
             retain_graph: Keep the graph for a later backward through the same forward.
             trainable: Sharded parameters only (None otherwise): every trainable parameter of the module, whose
                 ``.grad`` the backward pass overwrites and this method restores.
@@ -1093,7 +1197,7 @@ class GEffectCallback(Callback):
                         for j, partner in enumerate(partners):
                             dots[j, i] = _dot32(grad, partner[i])
                         if store is not None:
-                            store[i].copy_(grad)
+                            store[i].add_(grad)
                 finally:
                     for p, grad in zip(trainable, saved, strict=True):
                         p.grad = grad
@@ -1124,7 +1228,7 @@ class GEffectCallback(Callback):
                         for j, partner in enumerate(partners):
                             dots[j, i] = _dot32(grad, partner[i])
                         if store is not None:
-                            store[i].copy_(grad)
+                            store[i].add_(grad)
         except RuntimeError as err:
             if "reentrant" in str(err):
                 raise RuntimeError(

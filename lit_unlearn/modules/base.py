@@ -235,6 +235,8 @@ class UnlearningModule(CausalLMModule):
         self._step_risks: list[dict[str, Tensor]] | None = None
         self._risk_parts: dict[int, str] = {}
         self._recorded: dict[str, Tensor] = {}
+        # Per-term G-effect (GEffectCallback(terms=True)): while a dict, training_step puts the terms of its loss in it.
+        self._loss_terms: dict[str, Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -390,10 +392,12 @@ class UnlearningModule(CausalLMModule):
         """The objective ``forget_weight·L_forget + <regulariser term>`` on one batch, logged."""
         terms = self.step_terms(batch)
         forget = terms.forget.value
-        loss = self.forget_weight * forget
+        loss = unlearn = self.forget_weight * forget
         logs: dict[str, Tensor | float] = {"train/forget_loss": forget.detach(), **terms.forget.logs}
+        recorded = {"unlearn": unlearn}
         if terms.retain is not None:
-            loss = loss + self.regularizer(terms.retain)
+            recorded["regularizer"] = self.regularizer(terms.retain)
+            loss = loss + recorded["regularizer"]
             logs["train/retain_loss"] = terms.retain.detach()
             logs.update(self.regularizer_logs())
             self.observe_retain(terms.retain.detach())
@@ -404,6 +408,8 @@ class UnlearningModule(CausalLMModule):
                 "Lower the learning rate, or use bf16/fp32 instead of fp16."
             )
         logs["train/loss"] = loss.detach()
+        if self._loss_terms is not None:
+            self._loss_terms = recorded
         batch_size = batch["forget"]["input_ids"].shape[0]
         self.log_dict(logs, prog_bar=True, batch_size=batch_size)
         return loss
@@ -435,6 +441,16 @@ class UnlearningModule(CausalLMModule):
             # The callback differentiates the recorded risks through this same graph after this backward.
             kwargs["retain_graph"] = True
         super().backward(loss, *args, **kwargs)
+
+    def keep_loss_terms(self, keep: bool) -> None:
+        """:class:`~callbacks.SupportsLossTerms`: start recording the terms of each ``training_step``'s loss
+        (``True``), or stop and drop the last record (``False``)."""
+        self._loss_terms = {} if keep else None
+
+    def loss_terms(self) -> dict[str, Tensor]:
+        """:class:`~callbacks.SupportsLossTerms`: ``{"unlearn": γ·L_forget, "regularizer": <the regulariser term>}``
+        of the loss the latest ``training_step`` returned (only ``"unlearn"`` without a regulariser), with graph."""
+        return dict(self._loss_terms or {})
 
     def risk_losses(self, batches: Sequence[Mapping[str, Batch]]) -> dict[str, Tensor]:
         """Mean answer NLL of the forget and retain parts of ``batches`` (the risks of the G-effect).

@@ -66,6 +66,8 @@ class MLPUnlearner(LightningModule):
         self.n = n
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
+        # SupportsLossTerms: while a dict, training_step records the terms of the loss it returns.
+        self._loss_terms: dict[str, Tensor] | None = None
 
     def per_example(self, x: Tensor, y: Tensor) -> Tensor:
         return (self.net(x).squeeze(-1) - y) ** 2
@@ -95,7 +97,16 @@ class MLPUnlearner(LightningModule):
         return [{"index": int(i)} for b in batches for i in b["index"]]
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        return self.objective(batch)
+        terms = self.terms(batch)
+        if self._loss_terms is not None:
+            self._loss_terms = terms
+        return sum(terms.values())
+
+    def keep_loss_terms(self, keep: bool) -> None:
+        self._loss_terms = {} if keep else None
+
+    def loss_terms(self) -> dict[str, Tensor]:
+        return dict(self._loss_terms or {})
 
     def risk_losses(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         per = self.per_example_risks(batches)
@@ -114,6 +125,13 @@ class MLPUnlearner(LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(PairDataset(self.n), batch_size=self.batch_size, shuffle=False)
+
+
+class ObjectiveTermsMLP(MLPUnlearner):
+    """The MLP without :class:`~callbacks.SupportsLossTerms`: ``terms=True`` runs ``objective_terms`` instead."""
+
+    # A protocol method set to None counts as not implemented (typing's runtime protocol check).
+    keep_loss_terms = None  # type: ignore[assignment]
 
 
 class ReentrantCheckpointMLP(MLPUnlearner):

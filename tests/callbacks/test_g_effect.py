@@ -15,6 +15,7 @@ from g_effect_modules import (
     ManualMLPUnlearner,
     MLPUnlearner,
     NoRiskMLP,
+    ObjectiveTermsMLP,
     PairDataset,
     ReentrantCheckpointMLP,
 )
@@ -692,11 +693,18 @@ def test_csv_readers_check_the_columns(tmp_path: Path) -> None:
         load_ranking(ranking)
 
 
-@pytest.mark.parametrize("streaming", [True, False])
-def test_terms_equal_naive_float64_dots_and_sum_to_the_total(tmp_path: Path, streaming: bool) -> None:
-    # Two micro-batches: the terms decompose the accumulated gradient, averaged as Lightning averages it.
+@pytest.mark.parametrize(
+    ("module_type", "streaming"),
+    [(MLPUnlearner, True), (MLPUnlearner, False), (ObjectiveTermsMLP, True), (ObjectiveTermsMLP, False)],
+)
+def test_terms_equal_naive_float64_dots_and_sum_to_the_total(
+    tmp_path: Path, module_type: type[MLPUnlearner], streaming: bool
+) -> None:
+    # Two micro-batches: the terms decompose the accumulated gradient, averaged as Lightning averages it. With
+    # SupportsLossTerms (MLPUnlearner) the unlearn term comes from the step's own graph; without it
+    # (ObjectiveTermsMLP), from objective_terms' own forward and backward passes.
     torch.manual_seed(0)
-    module = MLPUnlearner(batch_size=2, forget_weight=0.7, retain_weight=1.3)
+    module = module_type(batch_size=2, forget_weight=0.7, retain_weight=1.3)
     initial = copy.deepcopy(module)
     cb = GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, streaming=streaming, save_plot=False)
     fit(module, [cb], tmp_path, max_steps=1, accumulate_grad_batches=2)
@@ -716,17 +724,75 @@ def test_terms_equal_naive_float64_dots_and_sum_to_the_total(tmp_path: Path, str
             }
             for group, value in expected.items():
                 row = rows[(risk, group)]
-                assert row["g_effect"] == pytest.approx(value, rel=1e-5, abs=1e-7)
+                # Through the step's own terms the regulariser is .grad minus the unlearn term's gradient: exact up to
+                # the float32 rounding of those two operands, a few ulps of the larger (the unlearn term's, here up
+                # to 100x the regulariser's on one group), hence an absolute tolerance on that scale.
+                unlearn = ref[risk]["unlearn"]
+                operand = abs(sum(v for n, v in unlearn.items() if group == "total" or n[4] == group[-1]))
+                assert row["g_effect"] == pytest.approx(value, rel=1e-5, abs=1e-7 + 1e-6 * operand)
                 assert row["predicted_change"] == pytest.approx(-1e-2 * row["g_effect"], rel=1e-9)
                 assert row["realised_change"] is None
                 assert row["update_change"] is None
-        # Linearity: the terms come from their own backward passes, the total from .grad.
+        # Linearity: the terms and the total (.grad) add up.
         for group in ("layer_00", "layer_03", "total"):
             parts = sum(step_rows(cb, 0, term)[(risk, group)]["g_effect"] for term in ("unlearn", "regularizer"))
             assert parts == pytest.approx(total[(risk, group)]["g_effect"], rel=1e-4)
     # The terms are not proportional to the total: each carries its own sign on the forget risk.
     forget_terms = [step_rows(cb, 0, t)[("forget", "total")]["g_effect"] for t in ("unlearn", "regularizer")]
     assert forget_terms[0] < 0 < abs(forget_terms[1])
+
+
+def test_terms_from_the_step_run_no_objective_forward_and_match_objective_terms(tmp_path: Path) -> None:
+    # The same run through both paths, every 2nd step over 4 steps with 2 micro-batches: equal terms, and the step's
+    # own terms never call objective_terms. Unmeasured steps in between record nothing.
+    values = {}
+    for module_type in (MLPUnlearner, ObjectiveTermsMLP):
+        torch.manual_seed(0)
+        cb = GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, every_n_steps=2, save_plot=False)
+        module = module_type(batch_size=2, forget_weight=0.6, retain_weight=1.1)
+        calls = []
+        objective_terms = module.objective_terms
+        module.objective_terms = lambda batches, f=objective_terms, c=calls: c.append(len(batches)) or f(batches)
+        fit(module, [cb], tmp_path / module_type.__name__, max_steps=4, accumulate_grad_batches=2)
+        assert calls == ([] if module_type is MLPUnlearner else [2, 2])
+        assert module._loss_terms is None  # recording is off after the last measured step
+        values[module_type] = {(r["step"], r["risk"], r["term"], r["group"]): r["g_effect"] for r in cb.history}
+    fast, slow = values.values()
+    assert fast.keys() == slow.keys()
+    assert {k[0] for k in fast} == {0, 2}
+    for key, value in slow.items():
+        assert fast[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
+
+
+class MisrecordingMLP(MLPUnlearner):
+    """Records terms that do not sum to the loss it returns (the regulariser is left out of the record)."""
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.terms(batch)
+        if self._loss_terms is not None:
+            self._loss_terms = {"unlearn": terms["unlearn"]}
+        return sum(terms.values())
+
+
+def test_recorded_terms_that_do_not_sum_to_the_loss_are_an_error(tmp_path: Path) -> None:
+    match = r"MisrecordingMLP\.loss_terms\(\) recorded sum to .* the loss training_step"
+    with pytest.raises(RuntimeError, match=match):
+        fit(MisrecordingMLP(), [GEffectCallback(terms=True, save_plot=False)], tmp_path, max_steps=1)
+
+
+class NanLossMLP(MLPUnlearner):
+    """An objective whose unlearn term is NaN (e.g. a diverged run)."""
+
+    def terms(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        terms = super().terms(batch)
+        return {**terms, "unlearn": terms["unlearn"] * float("nan")}
+
+
+def test_non_finite_loss_with_step_terms_drops_the_step_with_a_warning(tmp_path: Path) -> None:
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, save_plot=False)
+    with pytest.warns(UserWarning, match="non-finite G-effect at step 0; step not recorded"):
+        fit(NanLossMLP(), [cb], tmp_path, max_steps=1)
+    assert cb.history == []
 
 
 def test_objective_without_regulariser_has_only_the_unlearn_term(tmp_path: Path) -> None:
