@@ -8,6 +8,8 @@ retain rows of 512 random tokens (the first eighth are prompt, label -100), floa
 * ``ours``: ``lit_unlearn.NPO`` / ``WGA`` / ``TNPO`` as shipped. Token log-probs are taken as the label logit minus
   a chunked ``logsumexp`` (no float32 ``(B, T, V)`` copy), one reference forward serves every part that needs it, and
   a reference model is loaded only when the objective uses one.
+* ``ours, backward per part``: the same modules with ``backward_per_part=True``: the unlearn term's backward runs
+  right after the forget forward, so the forget part's activations are freed before the retain forward.
 * ``usual``: :class:`UsualUnlearner`, a transcription of how the public unlearning code computes the same losses
   (OpenUnlearning's trainers, the G-effect paper's code). Token log-probs are a full float32 ``log_softmax`` over the
   vocabulary followed by ``gather``; each part that needs reference outputs gets its own reference forward; the
@@ -36,7 +38,7 @@ How it is measured:
 
 Usage::
 
-    python benchmarks/step_memory.py                       # 7 processes, 1 step each; ~6 min of CPU per job slot
+    python benchmarks/step_memory.py                       # 10 processes, 1 step each
     python benchmarks/step_memory.py --steps 3 --jobs 1    # more steps, one process at a time
     python benchmarks/step_memory.py --hidden 64 --layers 2 --vocab 1000 --seq 64   # a smoke run in seconds
 """
@@ -152,11 +154,15 @@ class UsualUnlearner(LightningModule):
         return torch.optim.AdamW(trainable, lr=self.lr, weight_decay=self.weight_decay)
 
 
-def our_module(objective: Objective, model_dir: str) -> LightningModule:
+def our_module(objective: Objective, model_dir: str, backward_per_part: bool = False) -> LightningModule:
     """The shipped module for ``objective``: retain NLL for GD, the KL retain loss for TNPO + KL."""
     cls, retain = {"npo_gd": ("NPO", "nll"), "wga_gd": ("WGA", "nll"), "tnpo_kl": ("TNPO", "kl")}[objective]
     return getattr(lit_unlearn, cls)(
-        model_name_or_path=model_dir, beta=BETAS[objective], retain_loss=retain, warmup_epochs=0.0
+        model_name_or_path=model_dir,
+        beta=BETAS[objective],
+        retain_loss=retain,
+        warmup_epochs=0.0,
+        backward_per_part=backward_per_part,
     )
 
 
@@ -247,9 +253,10 @@ def child(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     objective: Objective = args.objective
-    module = (
-        UsualUnlearner(objective, args.model_dir) if args.impl == "usual" else our_module(objective, args.model_dir)
-    )
+    if args.impl == "usual":
+        module = UsualUnlearner(objective, args.model_dir)
+    else:
+        module = our_module(objective, args.model_dir, backward_per_part=args.impl == "ours_per_part")
     probe = _Probe()
     callbacks: list[Callback] = [StepStart(probe)]
     if args.g_effect:
@@ -279,12 +286,16 @@ class Config:
     """One process of the benchmark."""
 
     objective: Objective
-    impl: Literal["ours", "usual"]
+    impl: Literal["ours", "ours_per_part", "usual"]
     g_effect: bool = False
 
     @property
     def name(self) -> str:
-        return f"{OBJECTIVES[self.objective]}, {self.impl}" + (" + G-effect callback" if self.g_effect else "")
+        impl = IMPLEMENTATIONS[self.impl]
+        return f"{OBJECTIVES[self.objective]}, {impl}" + (" + G-effect callback" if self.g_effect else "")
+
+
+IMPLEMENTATIONS = {"ours": "ours", "ours_per_part": "ours, backward per part", "usual": "usual"}
 
 
 def build_model(directory: Path, args: argparse.Namespace) -> int:
@@ -385,7 +396,7 @@ def main() -> None:
         child(args)
         return
 
-    configs = [Config(o, impl) for o in OBJECTIVES for impl in ("ours", "usual")]
+    configs = [Config(o, impl) for o in OBJECTIVES for impl in IMPLEMENTATIONS]
     configs.append(Config("npo_gd", "ours", g_effect=True))
     with tempfile.TemporaryDirectory(prefix="step_memory_model_") as model_dir:
         n_params = build_model(Path(model_dir), args)
@@ -399,24 +410,26 @@ def main() -> None:
         print(f"  all processes: {time.perf_counter() - began:.0f} s wall\n")
 
     gb = 1e9
-    header = f"{'configuration':<42} {'CPU s/step':>10} {'wall s':>8} {'step peak GB':>13} {'process peak GB':>16}"
+    header = f"{'configuration':<48} {'CPU s/step':>10} {'wall s':>8} {'step peak GB':>13} {'process peak GB':>16}"
     print(f"{header} {'loss':>10}")
     for config in configs:
         s = results[config]
         print(
-            f"{config.name:<42} {s['cpu_s']:>10.1f} {s['wall_s']:>8.1f} {s['step_peak'] / gb:>13.3f} "
+            f"{config.name:<48} {s['cpu_s']:>10.1f} {s['wall_s']:>8.1f} {s['step_peak'] / gb:>13.3f} "
             f"{s['process_peak'] / gb:>16.3f} {s['loss']:>10.5f}"
         )
     print("\nours / usual (targets: peak memory ≤ 0.7, step time ≤ 1.0)")
-    print(f"{'objective':<12} {'step peak':>10} {'process peak':>13} {'CPU time':>9} {'same loss':>10}")
+    print(f"{'configuration':<36} {'step peak':>10} {'process peak':>13} {'CPU time':>9} {'same loss':>10}")
     for objective, label in OBJECTIVES.items():
-        ours, usual = results[Config(objective, "ours")], results[Config(objective, "usual")]
-        same = abs(ours["loss"] - usual["loss"]) <= 1e-4 * abs(usual["loss"]) + 1e-5
-        print(
-            f"{label:<12} {ours['step_peak'] / usual['step_peak']:>10.2f} "
-            f"{ours['process_peak'] / usual['process_peak']:>13.2f} {ours['cpu_s'] / usual['cpu_s']:>9.2f} "
-            f"{'yes' if same else 'NO':>10}"
-        )
+        usual = results[Config(objective, "usual")]
+        for impl in ("ours", "ours_per_part"):
+            ours = results[Config(objective, impl)]
+            same = abs(ours["loss"] - usual["loss"]) <= 1e-4 * abs(usual["loss"]) + 1e-5
+            print(
+                f"{label + ', ' + IMPLEMENTATIONS[impl]:<36} {ours['step_peak'] / usual['step_peak']:>10.2f} "
+                f"{ours['process_peak'] / usual['process_peak']:>13.2f} {ours['cpu_s'] / usual['cpu_s']:>9.2f} "
+                f"{'yes' if same else 'NO':>10}"
+            )
     plain, measured = results[Config("npo_gd", "ours")], results[Config("npo_gd", "ours", g_effect=True)]
     every_step = measured["cpu_s"] / plain["cpu_s"]
     print("\nG-effect callback on the NPO + GD step (ours), relative to the step without it")

@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # --doctest-modules would import every conftest.py as a module named "conftest"; two of them collide. They hold no
 # doctests: pytest still loads them as conftests.
-collect_ignore = ["conftest.py", "attacks/conftest.py"]
+collect_ignore = ["conftest.py", "attacks/conftest.py", "modules/conftest.py"]
 
 
 def _tofu_dir() -> Path:

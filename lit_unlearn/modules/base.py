@@ -14,7 +14,7 @@ row index in the forget split file and its question, carried by the batches of
 :class:`~lit_unlearn.data.TOFUUnlearnDataModule`).
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypedDict, get_args
@@ -155,6 +155,12 @@ class UnlearningModule(CausalLMModule):
         gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
             storing them (non-reentrant activation checkpointing): activation memory falls from every block's
             to about one block's, for roughly one extra forward pass per step.
+        backward_per_part: Run the unlearn term's backward right after its forward, before the retain forward, so
+            that the activations of one batch part, not of both, are alive at once: the step's peak falls by about
+            one part's activations, at no extra compute, and the gradient is the same sum. Single process without
+            fp16 loss scaling (an error otherwise: DDP's and the scaler's hooks expect one backward per step); on the
+            steps whose graph the G-effect callback records (``terms``, ``reuse_step_forward``), the step keeps one
+            backward.
     """
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
@@ -187,6 +193,7 @@ class UnlearningModule(CausalLMModule):
         output_dir: str | None = None,
         evaluation: EvalSettings | None = None,
         gradient_checkpointing: bool = False,
+        backward_per_part: bool = False,
     ) -> None:
         if retain_loss not in self.retain_losses:
             raise ValueError(f"{type(self).__name__}: retain_loss={retain_loss!r}; choose one of {self.retain_losses}.")
@@ -221,6 +228,9 @@ class UnlearningModule(CausalLMModule):
         self.forget_weight = forget_weight
         self.retain_weight = retain_weight
         self.kl_positions = kl_positions
+        self.backward_per_part = backward_per_part
+        # backward_per_part: this micro-batch's gradients were zeroed before its early backward (skip Lightning's).
+        self._zeroed_early = False
         self.reference_model: PreTrainedModel | None = None
         if self.needs_reference and not self.uses_lora:
             self.reference_model = load_causal_lm(
@@ -352,29 +362,37 @@ class UnlearningModule(CausalLMModule):
         """Values ``training_step`` logs with the regulariser (e.g. PDU's dual variable); none here."""
         return {}
 
-    def step_terms(self, batch: Mapping[str, Batch], regularizer: bool = True) -> StepTerms:
+    def step_terms(
+        self,
+        batch: Mapping[str, Batch],
+        regularizer: bool = True,
+        after_forget: Callable[[ForgetTerm], None] | None = None,
+    ) -> StepTerms:
         """The objective's terms on one micro-batch: the reference forward, then L_forget and (maybe) L_retain.
 
         Args:
             batch: One training batch.
             regularizer: Also compute L_retain (when :attr:`has_regularizer`); ``False`` skips its forward.
+            after_forget: Called with L_forget before the retain forward (``backward_per_part``'s backward).
         """
         with_retain = regularizer and self.has_regularizer
         wanted = list(self.reference_parts) + (["retain"] if with_retain and self.retain_loss == "kl" else [])
         reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
         forget = self.forget_term(batch, reference)
+        if after_forget is not None:
+            after_forget(forget)
         retain = self.retain_term(batch["retain"], reference.logits.get("retain")) if with_retain else None
         return StepTerms(forget=forget, retain=retain)
 
     @override
     def training_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
         if self._step_risks is None:
-            return self._objective_step(batch)
+            return self._objective_step(batch, batch_idx)
         # Recording for the G-effect callback: the forwards below note the risks of these two parts as they go.
         self._risk_parts = {id(batch[name]): name for name in ("forget", "retain")}
         self._recorded = {}
         try:
-            loss = self._objective_step(batch)
+            loss = self._objective_step(batch, batch_idx)
         finally:
             self._risk_parts = {}
         missing = sorted({"forget", "retain"} - set(self._recorded))
@@ -388,16 +406,25 @@ class UnlearningModule(CausalLMModule):
         self._recorded = {}
         return loss
 
-    def _objective_step(self, batch: Mapping[str, Batch]) -> Tensor:
+    def _objective_step(self, batch: Mapping[str, Batch], batch_idx: int) -> Tensor:
         """The objective ``forget_weight·L_forget + <regulariser term>`` on one batch, logged."""
-        terms = self.step_terms(batch)
+        # backward_per_part: the unlearn term's gradient is in .grad before the retain forward; the loss returned
+        # then carries the regulariser's graph only, and the unlearn term's value.
+        early = (
+            self.backward_per_part
+            and self.has_regularizer
+            and torch.is_grad_enabled()
+            and self._loss_terms is None
+            and self._step_risks is None
+        )
+        terms = self.step_terms(batch, after_forget=(lambda f: self._backward_unlearn(f, batch_idx)) if early else None)
         forget = terms.forget.value
         loss = unlearn = self.forget_weight * forget
         logs: dict[str, Tensor | float] = {"train/forget_loss": forget.detach(), **terms.forget.logs}
         recorded = {"unlearn": unlearn}
         if terms.retain is not None:
             recorded["regularizer"] = self.regularizer(terms.retain)
-            loss = loss + recorded["regularizer"]
+            loss = (loss.detach() if early else loss) + recorded["regularizer"]
             logs["train/retain_loss"] = terms.retain.detach()
             logs.update(self.regularizer_logs())
             self.observe_retain(terms.retain.detach())
@@ -413,6 +440,38 @@ class UnlearningModule(CausalLMModule):
         batch_size = batch["forget"]["input_ids"].shape[0]
         self.log_dict(logs, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _backward_unlearn(self, forget: ForgetTerm, batch_idx: int) -> None:
+        """``backward_per_part``: differentiate the unlearn term now, scaled as Lightning scales the loss."""
+        trainer = self.trainer
+        if batch_idx % trainer.accumulate_grad_batches == 0:
+            # Lightning zeroes the gradients of a new accumulation window between training_step and its backward
+            # (same condition): that would erase this earlier backward, so they are zeroed now and that call skipped.
+            for optimizer in trainer.optimizers:
+                super().optimizer_zero_grad(self.current_epoch, batch_idx, optimizer)
+            self._zeroed_early = True
+        (self.forget_weight * forget.value / trainer.accumulate_grad_batches).backward()
+
+    @override
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._zeroed_early:
+            self._zeroed_early = False
+            return
+        super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        trainer = self.trainer
+        if self.backward_per_part and (
+            trainer.world_size > 1 or trainer.scaler is not None or not self.automatic_optimization
+        ):
+            raise ValueError(
+                f"{type(self).__name__}(backward_per_part=True) runs on one process with automatic optimisation and "
+                f"no fp16 loss scaling (here: {trainer.world_size} process(es), precision {trainer.precision!r}): "
+                "DDP's gradient synchronisation and the fp16 scaler expect one backward per step. Set "
+                "backward_per_part=False, or use gradient_checkpointing to save activation memory there."
+            )
 
     @staticmethod
     def token_weight_log(weights: Tensor, mask: Tensor) -> dict[str, Tensor]:

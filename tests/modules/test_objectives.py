@@ -1,18 +1,16 @@
 """Every unlearning objective: forward-pass budget, training through the CLI, checkpoints, LoRA."""
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from tofu_batches import tofu_part, tofu_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lit_unlearn
 from lit_unlearn import losses
 from lit_unlearn.batch import IGNORE_INDEX
-from lit_unlearn.data.collate import pad_sequences
-from lit_unlearn.data.formatting import encode_pair
 from lit_unlearn.lightning_cli import run_lightning_cli
 from lit_unlearn.models import LoraSettings
 from lit_unlearn.modules.base import ReferenceOutputs, UnlearningModule
@@ -55,30 +53,6 @@ RISES = ["GradAscent", "WGA", "NPO", "TNPO", "WTNPO", "SatImp", "UNDIAL", "CEU",
 REQUIRED = {"PDU": {"epsilon": 0.3}}
 """Arguments without a default, per objective."""
 TRAINED = [(name, kwargs) for name, kwargs, _, _ in OBJECTIVES]
-
-
-def _part(tokenizer, rows: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    encoded = [encode_pair(tokenizer, q, a, "qa", 128) for q, a in rows]
-    return pad_sequences(
-        [e["input_ids"] for e in encoded], tokenizer.pad_token_id, labels=[e["labels"] for e in encoded]
-    )
-
-
-def _rows(tofu_dir: Path, name: str, n: int) -> list[tuple[str, str]]:
-    with open(tofu_dir / f"{name}.json") as f:
-        rows = [json.loads(line) for line in f]
-    return [(r["question"], r["answer"]) for r in rows[:n]]
-
-
-@pytest.fixture(scope="module")
-def batch(tiny_model_dir, tofu_dir) -> dict:
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    forget = _rows(tofu_dir, "forget01", 3)
-    return {
-        "forget": _part(tok, forget),
-        "retain": _part(tok, _rows(tofu_dir, "retain_perturbed", 3)),
-        "idk": _part(tok, [(q, "I have no idea about that.") for q, _ in forget]),
-    }
 
 
 class _Counter:
@@ -305,7 +279,7 @@ def memorised_model_dir(tiny_model_dir, tofu_dir, tmp_path_factory) -> Path:
     """
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    part = _part(tok, _rows(tofu_dir, "forget01", 40))
+    part = tofu_part(tok, tofu_rows(tofu_dir, "forget01", 40))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     model.train()
