@@ -37,6 +37,26 @@ class LitUnlearnCLI(LightningCLI):
         # loaders). A data module without `eval_max_items` (TOFUFinetuneDataModule) leaves the link unapplied.
         parser.link_arguments("model.init_args.evaluation.init_args.max_items", "data.init_args.eval_max_items")
 
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            # jsonargparse reports a class that failed to build as a Union that "does not validate" (a trainer,
+            # model or data module is `X | None`), a screenful of namespaces in which the cause, e.g. "Tokenizer
+            # directory ... does not exist", is one line: name that cause, as argparse names a bad option.
+            cause = _root_cause(err)
+            if cause is err:
+                raise
+            self.parser.error(f"{type(cause).__name__}: {cause}")
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s ``__cause__`` chain (``err`` itself when it has none)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
 
 def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
     """Parse ``args`` and run the LightningCLI subcommand they name.

@@ -1,4 +1,4 @@
-"""The ``lit-unlearn`` console script on two CPU processes, through Lightning's re-executing launcher.
+"""The ``lit-unlearn`` console script: its errors, and two CPU processes through Lightning's re-executing launcher.
 
 ``strategy=ddp`` and ``ModelParallelStrategy`` start rank 1 by running the process's own command line again, so the
 command line must carry the subcommand and the whole configuration: these tests launch the real console script (the
@@ -82,3 +82,26 @@ def test_fit_with_model_parallel_strategy_and_g_effect(tiny_model_dir: Path, tof
             # Every group is summed over both ranks' shards exactly once: the groups add up to the total.
             assert sum(v for g, v in mine.items() if g != "total") == pytest.approx(mine["total"], rel=1e-5)
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--model.model_name_or_path=/no/model", "FileNotFoundError: Tokenizer directory '/no/model'"),
+        ("--model.lr=-1", "ValueError: lr must be positive, got -1.0."),
+    ],
+)
+def test_a_class_that_fails_to_build_is_named_in_one_line(
+    override: str, message: str, tofu_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # jsonargparse wraps it in a Union error of a screenful; the command names the cause as argparse does.
+    from lit_unlearn.lightning_cli import run_lightning_cli
+
+    args = ["fit", "--config", str(TINY_CONFIG), f"--model.model_name_or_path={tiny_model_dir}"]
+    args += [f"--data.data_dir={tofu_dir}", f"--trainer.default_root_dir={tmp_path}", override]
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err
+    assert "Does not validate" not in err

@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import torch
@@ -195,6 +196,12 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
             min_lr_ratio=min_lr_ratio,
         )
         """The default schedule's settings; ``None`` when ``scheduler`` replaces it."""
+        if output_dir and Path(output_dir).exists() and not Path(output_dir).is_dir():
+            # save_pretrained would only log an error at the end of training and save nothing.
+            raise ValueError(
+                f"{name}: output_dir {output_dir!r} is a file; the trained model is saved there as a directory "
+                "(save_pretrained). Pass a directory path, new or existing."
+            )
         self.output_dir = output_dir
         self.eval_settings = evaluation or EvalSettings()
         self.uses_lora = lora is not None

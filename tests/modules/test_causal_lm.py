@@ -168,3 +168,11 @@ def test_injected_optimizer_runs_under_the_default_schedule_through_the_cli(tiny
             ],
             run=False,
         )
+
+
+def test_output_dir_that_is_a_file_fails_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # save_pretrained would log an error at fit end and save nothing.
+    target = tmp_path / "model.bin"
+    target.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"output_dir '.*model\.bin' is a file.*Pass a directory path"):
+        lit_unlearn.GradDiff(model_name_or_path=str(tiny_model_dir), output_dir=str(target))
