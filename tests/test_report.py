@@ -115,12 +115,12 @@ def _verdict(**overrides: object) -> str:
 
 
 def test_verdict_direction_follows_the_realised_sign() -> None:
-    assert "**forget risk ROSE** by +2.5" in _verdict()
-    assert "**forget risk FELL** by -2.5" in _verdict(realised_batches=-2.5)
+    assert "**forget risk ROSE** by 2.5 nats" in _verdict()
+    assert "**forget risk FELL** by 2.5 nats" in _verdict(realised_batches=-2.5)
     assert "**retain risk ROSE**" in _verdict(risk="retain")
     assert "collateral damage" in _verdict(risk="retain")
     # Without per-step realised changes the evaluation-set change is the basis.
-    assert "**forget risk FELL** by -0.3" in _verdict(realised_batches=None, realised_eval=-0.3)
+    assert "**forget risk FELL** by 0.3 nats" in _verdict(realised_batches=None, realised_eval=-0.3)
     assert "was not measured" in _verdict(realised_batches=None, realised_eval=None)
 
 
@@ -203,6 +203,25 @@ def write(tmp_path: Path, history: list[GEffectRow]) -> tuple[str, dict[str, dic
         target="target",
     )
     return path.read_text(), summaries
+
+
+@pytest.mark.parametrize(("forget_quality", "privleak"), [(0.3, -80.0), (0.3, 12.0), (1e-4, -80.0)])
+def test_membership_verdict_follows_the_sign_of_privleak(
+    tmp_path: Path, forget_quality: float, privleak: float
+) -> None:
+    summaries = {
+        "target": {"forget_quality": 1e-5, "model_utility": 0.5},
+        "unlearned": {"forget_quality": forget_quality, "model_utility": 0.45, "mia_min_k_auc": 0.9},
+    }
+    summaries["unlearned"]["privleak"] = privleak
+    history = make_history({"forget": [1.0], "retain": [0.5]})
+    path = write_report(tmp_path, summaries, history, {}, readings_of(history), "unlearned", "target")
+    text = path.read_text()
+    assert f"min-k AUC 0.9, privleak {privleak:g} %" in text
+    assert ("it still leaks" in text) == (privleak < 0)
+    assert ("harder to tell from unseen authors" in text) == (privleak > 0)
+    # Forget quality says forgotten while membership inference says recognised: the report says they disagree.
+    assert ("the two tests disagree" in text) == (forget_quality >= 0.05 and privleak < 0)
 
 
 @pytest.mark.parametrize("forget_sign", [-1.0, 1.0])

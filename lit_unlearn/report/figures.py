@@ -63,7 +63,8 @@ def plot_fq_mu(summaries: Mapping[str, Mapping[str, Any]], path: Path) -> Path |
     low = min(fq for _, fq in points.values())
     ax.set_ylim(min(low, FQ_THRESHOLD) / 5, 2.0)
     ax.set_xlabel("model utility (harmonic mean of 9 TOFU scores; higher is better)")
-    ax.set_ylabel("forget quality (KS p-value vs retain model; higher is better)")
+    # Two lines: on one, the label is taller than the axes and is cut at both ends.
+    ax.set_ylabel("forget quality\n(KS p-value vs retain model; higher is better)")
     ax.set_title("Removal vs retention on TOFU")
     ax.grid(alpha=0.3)
     return _save(fig, path)

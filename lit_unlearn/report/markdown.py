@@ -102,6 +102,20 @@ def _results_verdicts(summaries: Mapping[str, Mapping[str, Any]], unlearned: str
     r, r0 = after.get("forget/rouge_l_recall"), before.get("forget/rouge_l_recall")
     if r is not None and r0 is not None:
         lines.append(f"- Forget-set ROUGE-L recall went from {_fmt(r0)} to {_fmt(r)}.")
+    auc, leak = after.get("mia_min_k_auc"), after.get("privleak")
+    if auc is not None and leak is not None:
+        if leak < 0:
+            reading = "the forget set is easier to tell from unseen authors than under the retain model: it still leaks"
+        elif leak > 0:
+            reading = "the forget set is harder to tell from unseen authors than under the retain model"
+        else:
+            reading = "as private as the retain model"
+        lines.append(f"- Membership inference: min-k AUC {_fmt(auc)}, privleak {_fmt(leak)} %: {reading}.")
+        if fq is not None and fq >= FQ_THRESHOLD and leak < 0:
+            lines.append(
+                "- So the two tests disagree: forget quality (answer truth ratios) says forgotten, membership "
+                "inference (token likelihoods of the forget text) says the text is still recognised."
+            )
     return lines
 
 

@@ -152,7 +152,7 @@ def verdict(reading: RiskReading) -> list[str]:
             else ("on the evaluation set")
         )
         lines.append(
-            f"- The **{risk} risk {direction(realised)}** by {_fmt(realised)} nats over the run ({where}"
+            f"- The **{risk} risk {direction(realised)}** by {abs(realised):.3g} nats over the run ({where}"
             f"{'; ' + goal if goal else ''})."
         )
         realised_basis = realised
