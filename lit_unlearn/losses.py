@@ -172,7 +172,7 @@ class _LabelLogProb(torch.autograd.Function):
         valid, index = _valid_index(targets)  # (R,), (R,)
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         lse_parts, label_parts = [], []
-        for rows in _row_chunks(logits):
+        for rows in _row_chunks(logits, logits.shape[1]):
             chunk = logits[rows].to(dtype)  # (r, V) float32: the log-softmax must not run in bf16
             lse_parts.append(torch.logsumexp(chunk, dim=-1))
             label_parts.append(chunk.gather(-1, index[rows, None]).squeeze(-1))
@@ -196,7 +196,7 @@ class _LabelLogProb(torch.autograd.Function):
         g = torch.zeros_like(lse) if grad_logps is None else torch.where(valid, grad_logps.to(lse.dtype), 0.0)
         coeff = g.neg() if grad_lse is None else grad_lse.to(lse.dtype) - g  # (R,): multiplies the softmax
         grad = torch.empty_like(logits)  # (R, V) in the logits' dtype
-        for rows in _row_chunks(logits):
+        for rows in _row_chunks(logits, logits.shape[1]):
             # softmax from the saved lse, in a fresh float32 buffer (never in place on the saved logits)
             prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
             prob.mul_(coeff[rows, None]).scatter_add_(-1, index[rows, None], g[rows, None])
@@ -208,7 +208,7 @@ class _LabelLogProb(torch.autograd.Function):
         logits, targets, lse = ctx.saved_tensors
         valid, index = _valid_index(targets)
         expected_parts, label_parts = [], []
-        for rows in _row_chunks(logits):
+        for rows in _row_chunks(logits, logits.shape[1]):
             prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp()  # (r, V)
             tangent = logits_dot[rows].to(lse.dtype)  # (r, V)
             expected_parts.append((prob * tangent).sum(dim=-1))
@@ -224,10 +224,10 @@ def _valid_index(targets: Tensor) -> tuple[Tensor, Tensor]:
     return valid, targets.masked_fill(~valid, 0)
 
 
-def _row_chunks(logits: Tensor) -> list[slice]:
-    """Row slices of ``logits`` (R, V) holding about ``_CHUNK_ELEMENTS`` elements each."""
-    step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
-    return [slice(start, start + step) for start in range(0, logits.shape[0], step)]
+def _row_chunks(rows: Tensor, width: int) -> list[slice]:
+    """Slices of the first axis of ``rows`` (R rows of ``width`` elements) holding about ``_CHUNK_ELEMENTS`` each."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, width))
+    return [slice(start, start + step) for start in range(0, rows.shape[0], step)]
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -361,19 +361,78 @@ def kl_divergence(
         mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
         if not bool(mask.any()):
             raise ValueError("labels are -100 everywhere: no answer position to average the KL term over.")
-        # Select the answer positions first: the float32 log-softmaxes are then (N, V), not (B, T-1, V).
-        current, reference = logits[:, :-1][mask], ref_logits[:, :-1][mask]  # (N, V)
-        rows = torch.arange(batch, device=labels.device)[:, None].expand(batch, steps - 1)[mask]  # (N,)
+        # The flat (B·T) index of every answer position: only those rows are ever upcast, (N, V) not (B, T-1, V).
+        positions_bt = torch.arange(batch * steps, device=labels.device).view(batch, steps)[:, :-1][mask]  # (N,)
     else:
-        current, reference = logits.reshape(-1, vocab), ref_logits.reshape(-1, vocab)  # (B·T, V)
-        rows = torch.arange(batch, device=labels.device).repeat_interleave(steps)  # (B·T,)
-    logq = F.log_softmax(_upcast(current), dim=-1)
-    logp_ref = F.log_softmax(_upcast(reference.detach()), dim=-1)
-    p_ref = logp_ref.exp()
-    # xlogy gives 0·log 0 = 0 for vocabulary entries the reference rules out (-inf logits), where p·(log p - log q)
-    # would be NaN.
-    kl = (torch.special.xlogy(p_ref, p_ref) - p_ref * logq).sum(dim=-1)  # (N,) or (B·T,)
-    return _reduce(_row_shares(kl, rows, batch, kl.shape[0]), per_example)
+        positions_bt = torch.arange(batch * steps, device=labels.device)  # (B·T,)
+    kl = _RowKL.apply(logits.reshape(-1, vocab), ref_logits.detach().reshape(-1, vocab), positions_bt)  # (N,)
+    return _reduce(_row_shares(kl, positions_bt // steps, batch, kl.shape[0]), per_example)
+
+
+class _RowKL(torch.autograd.Function):
+    """``KL(softmax(r) ‖ softmax(x))`` of the rows ``x = logits[rows]`` against ``r = reference[rows]``, in chunks.
+
+    Autograd through ``log_softmax`` and the products keeps several float32 (N, V) tensors alive for the backward (the
+    selected rows, both log-softmaxes, the reference probabilities): five to six times the logits of the part. Here
+    each pass upcasts one chunk of rows at a time and the backward recomputes what it needs from the logits, which the
+    model's output holds anyway, so the only full-size tensor created is the gradient, in the logits' dtype. Each
+    row's value is computed with the same operations as the plain expression ``Σ_v xlogy(p_v, p_v) − p_v·log q_v``
+    (``p = softmax(r)``, ``log q = log_softmax(x)``; xlogy makes a reference-impossible token contribute 0, not NaN).
+
+    Derivative: ``∂ KL_row / ∂ x_v = q_v·Σ_w p_w − p_v`` (``q_v − p_v`` up to the rounding of ``Σ p``); none to the
+    reference. Reverse and forward mode (``torch.func.jvp``); no double backward.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits: Tensor, reference: Tensor, rows: Tensor) -> Tensor:
+        # logits, reference (R, V); rows (N,) int64 row indices, distinct
+        parts = []
+        for chunk in _row_chunks(rows, logits.shape[1]):
+            logq, p_ref = _kl_chunk(logits, reference, rows[chunk])
+            parts.append((torch.special.xlogy(p_ref, p_ref) - p_ref * logq).sum(dim=-1))
+        return torch.cat(parts)  # (N,)
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_kl: Tensor) -> tuple[Tensor, None, None]:
+        logits, reference, rows = ctx.saved_tensors
+        grad = torch.zeros_like(logits)  # (R, V): rows that are not scored get no gradient
+        for chunk in _row_chunks(rows, logits.shape[1]):
+            index = rows[chunk]
+            grad[index] = (_kl_slope(logits, reference, index) * grad_kl[chunk, None]).to(grad.dtype)
+        return grad, None, None
+
+    @staticmethod
+    def jvp(
+        ctx: torch.autograd.function.FunctionCtx, logits_dot: Tensor, reference_dot: None, rows_dot: None
+    ) -> Tensor:
+        logits, reference, rows = ctx.saved_tensors
+        parts = []
+        for chunk in _row_chunks(rows, logits.shape[1]):
+            index = rows[chunk]
+            slope = _kl_slope(logits, reference, index)
+            parts.append((slope * logits_dot[index].to(slope.dtype)).sum(dim=-1))
+        return torch.cat(parts)
+
+
+def _kl_chunk(logits: Tensor, reference: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """``log q`` of the model and ``p`` of the reference on rows ``index``, float32 (float64 stays float64)."""
+    logq = F.log_softmax(_upcast(logits[index]), dim=-1)
+    p_ref = F.log_softmax(_upcast(reference[index]), dim=-1).exp()
+    return logq, p_ref
+
+
+def _kl_slope(logits: Tensor, reference: Tensor, index: Tensor) -> Tensor:
+    """``∂ KL_row / ∂ x = q·Σp − p`` on rows ``index``, (r, V) float32."""
+    logq, p_ref = _kl_chunk(logits, reference, index)
+    return logq.exp() * p_ref.sum(dim=-1, keepdim=True) - p_ref
 
 
 def rmu(hidden: Tensor, target: Tensor, mask: Tensor, per_example: bool = False) -> Tensor:

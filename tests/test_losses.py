@@ -414,6 +414,58 @@ def test_gradcheck_dpo() -> None:
     )
 
 
+def _naive_kl(logits: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, positions: str) -> torch.Tensor:
+    """The KL term through plain autograd ops on (B, T, V) float64 tensors: F.kl_div per position, then the mean."""
+    per_position = F.kl_div(
+        torch.log_softmax(logits, -1), torch.log_softmax(ref, -1), reduction="none", log_target=True
+    ).sum(-1)  # (B, T)
+    if positions == "all":
+        return per_position.mean()
+    mask = labels[:, 1:] != -100
+    return per_position[:, :-1][mask].mean()
+
+
+@pytest.mark.parametrize("positions", ["answer", "all"])
+@pytest.mark.parametrize("chunk_elements", [2**25, 16, 1])
+def test_kl_divergence_chunked_value_gradient_and_jvp_match_plain_autograd(
+    monkeypatch: pytest.MonkeyPatch, chunk_elements: int, positions: str
+) -> None:
+    # 16 elements = 2 rows of V=8 per chunk (the last partial), 1 = one row: every pass of the chunked function.
+    monkeypatch.setattr(L, "_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(10)
+    labels = _labels()
+    logits = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    ref, tangent = torch.randn(2, 6, 8, dtype=torch.float64), torch.randn(2, 6, 8, dtype=torch.float64)
+    value = L.kl_divergence(logits, ref, labels, positions)
+    expected = _naive_kl(logits, ref, labels, positions)
+    _assert_close(value, expected, atol=1e-12, rtol=1e-12)
+    (grad,) = torch.autograd.grad(value, logits)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    _assert_close(grad, expected_grad, atol=1e-12, rtol=1e-10)
+    with torch.no_grad():
+        _, jvp = torch.func.jvp(lambda x: L.kl_divergence(x, ref, labels, positions), (logits.detach(),), (tangent,))
+    _assert_close(jvp, (expected_grad * tangent).sum(), atol=1e-12, rtol=1e-10)
+
+
+def test_kl_divergence_saves_no_logit_sized_tensor_of_its_own_for_backward() -> None:
+    # Plain autograd would save the upcast rows and both log-softmaxes: (N, V) float32 tensors each. The chunked
+    # function saves the logits and the reference themselves (same storage), so the backward costs no extra copy.
+    logits = torch.randn(2, 6, 8, requires_grad=True)
+    ref = torch.randn(2, 6, 8)
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        L.kl_divergence(logits, ref, _labels())
+    own = {logits.untyped_storage().data_ptr(), ref.untyped_storage().data_ptr()}
+    large = [t for t in saved if t.is_floating_point() and t.numel() >= 8 * 4]  # ≥ 4 rows of the vocabulary
+    assert large, "the function saves the logits for its backward"
+    assert all(t.untyped_storage().data_ptr() in own for t in large), [tuple(t.shape) for t in large]
+
+
 def test_gradcheck_kl_divergence() -> None:
     logits = _t(KL_LOGITS, grad=True)
     assert torch.autograd.gradcheck(lambda x: L.kl_divergence(x, _t(KL_REF), torch.tensor(KL_LABELS)), (logits,))

@@ -84,28 +84,33 @@ class StepTerms:
 
 @dataclass(frozen=True)
 class ReferenceOutputs:
-    """What the frozen reference computed on one training batch: the logits of the parts that need them.
+    """What the frozen reference computed on one training batch: log-probs or logits of the parts that need them.
 
     Args:
         batch: The training batch (``"forget"``, ``"retain"``, maybe ``"idk"``).
-        logits: Reference logits (B, T, V) of each part an objective asked for
-            (:attr:`UnlearningModule.reference_parts`, plus ``"retain"`` for the KL retain term), each as wide as its
-            own part.
+        logits: Reference logits (B, T, V) of each part whose full distribution is needed (``"retain"`` for the KL
+            retain term, :attr:`UnlearningModule.reference_logits_parts`), each as wide as its own part.
+        token_logps: Reference token log-probs (B, T-1) of the parts that need only those (the rest of
+            :attr:`UnlearningModule.reference_parts`), taken from their logits at once so that the (B, T, V) logits
+            do not live through the step.
     """
 
     batch: Mapping[str, Batch]
     logits: Mapping[str, Tensor]
+    token_logps: Mapping[str, Tensor] = field(default_factory=dict)
 
     def logps(self, part: str) -> Tensor:
         """Reference token log-probs (B, T-1) of ``batch[part]``'s labels; the mask is the model's own (same labels).
 
         Raises:
-            KeyError: ``part`` has no reference logits: the objective must list it in ``reference_parts``.
+            KeyError: ``part`` has no reference outputs: the objective must list it in ``reference_parts``.
         """
+        if part in self.token_logps:
+            return self.token_logps[part]
         if part not in self.logits:
             raise KeyError(
-                f"No reference logits for batch part {part!r} (computed: {sorted(self.logits)}); add it to the "
-                "objective's reference_parts."
+                f"No reference logits for batch part {part!r} (computed: {sorted({*self.logits, *self.token_logps})});"
+                " add it to the objective's reference_parts."
             )
         logps, _ = losses.token_logps(self.logits[part], self.batch[part]["labels"])
         return logps
@@ -165,6 +170,8 @@ class UnlearningModule(CausalLMModule):
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
     """Batch parts whose reference log-probs :meth:`forget_term` needs (e.g. ``("forget",)`` for NPO)."""
+    reference_logits_parts: ClassVar[tuple[str, ...]] = ()
+    """Those of :attr:`reference_parts` whose full reference logits it needs, not only the label log-probs (UNDIAL)."""
     retain_losses: ClassVar[tuple[str, ...]] = get_args(RetainLoss)
     """The ``retain_loss`` values this class accepts: the arguments of the Literal its signature declares."""
     default_adamw = AdamWSettings(lr=1e-5, weight_decay=0.01)
@@ -376,8 +383,19 @@ class UnlearningModule(CausalLMModule):
             after_forget: Called with L_forget before the retain forward (``backward_per_part``'s backward).
         """
         with_retain = regularizer and self.has_regularizer
-        wanted = list(self.reference_parts) + (["retain"] if with_retain and self.retain_loss == "kl" else [])
-        reference = ReferenceOutputs(batch, self.reference_logits({name: batch[name] for name in wanted}))
+        keep = [*self.reference_logits_parts, *(["retain"] if with_retain and self.retain_loss == "kl" else [])]
+        wanted = dict.fromkeys([*self.reference_parts, *keep])
+        logits = self.reference_logits({name: batch[name] for name in wanted})
+        # The parts share the storage of one forward's logits: the log-probs are taken now and the logits kept are
+        # copied out, so the (ΣB, T, V) tensor goes here and no part's logits outlive their use.
+        reference = ReferenceOutputs(
+            batch,
+            logits={name: logits[name].contiguous() if len(logits) == 1 else logits[name].clone() for name in keep},
+            token_logps={
+                name: losses.token_logps(logits[name], batch[name]["labels"])[0] for name in wanted if name not in keep
+            },
+        )
+        del logits
         forget = self.forget_term(batch, reference)
         if after_forget is not None:
             after_forget(forget)

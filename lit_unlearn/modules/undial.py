@@ -32,6 +32,7 @@ class UNDIAL(UnlearningModule):
     """
 
     reference_parts = ("forget",)
+    reference_logits_parts = ("forget",)
 
     def __init__(
         self,

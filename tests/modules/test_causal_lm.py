@@ -124,7 +124,9 @@ def test_class_defaults_fill_the_options_not_given(tiny_model_dir: Path) -> None
     assert type(optimizers["lr_scheduler"]["scheduler"]) is torch.optim.lr_scheduler.ConstantLR
 
 
-def test_injected_optimizer_runs_under_the_default_schedule_through_the_cli(tiny_model_dir: Path, tmp_path) -> None:
+def test_injected_optimizer_runs_under_the_default_schedule_through_the_cli(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """``--model.optimizer`` replaces AdamW; the default schedule still scales the optimiser's own lr."""
     cli = run_lightning_cli(
         [
@@ -153,9 +155,7 @@ def test_injected_optimizer_runs_under_the_default_schedule_through_the_cli(tiny
     assert optimizer.param_groups[0]["initial_lr"] == 0.05
     # After the run's last step the default schedule has decayed the optimiser's own lr to its floor.
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * 0.3)
-    with pytest.raises(
-        ValueError, match=r"GradAscent: the given `optimizer` replaces the default one, so lr \(options"
-    ):
+    with pytest.raises(SystemExit) as exit_info:
         run_lightning_cli(
             [
                 "--model=GradAscent",
@@ -168,6 +168,8 @@ def test_injected_optimizer_runs_under_the_default_schedule_through_the_cli(tiny
             ],
             run=False,
         )
+    assert exit_info.value.code == 2
+    assert "GradAscent: the given `optimizer` replaces the default one, so lr (options" in capsys.readouterr().err
 
 
 def test_output_dir_that_is_a_file_fails_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
