@@ -40,6 +40,7 @@ Usage::
 """
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -362,6 +363,7 @@ def main() -> None:
         help="also measure memory at batch 1, seq 16, where parameters rather than activations dominate",
     )
     parser.add_argument("--only", nargs="*", default=None, help="run only configurations containing these words")
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements and ratios here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.steps % 10:
@@ -406,6 +408,27 @@ def main() -> None:
     peaks, resident = measure_memory(args, configs, root)
 
     plain = statistics.median(windows["plain"])
+    record: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/g_effect_overhead.py", *sys.argv[1:]]),
+        "model": {
+            "parameters": n_params,
+            "gradient_bytes": grad_bytes,
+            **{k: getattr(args, k) for k in ("hidden", "layers", "vocab", "seq", "batch")},
+        },
+        "setup": {"rounds": args.rounds, "steps": args.steps, "threads": torch.get_num_threads(), "device": device},
+        "torch": torch.__version__,
+        "configurations": {
+            name: {
+                "ms_per_step": statistics.median(windows[name]) * 1e3,
+                "ratio": statistics.median(windows[name]) / plain,
+                "median_step_ms": statistics.median(medians[name]) * 1e3,
+                "extra_peak_bytes": peaks[name] - peaks["plain"],
+                "peak_ratio": peaks[name] / peaks["plain"],
+                "resident_bytes": resident[name],
+            }
+            for name in configs
+        },
+    }
     print()
     header = f"{'configuration':42s} {'ms/step':>8s} {'ratio':>6s} {'median ms':>9s} {'extra peak MiB':>14s}"
     header += f" {'peak ratio':>10s} {'resident MiB':>12s} {'(extra+resident)/grad':>21s}"
@@ -432,6 +455,7 @@ def main() -> None:
         # dominate, as in LLM fine-tuning at scale, and a full gradient copy would show up in full.
         small = argparse.Namespace(**{**vars(args), "batch": 1, "seq": 16})
         peaks, resident = measure_memory(small, configs, root)
+        record["small_batch_extra_peak_bytes"] = {name: peaks[name] - peaks["plain"] for name in configs}
         print(f"\nmemory with batch 1, seq 16 (parameter-dominated; one gradient copy = {grad_bytes / 2**20:.2f} MiB):")
         for name in configs:
             extra = peaks[name] - peaks["plain"]
@@ -439,6 +463,9 @@ def main() -> None:
                 f"{name:42s} extra peak {extra / 2**20:6.2f} MiB, resident {resident[name] / 2**20:6.2f} MiB, "
                 f"(extra+resident)/grad {(extra + resident[name]) / grad_bytes:5.2f}"
             )
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nwritten: {args.json}")
 
 
 if __name__ == "__main__":

@@ -385,6 +385,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4, help="rows per part (forget, retain)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements and ratios here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--objective", help=argparse.SUPPRESS)
     parser.add_argument("--impl", help=argparse.SUPPRESS)
@@ -435,6 +436,25 @@ def main() -> None:
     print("\nG-effect callback on the NPO + GD step (ours), relative to the step without it")
     print(f"  every step:     time {every_step:.2f}×, step peak {measured['step_peak'] / plain['step_peak']:.2f}×")
     print(f"  every 10 steps: time {(every_step + 9) / 10:.2f}× (derived: (t_measured + 9 t_plain) / 10)")
+    if args.json is not None:
+        record = {
+            "command": " ".join(["python", "benchmarks/step_memory.py", *sys.argv[1:]]),
+            "model": {"parameters": n_params, **{k: getattr(args, k) for k in ("hidden", "layers", "vocab")}},
+            "setup": {k: getattr(args, k) for k in ("batch", "seq", "steps", "threads", "jobs")},
+            "torch": torch.__version__,
+            "configurations": {config.name: results[config] for config in configs},
+            "ratios_to_usual": {
+                f"{OBJECTIVES[o]}, {IMPLEMENTATIONS[impl]}": {
+                    key: results[Config(o, impl)][key] / results[Config(o, "usual")][key]
+                    for key in ("step_peak", "process_peak", "cpu_s")
+                }
+                for o in OBJECTIVES
+                for impl in ("ours", "ours_per_part")
+            },
+            "g_effect_every_step": {"time": every_step, "step_peak": measured["step_peak"] / plain["step_peak"]},
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nwritten: {args.json}")
 
 
 if __name__ == "__main__":
