@@ -410,7 +410,8 @@ class GEffectCallback(Callback):
             runs on the math SDPA kernel inside the JVPs (the fused CPU/flash kernels have no forward-mode rule).
         streaming: Dot each gradient with its partner as soon as autograd produces it and drop it, so the extra memory
             is one parameter's gradient instead of a full gradient copy (plus the copies ``measure_update``,
-            ``terms`` and the objective side keep: one per risk).
+            the objective side and ``terms`` through ``objective_terms`` keep: one per risk; ``terms`` through
+            :class:`SupportsLossTerms` keeps one, the unlearn term's gradient).
         log_prefix: Prefix of the logged scalars: ``<prefix>/<risk>/<group>`` without ``terms``,
             ``<prefix>/<risk>/<term>/<group>`` with ``terms`` (``term`` is ``total``, ``unlearn`` or ``regularizer``;
             the keys without ``terms`` are unchanged so existing dashboards keep working).
