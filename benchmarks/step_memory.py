@@ -28,9 +28,9 @@ How it is measured:
   included. Every process runs with ``MALLOC_MMAP_THRESHOLD_=65536``, so glibc serves every allocation of 64 KiB or
   more with its own ``mmap`` and returns it on free. The resident set then follows the live tensors rather than
   glibc's cached free lists, and PyTorch's CPU allocator keeps no cache of its own. AdamW's state is created before
-  the first measured step (a zero-gradient ``step()``, which leaves the weights unchanged), so every measured step is
-  a steady-state step. One configuration per process means no configuration inherits another's high-water mark or
-  heap.
+  the first measured step (a zero-gradient ``step()``, which leaves the weights unchanged), and every weight is read
+  once (memory-mapped weights become resident only when read), so every measured step is a steady-state step. One
+  configuration per process means no configuration inherits another's high-water mark or heap.
 * **Time**: process CPU time of the step, from the ``on_train_batch_start`` of the first callback to the
   ``on_train_batch_end`` of the last (forward, backward, optimiser step, every callback hook). It is measured with
   ``--threads`` intra-op threads (1 by default), which keeps it robust to other processes' load on a shared machine.
@@ -211,6 +211,13 @@ class StepStart(Callback):
                 p.grad = torch.zeros_like(p)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        # Every weight, the frozen reference's included, is read once now. transformers maps the safetensors file, so
+        # a weight that was never read is not resident yet: the first step would count its pages in its own peak
+        # (0.42 GB for the reference here), which a GPU, where the weights are in device memory from the start, never
+        # does. Read here, they belong to the resident state before the step, as on a GPU.
+        with torch.no_grad():
+            for tensor in [*pl_module.parameters(), *pl_module.buffers()]:
+                tensor.sum()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         with open("/proc/self/clear_refs", "w") as f:

@@ -365,74 +365,82 @@ def kl_divergence(
         positions_bt = torch.arange(batch * steps, device=labels.device).view(batch, steps)[:, :-1][mask]  # (N,)
     else:
         positions_bt = torch.arange(batch * steps, device=labels.device)  # (B·T,)
-    kl = _RowKL.apply(logits.reshape(-1, vocab), ref_logits.detach().reshape(-1, vocab), positions_bt)  # (N,)
+    # Every row is scored (a row slice is a view; gathering the answer rows would copy them), then the rows averaged.
+    kl_rows, *_ = _RowKL.apply(logits.reshape(-1, vocab), ref_logits.detach().reshape(-1, vocab))  # (B·T,)
+    kl = kl_rows[positions_bt]  # (N,)
     return _reduce(_row_shares(kl, positions_bt // steps, batch, kl.shape[0]), per_example)
 
 
 class _RowKL(torch.autograd.Function):
-    """``KL(softmax(r) ‖ softmax(x))`` of the rows ``x = logits[rows]`` against ``r = reference[rows]``, in chunks.
+    """``KL(softmax(r) ‖ softmax(x))`` of every row ``x`` of ``logits`` (R, V) against row ``r`` of ``reference``.
 
-    Autograd through ``log_softmax`` and the products keeps several float32 (N, V) tensors alive for the backward (the
-    selected rows, both log-softmaxes, the reference probabilities): five to six times the logits of the part. Here
-    each pass upcasts one chunk of rows at a time and the backward recomputes what it needs from the logits, which the
-    model's output holds anyway, so the only full-size tensor created is the gradient, in the logits' dtype. Each
-    row's value is computed with the same operations as the plain expression ``Σ_v xlogy(p_v, p_v) − p_v·log q_v``
-    (``p = softmax(r)``, ``log q = log_softmax(x)``; xlogy makes a reference-impossible token contribute 0, not NaN).
+    Autograd through ``log_softmax`` and the products keeps several float32 (R, V) tensors alive for the backward (the
+    upcast rows, both log-softmaxes, the reference probabilities): five to six times the logits of the part. Here
+    each pass upcasts one chunk of rows at a time and the backward recomputes the probabilities from the logits, which
+    the model's output holds anyway, and three saved numbers per row; the only full-size tensor created is the
+    gradient, in the logits' dtype. Per row, with ``Z = logsumexp(x)``, ``Z_r = logsumexp(r)`` and ``p = softmax(r)``::
 
-    Derivative: ``∂ KL_row / ∂ x_v = q_v·Σ_w p_w − p_v`` (``q_v − p_v`` up to the rounding of ``Σ p``); none to the
-    reference. Reverse and forward mode (``torch.func.jvp``); no double backward.
+        KL = Σ_v p_v (r_v − x_v) − (Z_r − Z) · Σ_v p_v
+
+    (``Σ p`` is 1 up to rounding), a reference token ruled out (``r_v = −inf``, ``p_v = 0``) contributing 0. Derivative
+    ``∂ KL / ∂ x_v = q_v · Σ_w p_w − p_v`` with ``q = softmax(x)``; none to the reference. Reverse and forward mode
+    (``torch.func.jvp``); no double backward.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits: Tensor, reference: Tensor, rows: Tensor) -> Tensor:
-        # logits, reference (R, V); rows (N,) int64 row indices, distinct
-        parts = []
-        for chunk in _row_chunks(rows, logits.shape[1]):
-            logq, p_ref = _kl_chunk(logits, reference, rows[chunk])
-            parts.append((torch.special.xlogy(p_ref, p_ref) - p_ref * logq).sum(dim=-1))
-        return torch.cat(parts)  # (N,)
+    def forward(logits: Tensor, reference: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        floor = torch.finfo(dtype).min
+        kl_parts, lse_parts, ref_lse_parts, mass_parts = [], [], [], []
+        for rows in _row_chunks(logits, logits.shape[1]):
+            x, r = logits[rows].to(dtype), reference[rows].to(dtype)  # (c, V) views for float32 logits
+            lse, ref_lse = torch.logsumexp(x, dim=-1), torch.logsumexp(r, dim=-1)  # (c,)
+            p = (r - ref_lse[:, None]).exp()
+            mass = p.sum(dim=-1)
+            # r − x with −inf clamped: p = 0 there, and 0 · finite = 0 where 0 · (−inf) would be NaN.
+            gap = (r - x).clamp(min=floor)
+            kl_parts.append(torch.linalg.vecdot(p, gap) - (ref_lse - lse) * mass)
+            lse_parts.append(lse)
+            ref_lse_parts.append(ref_lse)
+            mass_parts.append(mass)
+        return torch.cat(kl_parts), torch.cat(lse_parts), torch.cat(ref_lse_parts), torch.cat(mass_parts)
 
     @staticmethod
-    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: tuple) -> None:
+        logits, reference = inputs
+        _, lse, ref_lse, mass = output
+        ctx.mark_non_differentiable(lse, ref_lse, mass)
+        ctx.save_for_backward(logits, reference, lse, ref_lse, mass)
+        ctx.save_for_forward(logits, reference, lse, ref_lse, mass)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_kl: Tensor) -> tuple[Tensor, None, None]:
-        logits, reference, rows = ctx.saved_tensors
-        grad = torch.zeros_like(logits)  # (R, V): rows that are not scored get no gradient
-        for chunk in _row_chunks(rows, logits.shape[1]):
-            index = rows[chunk]
-            grad[index] = (_kl_slope(logits, reference, index) * grad_kl[chunk, None]).to(grad.dtype)
-        return grad, None, None
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_kl: Tensor, *_: Tensor) -> tuple[Tensor, None]:
+        logits, reference, lse, ref_lse, mass = ctx.saved_tensors
+        g = grad_kl.to(lse.dtype)
+        grad = torch.empty_like(logits)
+        for rows in _row_chunks(logits, logits.shape[1]):
+            grad[rows] = _kl_slope(logits, reference, lse, ref_lse, mass, rows).mul_(g[rows, None])
+        return grad, None
 
     @staticmethod
     def jvp(
-        ctx: torch.autograd.function.FunctionCtx, logits_dot: Tensor, reference_dot: None, rows_dot: None
-    ) -> Tensor:
-        logits, reference, rows = ctx.saved_tensors
+        ctx: torch.autograd.function.FunctionCtx, logits_dot: Tensor, reference_dot: None
+    ) -> tuple[Tensor, None, None, None]:
+        logits, reference, lse, ref_lse, mass = ctx.saved_tensors
         parts = []
-        for chunk in _row_chunks(rows, logits.shape[1]):
-            index = rows[chunk]
-            slope = _kl_slope(logits, reference, index)
-            parts.append((slope * logits_dot[index].to(slope.dtype)).sum(dim=-1))
-        return torch.cat(parts)
+        for rows in _row_chunks(logits, logits.shape[1]):
+            slope = _kl_slope(logits, reference, lse, ref_lse, mass, rows)
+            parts.append(torch.linalg.vecdot(slope, logits_dot[rows].to(slope.dtype)))
+        return torch.cat(parts), None, None, None
 
 
-def _kl_chunk(logits: Tensor, reference: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """``log q`` of the model and ``p`` of the reference on rows ``index``, float32 (float64 stays float64)."""
-    logq = F.log_softmax(_upcast(logits[index]), dim=-1)
-    p_ref = F.log_softmax(_upcast(reference[index]), dim=-1).exp()
-    return logq, p_ref
-
-
-def _kl_slope(logits: Tensor, reference: Tensor, index: Tensor) -> Tensor:
-    """``∂ KL_row / ∂ x = q·Σp − p`` on rows ``index``, (r, V) float32."""
-    logq, p_ref = _kl_chunk(logits, reference, index)
-    return logq.exp() * p_ref.sum(dim=-1, keepdim=True) - p_ref
+def _kl_slope(logits: Tensor, reference: Tensor, lse: Tensor, ref_lse: Tensor, mass: Tensor, rows: slice) -> Tensor:
+    """``∂ KL / ∂ x = q · Σp − p`` on ``rows``, (c, V) in the saved numbers' dtype (in-place after one copy each)."""
+    q = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_().mul_(mass[rows, None])
+    return q.sub_((reference[rows].to(lse.dtype) - ref_lse[rows, None]).exp_())
 
 
 def rmu(hidden: Tensor, target: Tensor, mask: Tensor, per_example: bool = False) -> Tensor:
