@@ -1,0 +1,97 @@
+"""The tables of ``docs/performance.md``, printed as Markdown from the JSON the two benchmarks wrote.
+
+Usage::
+
+    python benchmarks/step_memory.py --json docs/figures/step_memory.json
+    python benchmarks/g_effect_overhead.py --json docs/figures/g_effect_overhead.json
+    python benchmarks/performance_tables.py          # paste its output into docs/performance.md
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def step_memory_tables(record: dict[str, Any]) -> str:
+    """Per configuration: CPU s, step and process peak, first loss; then ours / usual."""
+    lines = [
+        _row(["configuration", "CPU s/step", "step peak GB", "process peak GB", "first loss"]),
+        _row(["---", "---:", "---:", "---:", "---:"]),
+    ]
+    for name, s in record["configurations"].items():
+        lines.append(
+            _row(
+                [
+                    name,
+                    f"{s['cpu_s']:.1f}",
+                    f"{s['step_peak'] / 1e9:.3f}",
+                    f"{s['process_peak'] / 1e9:.3f}",
+                    f"{s['loss']:.5f}".replace("-", "−"),
+                ]
+            )
+        )
+    lines += ["", _row(["ours / usual", "step peak", "process peak", "CPU time", "same first loss"])]
+    lines.append(_row(["---", "---:", "---:", "---:", "---"]))
+    losses = {name: s["loss"] for name, s in record["configurations"].items()}
+    for name, r in record["ratios_to_usual"].items():
+        usual = losses[name.split(",")[0] + ", usual"]
+        same = "yes" if abs(losses[name] - usual) <= 1e-4 * abs(usual) + 1e-5 else "NO"
+        lines.append(_row([name, f"{r['step_peak']:.2f}", f"{r['process_peak']:.2f}", f"{r['cpu_s']:.2f}", same]))
+    g = record["g_effect_every_step"]
+    lines += [
+        "",
+        f"G-effect callback on the NPO + GD step (ours), every step: {g['time']:.2f}× the CPU time, "
+        f"{g['step_peak']:.2f}× the step peak; every 10 steps (derived): {(g['time'] + 9) / 10:.2f}×.",
+    ]
+    return "\n".join(lines)
+
+
+def g_effect_overhead_table(record: dict[str, Any]) -> str:
+    """Per configuration: amortised ms/step, ratio, extra peak, peak ratio, and the parameter-dominated extra peak."""
+    grad = record["model"]["gradient_bytes"]
+    small = record.get("small_batch_extra_peak_bytes", {})
+    lines = [
+        _row(["configuration", "ms/step", "× plain", "extra peak MiB", "peak ratio", "batch 1: extra / gradient"]),
+        _row(["---", "---:", "---:", "---:", "---:", "---:"]),
+    ]
+    for name, c in record["configurations"].items():
+        extra_small = f"{small[name] / grad:.2f}" if name in small else "–"
+        lines.append(
+            _row(
+                [
+                    name,
+                    f"{c['ms_per_step']:.1f}",
+                    f"{c['ratio']:.2f}",
+                    f"{c['extra_peak_bytes'] / 2**20:.2f}",
+                    f"{c['peak_ratio']:.2f}",
+                    extra_small,
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--step-memory", type=Path, default=FIGURES / "step_memory.json")
+    parser.add_argument("--g-effect-overhead", type=Path, default=FIGURES / "g_effect_overhead.json")
+    args = parser.parse_args()
+    for title, path, render in (
+        ("step_memory", args.step_memory, step_memory_tables),
+        ("g_effect_overhead", args.g_effect_overhead, g_effect_overhead_table),
+    ):
+        record = json.loads(path.read_text())
+        print(f"<!-- {title}: {record['command']} (torch {record['torch']}) -->\n")
+        print(render(record))
+        print()
+
+
+if __name__ == "__main__":
+    main()
