@@ -58,8 +58,8 @@ def g_effect_overhead_table(record: dict[str, Any]) -> str:
     grad = record["model"]["gradient_bytes"]
     small = record.get("small_batch_extra_peak_bytes", {})
     lines = [
-        _row(["configuration", "ms/step", "× plain", "extra peak MiB", "peak ratio", "batch 1: extra / gradient"]),
-        _row(["---", "---:", "---:", "---:", "---:", "---:"]),
+        _row(["configuration", "ms/step", "× plain", "extra peak MiB", "peak ratio", "resident MiB", "b=1 extra/grad"]),
+        _row(["---", "---:", "---:", "---:", "---:", "---:", "---:"]),
     ]
     for name, c in record["configurations"].items():
         extra_small = f"{small[name] / grad:.2f}" if name in small else "–"
@@ -71,6 +71,7 @@ def g_effect_overhead_table(record: dict[str, Any]) -> str:
                     f"{c['ratio']:.2f}",
                     f"{c['extra_peak_bytes'] / 2**20:.2f}",
                     f"{c['peak_ratio']:.2f}",
+                    f"{c['resident_bytes'] / 2**20:.2f}",
                     extra_small,
                 ]
             )
