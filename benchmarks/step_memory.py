@@ -23,14 +23,15 @@ How it is measured:
 
 * **Peak memory**: Linux's resident-set high-water mark. Just before each measured step the process resets it
   (``echo 5 > /proc/self/clear_refs``) and reads its resident set ``VmRSS``; after the step it reads ``VmHWM``. The
-  *step peak* is ``VmHWM`` after minus ``VmRSS`` before: the most memory the step held on top of what stays
-  resident (weights, gradients, AdamW state, reference). The *process peak* is ``VmHWM`` itself, resident state
-  included. Every process runs with ``MALLOC_MMAP_THRESHOLD_=65536``, so glibc serves every allocation of 64 KiB or
-  more with its own ``mmap`` and returns it on free. The resident set then follows the live tensors rather than
-  glibc's cached free lists, and PyTorch's CPU allocator keeps no cache of its own. AdamW's state is created before
-  the first measured step (a zero-gradient ``step()``, which leaves the weights unchanged), and every weight is read
-  once (memory-mapped weights become resident only when read), so every measured step is a steady-state step. One
-  configuration per process means no configuration inherits another's high-water mark or heap.
+  *step peak* is ``VmHWM`` after minus ``VmRSS`` before: the most memory the step held on top of what stays resident
+  (weights, AdamW state, reference); the gradients, set to None between steps, are allocated inside it. The *process
+  peak* is ``VmHWM`` itself, resident state included. Every process runs with ``MALLOC_MMAP_THRESHOLD_=65536``, so
+  glibc serves every allocation of 64 KiB or more with its own ``mmap`` and returns it on free. The resident set then
+  follows the live tensors rather than glibc's cached free lists, and PyTorch's CPU allocator keeps no cache of its
+  own. AdamW's state is created before the first measured step (a zero-gradient ``step()``, which leaves the weights
+  unchanged), and every weight is read once (memory-mapped weights become resident only when read), so every measured
+  step is a steady-state step. One configuration per process means no configuration inherits another's high-water mark
+  or heap.
 * **Time**: process CPU time of the step, from the ``on_train_batch_start`` of the first callback to the
   ``on_train_batch_end`` of the last (forward, backward, optimiser step, every callback hook). It is measured with
   ``--threads`` intra-op threads (1 by default), which keeps it robust to other processes' load on a shared machine.
