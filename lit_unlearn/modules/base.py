@@ -162,10 +162,10 @@ class UnlearningModule(CausalLMModule):
             to about one block's, for roughly one extra forward pass per step.
         backward_per_part: Run the unlearn term's backward right after its forward, before the retain forward, so
             that the activations of one batch part, not of both, are alive at once: the step's peak falls by about
-            one part's activations, at no extra compute, and the gradient is the same sum. Single process without
-            fp16 loss scaling (an error otherwise: DDP's and the scaler's hooks expect one backward per step); on the
-            steps whose graph the G-effect callback records (``terms``, ``reuse_step_forward``), the step keeps one
-            backward.
+            one part's activations, at no extra compute, and the gradient is the same sum. Single process, automatic
+            optimisation, no fp16 loss scaling (an error otherwise: DDP's and the scaler's hooks expect one backward
+            per step); on the steps whose graph the G-effect callback records (``terms``, ``reuse_step_forward``),
+            the step keeps one backward.
     """
 
     reference_parts: ClassVar[tuple[str, ...]] = ()
