@@ -62,9 +62,9 @@ def _check_local(name_or_path: str, required: tuple[str, ...], what: str) -> Non
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"{what} directory {str(path)!r} does not exist. Pass an existing directory written by save_pretrained "
-            "(for the embedded tiny model, build it first: lit_unlearn.models.build_tiny_model, or set "
-            "`tiny:` in the Finetune config), or a Hugging Face Hub id."
+            f"{what} directory {str(path)!r} does not exist (model_name_or_path, or tokenizer_name when given). Pass "
+            "an existing directory written by save_pretrained (the tiny TOFU models under outputs/tofu_tiny/: run "
+            "`lit-unlearn quickstart` first), or a Hugging Face Hub id."
         )
     if not path.is_dir():
         raise NotADirectoryError(f"{what} path {str(path)!r} is a file; pass the directory that contains it.")
