@@ -804,10 +804,11 @@ class GEffectCallback(Callback):
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
         step = trainer.global_step
-        if not self._loss_terms or step != self._batch_step or step % self.every_n_steps or step == self._measured_step:
+        # _batch_step is set on measured steps only: this micro-batch belongs to a window still to be measured.
+        if not self._loss_terms or step != self._batch_step or step == self._measured_step:
             return
         owner = type(pl_module).__name__
-        terms = self._checked_terms(pl_module.loss_terms(), owner, f"{owner}.loss_terms")
+        terms = self._checked_terms(pl_module.loss_terms(), f"{owner}.loss_terms")
         # The loss backward receives is training_step's divided by the accumulation steps (and times the fp16 loss
         # scale): the recorded terms must add up to it, or their gradients would not split the applied one.
         scale = (trainer.scaler.get_scale() if trainer.scaler is not None else 1.0) / trainer.accumulate_grad_batches
@@ -914,8 +915,8 @@ class GEffectCallback(Callback):
             self._unlearn_gradient, self._recorded_terms = {}, set()
         elif self.terms:
             with self._quiet_forward(trainer, pl_module), torch.enable_grad():
-                owner = type(pl_module).__name__
-                terms = self._checked_terms(self.objective_terms(pl_module, window), owner, f"{owner}.objective_terms")
+                source = f"{type(pl_module).__name__}.objective_terms"
+                terms = self._checked_terms(self.objective_terms(pl_module, window), source)
                 term_names = list(terms)
                 last = len(term_names) - 1
                 # (terms, risks, params): each term's own backward pass, dotted with every kept risk gradient.
@@ -1119,17 +1120,18 @@ class GEffectCallback(Callback):
 
     def _take_unlearn_gradient(self, pl_module: LightningModule, params: list[Tensor]) -> list[Tensor] | None:
         """The unlearn term's gradient accumulated by :meth:`on_before_backward` over the step's micro-batches, one
-        tensor per measured parameter (zeros where the term does not reach it); None unless the step recorded terms.
+        tensor per measured parameter (zero where the term does not reach it); None unless the step recorded terms.
         Recording stops here: the step's terms are all in."""
         if not self._loss_terms:
             return None
         pl_module.keep_loss_terms(False)
         if not self._recorded_terms:
             return None
-        return [self._unlearn_gradient.get(p, torch.zeros_like(p)) for p in params]
+        # on_before_backward filled a buffer for every trainable parameter; params are those with a gradient.
+        return [self._unlearn_gradient[p] for p in params]
 
-    def _checked_terms(self, terms: Any, owner: str, source: str) -> dict[str, Tensor]:
-        """Objective terms from ``source`` (a method of module ``owner``), validated and ordered as :data:`TERMS`."""
+    def _checked_terms(self, terms: Any, source: str) -> dict[str, Tensor]:
+        """Objective terms returned by ``source`` (``"<Module>.<method>"``), validated and ordered as :data:`TERMS`."""
         keys = sorted(terms) if isinstance(terms, Mapping) else type(terms).__name__
         if not isinstance(terms, Mapping) or "unlearn" not in terms or set(terms) - set(TERMS):
             raise TypeError(
@@ -1148,7 +1150,7 @@ class GEffectCallback(Callback):
                 )
             if not term.requires_grad:
                 raise RuntimeError(
-                    f"GEffectCallback: term {name!r} from {source} of {owner} does not require grad. Compute it "
+                    f"GEffectCallback: term {name!r} from {source} does not require grad. Compute it "
                     "with the forward passes training_step uses (outside torch.no_grad(), without detach()), or leave "
                     "the term out when the module has none (e.g. its weight is 0)."
                 )

@@ -172,7 +172,7 @@ class _LabelLogProb(torch.autograd.Function):
         valid, index = _valid_index(targets)  # (R,), (R,)
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         lse_parts, label_parts = [], []
-        for rows in _row_chunks(logits, logits.shape[1]):
+        for rows in _row_chunks(logits):
             chunk = logits[rows].to(dtype)  # (r, V) float32: the log-softmax must not run in bf16
             lse_parts.append(torch.logsumexp(chunk, dim=-1))
             label_parts.append(chunk.gather(-1, index[rows, None]).squeeze(-1))
@@ -196,7 +196,7 @@ class _LabelLogProb(torch.autograd.Function):
         g = torch.zeros_like(lse) if grad_logps is None else torch.where(valid, grad_logps.to(lse.dtype), 0.0)
         coeff = g.neg() if grad_lse is None else grad_lse.to(lse.dtype) - g  # (R,): multiplies the softmax
         grad = torch.empty_like(logits)  # (R, V) in the logits' dtype
-        for rows in _row_chunks(logits, logits.shape[1]):
+        for rows in _row_chunks(logits):
             # softmax from the saved lse, in a fresh float32 buffer (never in place on the saved logits)
             prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp_()  # (r, V)
             prob.mul_(coeff[rows, None]).scatter_add_(-1, index[rows, None], g[rows, None])
@@ -208,7 +208,7 @@ class _LabelLogProb(torch.autograd.Function):
         logits, targets, lse = ctx.saved_tensors
         valid, index = _valid_index(targets)
         expected_parts, label_parts = [], []
-        for rows in _row_chunks(logits, logits.shape[1]):
+        for rows in _row_chunks(logits):
             prob = (logits[rows].to(lse.dtype) - lse[rows, None]).exp()  # (r, V)
             tangent = logits_dot[rows].to(lse.dtype)  # (r, V)
             expected_parts.append((prob * tangent).sum(dim=-1))
@@ -224,10 +224,10 @@ def _valid_index(targets: Tensor) -> tuple[Tensor, Tensor]:
     return valid, targets.masked_fill(~valid, 0)
 
 
-def _row_chunks(rows: Tensor, width: int) -> list[slice]:
-    """Slices of the first axis of ``rows`` (R rows of ``width`` elements) holding about ``_CHUNK_ELEMENTS`` each."""
-    step = max(1, _CHUNK_ELEMENTS // max(1, width))
-    return [slice(start, start + step) for start in range(0, rows.shape[0], step)]
+def _row_chunks(logits: Tensor) -> list[slice]:
+    """Row slices of ``logits`` (R, V) holding about ``_CHUNK_ELEMENTS`` elements each."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[1]))
+    return [slice(start, start + step) for start in range(0, logits.shape[0], step)]
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -361,7 +361,7 @@ def kl_divergence(
         mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
         if not bool(mask.any()):
             raise ValueError("labels are -100 everywhere: no answer position to average the KL term over.")
-        # The flat (B·T) index of every answer position: only those rows are ever upcast, (N, V) not (B, T-1, V).
+        # The flat (B·T) index of every answer position, the rows the mean is over.
         positions_bt = torch.arange(batch * steps, device=labels.device).view(batch, steps)[:, :-1][mask]  # (N,)
     else:
         positions_bt = torch.arange(batch * steps, device=labels.device)  # (B·T,)
@@ -394,7 +394,7 @@ class _RowKL(torch.autograd.Function):
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         floor = torch.finfo(dtype).min
         kl_parts, lse_parts, ref_lse_parts, mass_parts = [], [], [], []
-        for rows in _row_chunks(logits, logits.shape[1]):
+        for rows in _row_chunks(logits):
             x, r = logits[rows].to(dtype), reference[rows].to(dtype)  # (c, V) views for float32 logits
             lse, ref_lse = torch.logsumexp(x, dim=-1), torch.logsumexp(r, dim=-1)  # (c,)
             p = (r - ref_lse[:, None]).exp()
@@ -421,7 +421,7 @@ class _RowKL(torch.autograd.Function):
         logits, reference, lse, ref_lse, mass = ctx.saved_tensors
         g = grad_kl.to(lse.dtype)
         grad = torch.empty_like(logits)
-        for rows in _row_chunks(logits, logits.shape[1]):
+        for rows in _row_chunks(logits):
             grad[rows] = _kl_slope(logits, reference, lse, ref_lse, mass, rows).mul_(g[rows, None])
         return grad, None
 
@@ -431,7 +431,7 @@ class _RowKL(torch.autograd.Function):
     ) -> tuple[Tensor, None, None, None]:
         logits, reference, lse, ref_lse, mass = ctx.saved_tensors
         parts = []
-        for rows in _row_chunks(logits, logits.shape[1]):
+        for rows in _row_chunks(logits):
             slope = _kl_slope(logits, reference, lse, ref_lse, mass, rows)
             parts.append(torch.linalg.vecdot(slope, logits_dot[rows].to(slope.dtype)))
         return torch.cat(parts), None, None, None
