@@ -434,14 +434,11 @@ def main() -> None:
     header += f" {'peak ratio':>10s} {'resident MiB':>12s} {'(extra+resident)/grad':>21s}"
     print(header)
     print("-" * len(header))
-    for name in configs:
-        t = statistics.median(windows[name])
-        extra = peaks[name] - peaks["plain"]
-        total = extra + resident[name]
+    for name, c in record["configurations"].items():
+        extra, kept = c["extra_peak_bytes"], c["resident_bytes"]
         print(
-            f"{name:42s} {t * 1e3:8.1f} {t / plain:6.2f} {statistics.median(medians[name]) * 1e3:9.1f} "
-            f"{extra / 2**20:14.2f} {peaks[name] / peaks['plain']:10.2f} {resident[name] / 2**20:12.2f} "
-            f"{total / grad_bytes:21.2f}"
+            f"{name:42s} {c['ms_per_step']:8.1f} {c['ratio']:6.2f} {c['median_step_ms']:9.1f} "
+            f"{extra / 2**20:14.2f} {c['peak_ratio']:10.2f} {kept / 2**20:12.2f} {(extra + kept) / grad_bytes:21.2f}"
         )
     print(
         f"\nratio = amortised time per step / plain (median over {len(windows['plain'])} windows of 10 steps); "
