@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from reference_data import PHI_REFERENCE
+from trainers import quiet_trainer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_unlearn.data import EVAL_SPLITS, tofu_eval_dataloaders
@@ -155,15 +156,7 @@ def _validate(model_dir: Path, out: Path, **trainer_args: Any) -> tuple[dict, di
     # One row per batch: padding then depends on the row alone, so processes and the reference compute bit-identical
     # per-row numbers (with batches of 2, other neighbours change the float32 rounding in the last digit).
     loaders = tofu_eval_dataloaders(module.tokenizer, "forget01", batch_size=1, max_items=ROWS)
-    trainer = Trainer(
-        accelerator="cpu",
-        logger=False,
-        default_root_dir=out,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        **trainer_args,
-    )
+    trainer = quiet_trainer(out, **trainer_args)
     trainer.validate(module, dataloaders=loaders, verbose=False)
     folder = out / "tofu_eval" / "val-epoch=0-step=0"
     summary = json.loads((folder / "summary.json").read_text())
