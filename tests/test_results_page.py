@@ -1,0 +1,148 @@
+"""docs/results.md is generated from docs/figures/tofu_tiny.json alone, and its verdicts follow the measured direction.
+
+The first test regenerates the committed page from the committed JSON (no training) and compares them byte for byte;
+the others feed the report synthetic results whose direction is known by construction and check each verdict flips
+with it.
+"""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_report() -> Any:
+    spec = importlib.util.spec_from_file_location("tofu_tiny_report", REPO / "benchmarks" / "tofu_tiny_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("tofu_tiny_report", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_report()
+
+
+def test_page_regenerates_from_the_committed_json() -> None:
+    result = json.loads((REPO / "docs" / "figures" / "tofu_tiny.json").read_text())
+    assert report.render_page(result) == (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+
+
+def test_json_holds_per_seed_per_step_histories_per_term() -> None:
+    result = json.loads((REPO / "docs" / "figures" / "tofu_tiny.json").read_text())
+    runs = result["runs"]
+    assert {r["spec"]["seed"] for r in runs} == set(result["setup"]["seeds"])
+    for run in runs:
+        g = run["g_effect"]
+        assert len(g["steps"]) >= 2
+        for term in ("unlearn", "total"):
+            for risk in ("forget", "retain"):
+                assert len(g[f"{risk}/{term}/total"]) == len(g["steps"])
+        if result["variants"][run["spec"]["variant"]]["form"] != "paper":
+            for risk in ("forget", "retain"):
+                # The terms add up to what the optimiser applied (linearity of the G-effect in the gradient).
+                parts = zip(g[f"{risk}/unlearn/total"], g[f"{risk}/regularizer/total"], strict=True)
+                for total, (unlearn, regularizer) in zip(g[f"{risk}/total/total"], parts, strict=True):
+                    assert total == pytest.approx(unlearn + regularizer, rel=1e-4, abs=1e-6)
+        else:  # no regulariser: the unlearning term is the whole objective
+            assert g["forget/unlearn/total"] == g["forget/total/total"]
+
+
+# ------------------------------------------------------------------------------------ synthetic, known direction
+def _run(variant: str, split: str, seed: int, fq: float, mu: float, forget_unlearn: dict[str, list[float]]) -> dict:
+    history: dict[str, Any] = {"steps": list(range(len(forget_unlearn["total"])))}
+    history |= {f"forget/unlearn/{group}": values for group, values in forget_unlearn.items()}
+    summary = {"forget_quality": fq, "model_utility": mu}
+    return {
+        "spec": {"variant": variant, "split": split, "seed": seed, "lr": 1e-3},
+        "summary": summary,
+        "g_effect": history,
+    }
+
+
+def _result(kl_better: bool, shallow_largest: bool, ga_grows: bool) -> dict[str, Any]:
+    """Two families (GA, WGA) in the three forms on one split, three seeds."""
+    variants = {}
+    for family in ("GA", "NPO", "WGA", "WTNPO"):
+        for form, suffix in (("paper", ""), ("GD", "+GD"), ("KL", "+KL")):
+            variants[family + suffix] = {"family": family, "form": form}
+    runs = []
+    for name, v in variants.items():
+        for seed in range(3):
+            fq, mu = (0.5, 0.85) if v["family"] in ("WGA", "WTNPO") else (0.05, 0.85)
+            if v["form"] == "KL":
+                fq, mu = (fq * 2, mu + 0.01) if kl_better else (fq / 2, mu - 0.01)
+            big, small = (-2.0, -0.1) if shallow_largest else (-0.1, -2.0)
+            growth = [1.0, 1.0, 4.0, 4.0, 9.0, 9.0] if (ga_grows and v["family"] == "GA") else [1.0] * 6
+            curve = {"total": [-g for g in growth], "shallow": [big] * 6, "middle": [small] * 6, "deep": [small] * 6}
+            runs.append(_run(name, "forget01", seed, fq, mu, curve))
+    return {
+        "setup": {"forget_splits": ["forget01"], "seeds": [0, 1, 2], "mu_keep": 0.9},
+        "references": {"forget01": {"target": {"model_utility": 0.9}, "retain": {"model_utility": 0.9}}},
+        "variants": variants,
+        "runs": runs,
+    }
+
+
+def _verdict(result: dict[str, Any], claim: str) -> str:
+    (line,) = [v for v in report.verdicts(result) if claim in v]
+    return line
+
+
+@pytest.mark.parametrize("kl_better", [True, False])
+def test_kl_vs_gd_verdict_follows_the_pairs(kl_better: bool) -> None:
+    line = _verdict(_result(kl_better, True, True), "KL is a better regulariser")
+    # 4 families x 3 seeds, every pair decided the same way: sign test p = 2 / 2**12.
+    assert ("holds." in line) is kl_better
+    assert ("the reverse holds" in line) is (not kl_better)
+    assert "p = 4.9e-04" in line
+
+
+@pytest.mark.parametrize("shallow", [True, False])
+def test_shallow_verdict_follows_the_depth_counts(shallow: bool) -> None:
+    line = _verdict(_result(True, shallow, True), "Shallow layers are affected most")
+    assert ("holds" in line) is shallow
+    counts = report.claim_shallow(_result(True, shallow, True))["counts"]
+    assert counts == ({"shallow": 36, "middle": 0, "deep": 0} if shallow else {"shallow": 0, "middle": 36, "deep": 0})
+
+
+@pytest.mark.parametrize("grows", [True, False])
+def test_runaway_verdict_follows_the_ratio(grows: bool) -> None:
+    result = _result(True, True, grows)
+    # Late third mean |e| 9 over early third 1 for GA when it grows; 1 otherwise, as WGA.
+    assert report.claim_runaway(result)["forget01"]["GA"] == (9.0 if grows else 1.0)
+    line = _verdict(result, "runaway")
+    assert ("does not hold" in line) is (not grows)
+
+
+def test_trade_off_verdict_counts_cells_where_the_paper_methods_rank_first() -> None:
+    result = _result(True, True, True)
+    assert report.claim_trade_off(result)["wins"] == 3  # paper, GD and KL forms on forget01
+    for run in result["runs"]:  # WGA and WTNPO now forget nothing
+        if run["spec"]["variant"].startswith("W"):
+            run["summary"]["forget_quality"] = 1e-6
+    assert report.claim_trade_off(result)["wins"] == 0
+    assert "does not hold" in _verdict(result, "best trade-off")
+
+
+@pytest.mark.parametrize("predicts", [True, False])
+def test_instance_verdict_follows_the_quarters(predicts: bool) -> None:
+    nll = {"bottom": 3.0, "random": 2.0, "top": 1.0} if predicts else {"bottom": 1.0, "random": 2.0, "top": 3.0}
+    ranking = [{"index": i, "forget": 0.0, "retain": float(i)} for i in range(8)]
+    kept = {"top": [6, 7], "bottom": [0, 1], "random": [2, 5]}
+    runs = {
+        q: [
+            {"retain_answer_loss": nll[q] + 0.1 * s, "model_utility": 0.8, "forget_quality": 0.1, "kept_rows": kept[q]}
+            for s in range(3)
+        ]
+        for q in kept
+    }
+    result = {"instances": {"ranking_column": "g_effect_retain", "ranking": ranking, "runs": runs}}
+    summary = report.instance_summary(result)
+    assert summary["top"]["ranking_mean"] == 6.5 and summary["bottom"]["ranking_mean"] == 0.5
+    (line,) = report.instance_verdict(result)
+    assert line.startswith("- **Does the ranking predict collateral damage? " + ("yes" if predicts else "no"))
