@@ -214,6 +214,7 @@ def fit_args(spec: RunSpec, setting: Setting, run_dir: Path) -> list[str]:
         "--trainer.enable_model_summary=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.logger=false",
+        f"--trainer.default_root_dir={run_dir}",  # where LightningCLI saves the run's config.yaml
         # The preset's own GEffectCallback (the last and only callback), re-set for this benchmark.
         f"--trainer.callbacks.every_n_steps={G_EFFECT_EVERY[spec.split]}",
         "--trainer.callbacks.terms=true",

@@ -784,9 +784,9 @@ def plot_layer_bars(result: Mapping[str, Any], path: Path, split: str) -> Path:
     groups = cells(result["runs"])
     families = sorted({v["family"] for v in result["variants"].values()})
     fig, axes = _figure(1, len(families), 3.6 * len(families), 3.8)
-    width = 0.25
     for ax, family in zip(axes[0], families, strict=True):
         names = [n for n in variant_order(result) if result["variants"][n]["family"] == family]
+        width = 0.8 / len(names)
         for i, name in enumerate(names):
             runs = groups.get((name, split), [])
             for term, hatch in (("unlearn", None), ("regularizer", "//")):
