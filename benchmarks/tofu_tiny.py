@@ -482,6 +482,19 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _portable(record: dict[str, Any]) -> dict[str, Any]:
+    """A model record with its folders relative to the repository (the committed JSON names no machine's paths)."""
+
+    def rel(path: str) -> str:
+        p = Path(path).resolve()
+        return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
+
+    return record | {
+        "model_dir": rel(record["model_dir"]),
+        "eval_dirs": {k: rel(v) for k, v in record["eval_dirs"].items()},
+    }
+
+
 def describe_model(model_dir: str) -> dict[str, Any]:
     """The target's architecture in one line, and its number of blocks, from its folder."""
     from safetensors import safe_open
@@ -538,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = [s for s in FORGET_SPLITS if s in needed]
     models = tiny_deep_models.build(args.cache_dir, args.data_dir, workers=args.workers, splits=splits)
     result: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    built = result.get("setup", {}).get("models", {}) | {k: asdict(v) for k, v in models.items()}
+    built = result.get("setup", {}).get("models", {}) | {k: _portable(asdict(v)) for k, v in models.items()}
     setting = Setting(
         cache_dir=str(args.cache_dir),
         data_dir=args.data_dir,
