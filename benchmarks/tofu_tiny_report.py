@@ -513,11 +513,13 @@ def setup_table(result: Mapping[str, Any]) -> list[str]:
     """The protocol, from the JSON's setup record."""
     s = result["setup"]
     b0, b1 = s["block_boundaries"]
+    decay = "/".join(sorted({f"{v['hyperparameters']['weight_decay']:g}" for v in result["variants"].values()}))
     every = ", ".join(f"{k}: every {v}" for k, v in s["g_effect_every"].items())
     rows = [
         ["model", s["model_description"]],
-        ["unlearning batch", f"{s['batch']} forget + {s['batch']} retain rows × {s['accumulate']} accumulated "
-         f"micro-batches = {s['batch'] * s['accumulate']} pairs per optimiser step, {s['epochs']} epochs"],
+        ["unlearning batch", f"{s['batch']} forget rows (+ {s['batch']} retain rows with a regulariser) × "
+         f"{s['accumulate']} accumulated micro-batches = {s['batch'] * s['accumulate']} forget rows per optimiser "
+         f"step, {s['epochs']} epochs, AdamW with weight decay {decay}"],
         ["learning rates", "one grid for every variant: " + ", ".join(f"{lr:g}" for lr in s["lr_grid"])
          + " (forget01, seed 0)" + added_note(result)],
         ["selection rule (fixed before any run)", f"the highest forget quality among a variant's grid runs that "
