@@ -71,6 +71,12 @@ SUBSET_FRACTION = 0.25
 RANKING_VARIANT = "GA"
 """The instance experiment's objective: GA, whose inverse-confidence weighting the paper blames for collateral
 damage, so that a ranking by retaining G-effect has the most to predict."""
+POOL_AUTHORS = 10
+"""The regulariser's pool (and the G-effect's retain risk rows): the first 10 retain authors outside the evaluated
+retain_perturbed rows, i.e. authors 20-29, all learned by the deep target."""
+RANKING_EPOCHS = 1
+"""The ranking run's length: one epoch at every step measures each forget10 example exactly once (at the model state
+its own batch was stepped on), so no example's sum has more measurements than another's."""
 INSTANCE_LR = 3e-4
 """The instance experiment's learning rate, fixed before any run: the middle of the grid. The question is which
 quarter does more collateral damage, so the rate must damage without collapsing the model; the selection rule's
@@ -204,10 +210,11 @@ def fit_args(spec: RunSpec, setting: Setting, run_dir: Path) -> list[str]:
         f"--data.forget_split={spec.split}",
         f"--data.seed={spec.seed}",
         "--data.hold_out_retain_eval=true",
-        "--data.num_authors=10",  # the pool: authors 20-29 of the deep target
+        f"--data.num_authors={POOL_AUTHORS}",
         f"--data.batch_size={BATCH}",
         f"--trainer.accumulate_grad_batches={ACCUMULATE}",
-        f"--trainer.max_epochs={EPOCHS}",
+        # The ranking run: one epoch measured at every step, so each forget example is measured exactly once.
+        f"--trainer.max_epochs={RANKING_EPOCHS if spec.rank else EPOCHS}",
         "--trainer.max_steps=-1",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_progress_bar=false",
@@ -216,7 +223,7 @@ def fit_args(spec: RunSpec, setting: Setting, run_dir: Path) -> list[str]:
         "--trainer.logger=false",
         f"--trainer.default_root_dir={run_dir}",  # where LightningCLI saves the run's config.yaml
         # The preset's own GEffectCallback (the last and only callback), re-set for this benchmark.
-        f"--trainer.callbacks.every_n_steps={G_EFFECT_EVERY[spec.split]}",
+        f"--trainer.callbacks.every_n_steps={1 if spec.rank else G_EFFECT_EVERY[spec.split]}",
         "--trainer.callbacks.terms=true",
         "--trainer.callbacks.coarse_groups=true",
         f"--trainer.callbacks.coarse_boundaries=[{BLOCK_BOUNDARIES[0]}, {BLOCK_BOUNDARIES[1]}]",
@@ -476,6 +483,7 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
         runs.setdefault(spec["subset"], []).append(_brief(record) | {"seed": spec["seed"], "kept_rows": kept})
     return {
         "variant": RANKING_VARIANT, "lr": lr, "fraction": SUBSET_FRACTION, "ranking_column": "g_effect_retain",
+        "ranking_epochs": RANKING_EPOCHS, "seeds": list(SEEDS),
         "ranking_run": _brief(ranking_run), "runs": runs,
         # The ranking itself, per forget10 row: objective-side G-effects summed over the measured steps.
         "ranking": [{"index": int(r["example"]["index"]), **r["g_effect"]} for r in rows],
@@ -517,6 +525,8 @@ def write_result(result: Mapping[str, Any], out: Path, page: Path) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
+    if "runs" not in result:  # the models stage alone: nothing to tabulate yet
+        return path
     for written in tofu_tiny_report.write_all(result, out, page):
         _say(f"wrote {written}")
     return path
@@ -551,7 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = [s for s in FORGET_SPLITS if s in needed]
     models = tiny_deep_models.build(args.cache_dir, args.data_dir, workers=args.workers, splits=splits)
     result: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    built = result.get("setup", {}).get("models", {}) | {k: _portable(asdict(v)) for k, v in models.items()}
+    built = dict(result.get("setup", {}).get("models", {}))
+    for name, model in models.items():
+        if model.fit_seconds > 0 or name not in built:  # a cached model reports 0 s: keep the build's record
+            built[name] = _portable(asdict(model))
     setting = Setting(
         cache_dir=str(args.cache_dir),
         data_dir=args.data_dir,
@@ -568,14 +581,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr_added_after_first_pass": list(LR_ADDED_AFTER_FIRST_PASS),
         "batch": BATCH, "accumulate": ACCUMULATE, "epochs": EPOCHS, "block_boundaries": list(BLOCK_BOUNDARIES),
         "g_effect_every": G_EFFECT_EVERY, "max_new_tokens": setting.max_new_tokens,
-        "retain_eval_rows": setting.retain_eval_rows, "models": built, **describe_model(models["target"].model_dir),
+        "retain_eval_rows": setting.retain_eval_rows, "pool_authors": POOL_AUTHORS, "workers": args.workers,
+        "models": built, **describe_model(models["target"].model_dir),
     }  # fmt: skip
-    result["variants"] = {name: variant_record(VARIANTS[name]) for name in args.variants}
+    result["variants"] = {
+        name: variant_record(VARIANTS[name])
+        for name in VARIANTS
+        if name in args.variants or name in result.get("variants", {})
+    }
     result["references"] = refs
     if args.stage != "models":
-        result["selection"] = stage_select(args.variants, setting, refs, args.workers)
+        result["selection"] = result.get("selection", {}) | stage_select(args.variants, setting, refs, args.workers)
     if args.stage in ("seeds", "all"):
-        stage_seeds(result["selection"], splits if args.stage == "seeds" else FORGET_SPLITS, setting, args.workers)
+        stage_seeds(result["selection"], args.splits if args.stage == "seeds" else FORGET_SPLITS, setting, args.workers)
     if args.stage in ("instances", "all"):
         result["instances"] = stage_instances(setting, args.workers)
     if args.stage != "models":

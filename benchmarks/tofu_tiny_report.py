@@ -1,6 +1,6 @@
 """Tables and figures of ``docs/results.md``, computed from ``docs/figures/tofu_tiny.json`` alone (no training).
 
-``python benchmarks/tofu_tiny.py report`` calls :func:`write_all`; ``tests/test_results_tables.py`` regenerates the
+``python benchmarks/tofu_tiny.py report`` calls :func:`write_all`; ``tests/test_results_page.py`` regenerates the
 tables from the committed JSON and checks that they equal the committed ones, byte for byte.
 
 Aggregation over seeds: model utility and the other bounded scores as mean ± standard deviation (n−1); forget quality,
@@ -181,7 +181,10 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
     for family in families:
         gd, kl = f"{family}+GD", f"{family}+KL"
         for split in run_splits(result):
-            pairs = zip(groups.get((gd, split), []), groups.get((kl, split), []), strict=False)
+            by_seed = {r["spec"]["seed"]: r for r in groups.get((kl, split), [])}
+            pairs = [
+                (g, by_seed[g["spec"]["seed"]]) for g in groups.get((gd, split), []) if g["spec"]["seed"] in by_seed
+            ]
             tally = {"KL": 0, "GD": 0, "neither": 0}
             for g, k in pairs:
                 a = (k["summary"]["forget_quality"], k["summary"]["model_utility"])
@@ -300,6 +303,12 @@ def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def seeds_phrase(result: Mapping[str, Any]) -> str:
+    """How many seeds the comparison's cells have, e.g. ``"3 seeds"`` or ``"1-3 seeds"``."""
+    n = sorted({len(runs) for runs in cells(result["runs"]).values()})
+    return f"{'-'.join(map(str, [n[0], n[-1]] if n[0] != n[-1] else [n[0]]))} seed{'s' if n[-1] > 1 else ''}"
+
+
 def verdicts(result: Mapping[str, Any]) -> list[str]:
     """One paragraph per claim of the paper: the measured evidence, the verdict it supports, the statistical caveat
     and what would overturn it. Every number comes from ``result``; every verdict follows its sign."""
@@ -313,8 +322,8 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"- **WGA/WTNPO give the best trade-off: {word}.** In {t['wins']} of {t['checks']} (split, form) cells the "
             "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering"
             + (f" (not in: {', '.join(lost)})" if lost else "")
-            + ". Caveat: 3 seeds per cell, and forget quality moves in coarse rungs on forget01 (40 items). It would "
-            "be overturned by more seeds reversing the cells' order."
+            + f". Caveat: {seeds_phrase(result)} per cell, and forget quality moves in coarse rungs on forget01 (40 "
+            "items). It would be overturned by more seeds reversing the cells' order."
         )
     _, kl = kl_vs_gd_table(result)
     decisive = kl["KL dominates"] + kl["GD dominates"]
@@ -333,14 +342,17 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
     sh = claim_shallow(result)
     if sh["runs"]:
         c = sh["counts"]
-        word = "holds" if c["shallow"] == max(c.values()) and sh["p_one_sided"] < 0.05 else "does not hold"
+        shallow_first = all(c["shallow"] > c[d] for d in DEPTHS if d != "shallow")
+        word = "holds" if shallow_first and sh["p_one_sided"] < 0.05 else "does not hold"
+        n_blocks = result["setup"].get("num_blocks")
         lines.append(
-            f"- **Shallow layers are affected most: {word} among the blocks.** The unlearning term's mean |G-effect| "
-            f"on the forget risk is largest in the shallow blocks in {c['shallow']} of {sh['runs']} runs (middle "
-            f"{c['middle']}, deep {c['deep']}; one-sided binomial test against a uniform pick: p = "
-            f"{fmt(sh['p_one_sided'])}). Blocks differ in nothing but depth here (6 identical blocks); the embedding "
-            "and LM head are reported beside them, not ranked. A different depth split or a larger model could "
-            "change it."
+            f"- **Shallow layers are affected most: {word} among the blocks.** The magnitude of the unlearning term's "
+            f"G-effect on the forget risk, averaged over a run's measured steps, is largest in the shallow blocks in "
+            f"{c['shallow']} of {sh['runs']} runs (middle {c['middle']}, deep {c['deep']}; one-sided binomial test "
+            f"against a uniform pick: p = {fmt(sh['p_one_sided'])}). The {n_blocks} blocks have the same shape, so "
+            "the depth groups differ in depth only (the deep group also contains the final norm, a few hundred "
+            "weights); the embedding and LM head are reported beside them, not ranked. A different depth split or a "
+            "larger model could change it."
         )
     ra = claim_runaway(result)
     if ra:
@@ -350,8 +362,8 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"- **GA's inverse-confidence runaway: {word}.** Late/early ratio of the unlearning term's |G-effect| on "
             f"the forget risk (mean over seeds; > 1: the push grows as the answers fade): {detail}. The ratio is a "
-            "first-order reading of the raw gradient; the update-aware G-effect and the realised change are in the "
-            "JSON. A ratio near 1 for GA on more seeds would overturn it."
+            "first-order reading of the raw gradient; the cumulative predicted change under the optimiser's actual "
+            "update is in the JSON beside it. A ratio near 1 for GA on more seeds would overturn it."
         )
     return lines
 
@@ -385,7 +397,9 @@ def claim_instances(result: Mapping[str, Any]) -> dict[str, Any] | None:
     if not q or set(q) != {"top", "bottom", "random"}:
         return None
     mean = {k: statistics.fmean(v["retain_nll"]) for k, v in q.items()}
+    n = sorted({len(v["retain_nll"]) for v in q.values()})
     return {
+        "seeds": f"{'-'.join(map(str, n))} seed{'s' if n[-1] > 1 else ''}",
         "mean_retain_nll": mean,
         "ordered": mean["bottom"] > mean["random"] > mean["top"],
         "bottom_above_top": mean["bottom"] > mean["top"],
@@ -431,7 +445,8 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
         f"bottom quarter (most negative retaining G-effect) {fmt(m['bottom'])}, a random quarter {fmt(m['random'])}, "
         f"the top quarter {fmt(m['top'])}; predicted order bottom > random > top: "
         f"{'met' if c['ordered'] else 'not met'}; every bottom seed above every top seed: "
-        f"{'yes' if c['separated'] else 'no'}. Caveat: one ranking run (seed 0), 3 seeds per quarter, and the top and "
+        f"{'yes' if c['separated'] else 'no'}. Caveat: one ranking run (seed 0), {c['seeds']} per quarter, and the "
+        "top and "
         "bottom quarters are fixed rows (their seeds change only the data order), while the random quarter's rows "
         "change with the seed. A ranking from another seed or a larger model that reorders the quarters would "
         "overturn it."
@@ -456,7 +471,7 @@ def coverage_line(result: Mapping[str, Any]) -> str:
         if not missing:
             parts.append(f"{split}: all {n} variants")
         elif len(missing) == n:
-            parts.append(f"{split}: not run")
+            parts.append(f"{split}: none")
         else:
             parts.append(f"{split}: all but {', '.join(missing)}")
     line = "Coverage of the comparison, cells with every seed: " + "; ".join(parts) + "."
@@ -517,16 +532,19 @@ def setup_table(result: Mapping[str, Any]) -> list[str]:
     every = ", ".join(f"{k}: every {v}" for k, v in s["g_effect_every"].items())
     rows = [
         ["model", s["model_description"]],
-        ["unlearning batch", f"{s['batch']} forget rows (+ {s['batch']} retain rows with a regulariser) × "
-         f"{s['accumulate']} accumulated micro-batches = {s['batch'] * s['accumulate']} forget rows per optimiser "
-         f"step, {s['epochs']} epochs, AdamW with weight decay {decay}"],
+        ["unlearning batch", f"{s['batch']} forget + {s['batch']} retain rows × {s['accumulate']} accumulated "
+         f"micro-batches = {s['batch'] * s['accumulate']} of each per optimiser step, {s['epochs']} epochs, AdamW "
+         f"with weight decay {decay}; the retain rows feed the regulariser where there is one, and the G-effect's "
+         f"retain risk always. They come from the regulariser's pool: the first {s['pool_authors']} retain authors "
+         "outside the evaluated retain rows"],
         ["learning rates", "one grid for every variant: " + ", ".join(f"{lr:g}" for lr in s["lr_grid"])
          + " (forget01, seed 0)" + added_note(result)],
         ["selection rule (fixed before any run)", f"the highest forget quality among a variant's grid runs that "
          f"keep ≥ {s['mu_keep']:.0%} of the target's model utility; if none does, the highest model utility"],
         ["seeds", ", ".join(str(x) for x in s["seeds"]) + " (data order and everything random in a run)"],
         ["G-effect", f"`GEffectCallback(terms=True, coarse_groups=True, measure_update=True)`, {every} optimiser "
-         f"steps; depth groups of the {s['num_blocks']} blocks: shallow = blocks 0–{b0 - 1}, middle = {b0}–{b1 - 1}, "
+         f"steps; risks: the mean answer NLL of the step's forget rows and of its retain rows; depth groups of the "
+         f"{s['num_blocks']} blocks: shallow = blocks 0–{b0 - 1}, middle = {b0}–{b1 - 1}, "
          f"deep = {b1}–{s['num_blocks'] - 1} (+ final norm); embedding and LM head apart"],
         ["evaluation", f"every row of the forget split, real authors (100), world facts (117) and holdout; the first "
          f"{s['retain_eval_rows']} rows of retain_perturbed (model utility's retain part; never in the regulariser's "
@@ -574,7 +592,7 @@ PAGE_INTRO = """\
 This page asks whether the claims of Wang et al. (ICLR 2025, "Rethinking LLM Unlearning Objectives: A Gradient
 Perspective and Go Beyond") hold on a tiny Llama trained from scratch on TOFU, with the paper's objectives in the form
 of its code (the tiny presets of `configs/tofu_paper/`, without a retain term), each also with a GD (retain NLL) and a
-KL (to the target) regulariser of weight 1, and TNPO/WTNPO also without the ε its code adds to their weights (the
+KL (to the target) regulariser of weight {weight}, and TNPO/WTNPO also without the ε its code adds to their weights (the
 variants table under Protocol lists every setting). The paper's own `npo_kl` ties NPO's KL weight to β
 (`configs/tofu_paper/tiny_npo_kl.yaml`); here every family gets the same weight, so that GD and KL compare alike.
 The G-effect throughout is the paper's: the unlearning term's, measured apart from the regulariser's in the same step.
@@ -606,7 +624,15 @@ def render_page(result: Mapping[str, Any]) -> str:
     """``docs/results.md``: the whole page, from ``result`` alone."""
     split = analysis_split(result)
     t = worker_seconds(result)
-    out = [PAGE_INTRO, "## Verdicts", "", *verdicts(result), *instance_verdict(result), ""]
+    weights = {v["hyperparameters"]["retain_weight"] for v in result["variants"].values() if v["form"] != "paper"}
+    out = [
+        PAGE_INTRO.format(weight="/".join(f"{w:g}" for w in sorted(weights))),
+        "## Verdicts",
+        "",
+        *verdicts(result),
+        *instance_verdict(result),
+        "",
+    ]
     out += ["## Protocol", "", *setup_table(result), "", *variants_table(result), ""]
     models_time = (
         f"; building and evaluating the models: {t['models'] / 3600:.2f} worker-hours "
@@ -616,9 +642,8 @@ def render_page(result: Mapping[str, Any]) -> str:
     )
     out += [
         f"Measured time of the {t['count']} unlearning runs, training and evaluation: "
-        f"{t['runs'] / 3600:.2f} worker-hours (one torch thread each, two at a time on 2 shared cores)"
-        + models_time
-        + ".",
+        f"{t['runs'] / 3600:.2f} worker-hours (one torch thread each, {result['setup']['workers']} at a time on a "
+        "2-core machine shared with other work)" + models_time + ".",
         "",
         coverage_line(result),
         "",
@@ -676,9 +701,12 @@ def render_page(result: Mapping[str, Any]) -> str:
         out += [
             "## The instance experiment (forget10)",
             "",
-            f"{inst['variant']} at lr {inst['lr']:g} on all of forget10 (seed 0) writes the ranking: each example's "
-            "objective-side G-effect on the retain risk, summed over the measured steps. Then the same objective "
-            f"unlearns only the top, the bottom or a random {inst['fraction']:.0%} of the rows, 3 seeds each; "
+            f"{inst['variant']} at lr {inst['lr']:g} on all of forget10 (seed 0, {inst['ranking_epochs']} epoch(s), "
+            "the G-effect measured at every step) writes the ranking: each example's objective-side G-effect on the "
+            "retain risk (the pool's retain rows of its step), summed over the steps it was measured in (once per "
+            "epoch). Then the same objective "
+            f"unlearns only the top, the bottom or a random {inst['fraction']:.0%} of the rows, seeds "
+            f"{', '.join(map(str, inst['seeds']))}; "
             "forget quality is still measured on all of forget10.",
             "",
             *instance_table(result),
@@ -766,7 +794,10 @@ def plot_g_effect_curves(result: Mapping[str, Any], path: Path, split: str) -> P
             runs = groups.get((name, split), [])
             if not runs:
                 continue
-            g = runs[0]["g_effect"]
+            seed0 = [r for r in runs if r["spec"]["seed"] == 0]
+            if not seed0:
+                continue
+            g = seed0[0]["g_effect"]
             ys = g.get(f"{risk}/unlearn/total")
             if ys:
                 ax.plot(g["steps"], ys, label=name, linewidth=1.3)

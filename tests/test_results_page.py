@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from lit_unlearn.data.ranking import select_subset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -97,15 +99,16 @@ def _verdict(result: dict[str, Any], claim: str) -> str:
 def test_kl_vs_gd_verdict_follows_the_pairs(kl_better: bool) -> None:
     line = _verdict(_result(kl_better, True, True), "KL is a better regulariser")
     # 4 families x 3 seeds, every pair decided the same way: sign test p = 2 / 2**12.
-    assert ("holds." in line) is kl_better
-    assert ("the reverse holds" in line) is (not kl_better)
+    assert ("than GD: holds." in line) is kl_better
+    assert ("than GD: the reverse holds" in line) is (not kl_better)
     assert "p = 4.9e-04" in line
 
 
 @pytest.mark.parametrize("shallow", [True, False])
 def test_shallow_verdict_follows_the_depth_counts(shallow: bool) -> None:
     line = _verdict(_result(True, shallow, True), "Shallow layers are affected most")
-    assert ("holds" in line) is shallow
+    assert ("affected most: holds among the blocks" in line) is shallow
+    assert ("affected most: does not hold" in line) is (not shallow)
     counts = report.claim_shallow(_result(True, shallow, True))["counts"]
     assert counts == ({"shallow": 36, "middle": 0, "deep": 0} if shallow else {"shallow": 0, "middle": 36, "deep": 0})
 
@@ -130,10 +133,18 @@ def test_trade_off_verdict_counts_cells_where_the_paper_methods_rank_first() -> 
 
 
 @pytest.mark.parametrize("predicts", [True, False])
-def test_instance_verdict_follows_the_quarters(predicts: bool) -> None:
+def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -> None:
+    # A ranking file as the callback writes it; the quarters are chosen by the data module's own selection.
+    values = [0.5, -3.0, 2.0, -1.0, 4.0, 1.0, -2.0, 3.0]
+    csv = tmp_path / "g_effect_ranking.csv"
+    lines = ["index,question,g_effect_forget,g_effect_retain,measurements"]
+    lines += [f"{i},q{i},0.0,{v},1" for i, v in enumerate(values)]
+    csv.write_text("\n".join(lines) + "\n")
+    questions = [f"q{i}" for i in range(len(values))]
+    kept = {q: select_subset(questions, "forget10", q, 0.25, str(csv), seed=1) for q in ("top", "bottom", "random")}
+    assert kept["top"] == [4, 7]  # the largest retaining G-effects: the most benign
+    assert kept["bottom"] == [1, 6]  # the most negative: the most damaging
     nll = {"bottom": 3.0, "random": 2.0, "top": 1.0} if predicts else {"bottom": 1.0, "random": 2.0, "top": 3.0}
-    ranking = [{"index": i, "forget": 0.0, "retain": float(i)} for i in range(8)]
-    kept = {"top": [6, 7], "bottom": [0, 1], "random": [2, 5]}
     runs = {
         q: [
             {"retain_answer_loss": nll[q] + 0.1 * s, "model_utility": 0.8, "forget_quality": 0.1, "kept_rows": kept[q]}
@@ -141,8 +152,31 @@ def test_instance_verdict_follows_the_quarters(predicts: bool) -> None:
         ]
         for q in kept
     }
+    ranking = [{"index": i, "forget": 0.0, "retain": v} for i, v in enumerate(values)]
     result = {"instances": {"ranking_column": "g_effect_retain", "ranking": ranking, "runs": runs}}
     summary = report.instance_summary(result)
-    assert summary["top"]["ranking_mean"] == 6.5 and summary["bottom"]["ranking_mean"] == 0.5
+    assert summary["top"]["ranking_mean"] == 3.5
+    assert summary["bottom"]["ranking_mean"] == -2.5
     (line,) = report.instance_verdict(result)
     assert line.startswith("- **Does the ranking predict collateral damage? " + ("yes" if predicts else "no"))
+
+
+def test_shallow_tie_does_not_hold() -> None:
+    result = _result(True, True, True)
+    for run in result["runs"][::2]:  # half the runs: middle as large as shallow was
+        run["g_effect"]["forget/unlearn/middle"] = [-5.0] * 6
+    counts = report.claim_shallow(result)["counts"]
+    assert counts["shallow"] == counts["middle"] == 18
+    assert "affected most: does not hold" in _verdict(result, "Shallow layers are affected most")
+
+
+def test_kl_vs_gd_pairs_runs_by_seed() -> None:
+    result = _result(True, True, True)
+    # Drop GA+KL's seed 0: GA+GD's seed 0 must go unpaired, not meet GA+KL's seed 1.
+    result["runs"] = [r for r in result["runs"] if not (r["spec"]["variant"] == "GA+KL" and r["spec"]["seed"] == 0)]
+    for run in result["runs"]:
+        if run["spec"]["variant"] == "GA+KL" and run["spec"]["seed"] == 1:
+            run["summary"] = {"forget_quality": 1e-9, "model_utility": 0.1}  # GD dominates this pair only
+    rows, counts = report.kl_vs_gd_table(result)
+    assert counts == {"KL dominates": 10, "GD dominates": 1, "neither": 0}
+    assert "| GA | forget01 | 1 | 1 | 0 |" in rows
