@@ -103,6 +103,19 @@ def selection_table(result: Mapping[str, Any]) -> list[str]:
     return table(header, rows)
 
 
+def edge_note(result: Mapping[str, Any]) -> list[str]:
+    """The variants whose selected rate is the grid's largest: their best may lie above the grid."""
+    top = max(result["setup"]["lr_grid"])
+    edge = [name for name in variant_order(result) if result["selection"][name]["lr"] == top]
+    if not edge:
+        return []
+    return [
+        f"Selected at the top of the grid ({top:g}), so a larger rate, not tried, might serve them better: "
+        f"{', '.join(edge)}.",
+        "",
+    ]
+
+
 def main_table(result: Mapping[str, Any]) -> list[str]:
     """Forget quality and model utility per variant and split, over the seeds, with the references."""
     groups = cells(result["runs"])
@@ -668,6 +681,7 @@ def render_page(result: Mapping[str, Any]) -> str:
         "",
         *selection_table(result),
         "",
+        *edge_note(result),
         "### Forget quality and model utility over seeds",
         "",
         *main_table(result),
