@@ -549,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     json_path = args.out / "tofu_tiny.json"
     if args.stage == "report":
+        if not json_path.is_file():
+            parser.error(f"{json_path} does not exist: run a stage first (e.g. `select`), or pass --out <its folder>")
         write_result(json.loads(json_path.read_text()), args.out, args.page)
         return 0
     if not args.data_dir:
