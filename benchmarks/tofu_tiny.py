@@ -591,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in VARIANTS
         if name in args.variants or name in result.get("variants", {})
     }
+    result["variant_order"] = list(result["variants"])
     result["references"] = refs
     if args.stage != "models":
         result["selection"] = result.get("selection", {}) | stage_select(args.variants, setting, refs, args.workers)

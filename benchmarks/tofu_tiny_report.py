@@ -79,8 +79,8 @@ def metric(runs: Sequence[Mapping[str, Any]], key: str) -> list[float]:
 
 
 def variant_order(result: Mapping[str, Any]) -> list[str]:
-    """Variants in the order the sweep defines them."""
-    return list(result["variants"])
+    """Variants in the order the sweep defines them (the JSON's keys are sorted, so the order is stored apart)."""
+    return list(result.get("variant_order", result["variants"]))
 
 
 # -------------------------------------------------------------------------------------------------- the tables
@@ -830,7 +830,7 @@ def plot_layer_bars(result: Mapping[str, Any], path: Path, split: str) -> Path:
     one panel per family, over seeds and steps."""
     groups = cells(result["runs"])
     families = sorted({v["family"] for v in result["variants"].values()})
-    fig, axes = _figure(1, len(families), 3.6 * len(families), 3.8)
+    fig, axes = _figure(1, len(families), 3.6 * len(families), 5.0)
     for ax, family in zip(axes[0], families, strict=True):
         names = [n for n in variant_order(result) if result["variants"][n]["family"] == family]
         width = 0.8 / len(names)
@@ -851,7 +851,7 @@ def plot_layer_bars(result: Mapping[str, Any], path: Path, split: str) -> Path:
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(family, fontsize=9)
         ax.set_ylabel("mean G-effect on the forget risk (symlog)")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: bars stay visible
     fig.savefig(path, dpi=110)
     return path
 
