@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = [s for s in FORGET_SPLITS if s in needed]
     models = tiny_deep_models.build(args.cache_dir, args.data_dir, workers=args.workers, splits=splits)
     result: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    built = dict(result.get("setup", {}).get("models", {}))
+    built = {k: _portable(v) for k, v in result.get("setup", {}).get("models", {}).items()}
     for name, model in models.items():
         if model.fit_seconds > 0 or name not in built:  # a cached model reports 0 s: keep the build's record
             built[name] = _portable(asdict(model))
