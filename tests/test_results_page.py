@@ -119,7 +119,8 @@ def test_runaway_verdict_follows_the_ratio(grows: bool) -> None:
     # Late third mean |e| 9 over early third 1 for GA when it grows; 1 otherwise, as WGA.
     assert report.claim_runaway(result)["forget01"]["GA"] == (9.0 if grows else 1.0)
     line = _verdict(result, "runaway")
-    assert ("does not hold" in line) is (not grows)
+    assert ("than WGA's): holds." in line) is grows
+    assert ("than WGA's): does not hold." in line) is (not grows)
 
 
 def test_trade_off_verdict_counts_cells_where_the_paper_methods_rank_first() -> None:
