@@ -1,9 +1,10 @@
-"""The deep tiny models of the results benchmark: one target and a retain model per forget split, built and evaluated
-through the model cache (``lit_unlearn.model_cache``), two at a time on one pinned thread each.
+"""The deep tiny models of the results benchmark: one target and a retain model per forget split, built through the
+model cache (``lit_unlearn.model_cache``), two at a time on one pinned thread each.
 
 The target (configs/tofu_tiny_deep/finetune_target.yaml) knows authors 0-29 and the forget10 authors; the retain
-model of forget01/05/10 is configs/tofu_tiny_deep/finetune_retain.yaml with that split's authors excluded. Each model
-is evaluated on the forget splits it is a reference for (the target on all three).
+model of forget01/05/10 is configs/tofu_tiny_deep/finetune_retain.yaml with that split's authors excluded. They are
+not evaluated here: ``benchmarks/tofu_tiny.py`` evaluates them as references with the same evaluation as every
+unlearned model.
 
 Usage::
 
@@ -22,32 +23,28 @@ from lit_unlearn.model_cache import ModelJob, PreparedModel, prepare_models, tof
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "tofu_tiny_deep"
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
-MAX_NEW_TOKENS = 32
-"""Greedy-generation budget of every evaluation of the benchmark (the references and every unlearned model alike):
-ROUGE-L compares the first 32 answer tokens, which keeps the ~230 evaluations of the sweep affordable on a CPU."""
 
 
 def deep_model_jobs(
     cache_dir: Path, data_dir: str, rebuild: bool = False, splits: Sequence[str] = FORGET_SPLITS
 ) -> list[ModelJob]:
-    """The target and the retain model of each forget split in ``splits``, each with the evaluations forget quality
-    needs (the target is evaluated on every split of ``splits``)."""
+    """The target and the retain model of each forget split in ``splits``."""
     fingerprint = tofu_fingerprint(data_dir, TOFU_SPLITS)
     target = (CONFIGS / "finetune_target.yaml").read_text(encoding="utf-8")
     retain = (CONFIGS / "finetune_retain.yaml").read_text(encoding="utf-8")
     common = {"cache_dir": str(cache_dir), "data_dir": data_dir, "data_fingerprint": fingerprint}
-    common |= {"max_new_tokens": MAX_NEW_TOKENS, "max_items": None, "rebuild": rebuild}
-    jobs = [ModelJob("target", target, evaluations=tuple(splits), **common)]
+    common |= {"evaluations": (), "rebuild": rebuild}
+    jobs = [ModelJob("target", target, **common)]
     for split in splits:
         overrides = (f"--data.exclude_split={split}",)
-        jobs.append(ModelJob(f"retain{split[-2:]}", retain, overrides=overrides, evaluations=(split,), **common))
+        jobs.append(ModelJob(f"retain{split[-2:]}", retain, overrides=overrides, **common))
     return jobs
 
 
 def build(
     cache_dir: Path, data_dir: str, rebuild: bool = False, workers: int = 2, splits: Sequence[str] = FORGET_SPLITS
 ) -> dict[str, PreparedModel]:
-    """Build and evaluate every deep model of ``splits`` that the cache does not hold yet."""
+    """Build every deep model of ``splits`` that the cache does not hold yet."""
     return prepare_models(deep_model_jobs(cache_dir, data_dir, rebuild, splits), workers=workers)
 
 

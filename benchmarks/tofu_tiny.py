@@ -49,7 +49,10 @@ import tofu_tiny_report  # noqa: E402
 
 from lit_unlearn.data.tofu import TOFU_DIR_ENV  # noqa: E402
 
-FORGET_SPLITS = ("forget01", "forget05", "forget10")
+FORGET_SPLITS = tiny_deep_models.FORGET_SPLITS
+MAX_NEW_TOKENS = 32
+"""Greedy-generation budget of every evaluation of the benchmark (the references and every unlearned model alike):
+ROUGE-L compares the first 32 answer tokens, which keeps the sweep's evaluations affordable on a CPU."""
 SEEDS = (0, 1, 2)
 LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3)
 """The one learning-rate grid every variant is swept over (on forget01, seed 0)."""
@@ -272,7 +275,7 @@ other split is evaluated whole, the forget split above all (forget quality)."""
 
 def evaluate_benchmark(
     model: Any, tokenizer: Any, split: str, setting: Setting, out_dir: Path, retain_eval: str | None
-):
+) -> dict[str, Any]:
     """The benchmark's one TOFU evaluation, for the references and every unlearned model alike: every row of every
     split but retain (its first :data:`RETAIN_EVAL_ROWS`), greedy answers of ``setting.max_new_tokens`` tokens."""
     from lit_unlearn.data.evaluation import EVAL_SPLITS, tofu_eval_dataloaders
@@ -290,9 +293,18 @@ def evaluate_benchmark(
     return evaluate(model, tokenizer, split, settings=settings, dataloaders=dataloaders, progress=False)["summary"]
 
 
+def _run_dir(spec: RunSpec, setting: Setting) -> Path:
+    return Path(setting.cache_dir) / "runs" / spec.run_id
+
+
+def _cached(spec: RunSpec, setting: Setting) -> dict[str, Any] | None:
+    path = _run_dir(spec, setting) / "run.json"
+    return None if setting.force or not path.is_file() else json.loads(path.read_text())
+
+
 def run_one(spec: RunSpec, setting: Setting) -> dict[str, Any]:
     """Unlearn, evaluate in memory, and cache the record (or return the cached one)."""
-    run_dir = Path(setting.cache_dir) / "runs" / spec.run_id
+    run_dir = _run_dir(spec, setting)
     record_path = run_dir / "run.json"
     cached = _cached(spec, setting)
     if cached is not None:
@@ -341,17 +353,11 @@ def _run_in_worker(job: tuple[RunSpec, Setting]) -> dict[str, Any]:
     start = time.perf_counter()
     record = run_one(spec, setting)
     s = record["summary"]
-    print(
-        f"[tofu_tiny {time.strftime('%H:%M:%S')}] {spec.run_id}: FQ {s.get('forget_quality'):.3g}, "
-        f"MU {s.get('model_utility'):.3g} ({time.perf_counter() - start:.0f} s)",
-        flush=True,
+    _say(
+        f"{spec.run_id}: FQ {s.get('forget_quality'):.3g}, MU {s.get('model_utility'):.3g} "
+        f"({time.perf_counter() - start:.0f} s)"
     )
     return record
-
-
-def _cached(spec: RunSpec, setting: Setting) -> dict[str, Any] | None:
-    path = Path(setting.cache_dir) / "runs" / spec.run_id / "run.json"
-    return None if setting.force or not path.is_file() else json.loads(path.read_text())
 
 
 def run_all(specs: Sequence[RunSpec], setting: Setting, workers: int) -> list[dict[str, Any]]:
@@ -387,21 +393,18 @@ def _say(message: str) -> None:
 def references(models: Mapping[str, Any], splits: Sequence[str], setting: Setting) -> dict[str, dict[str, Any]]:
     """Per forget split: the target's and the retain model's summaries under the benchmark's evaluation (cached in
     ``<cache>/references``); forget quality against that split's retain model (1 for the retain model itself)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from lit_unlearn.eval.summarize import summarize
+    from lit_unlearn.models import load_causal_lm, load_tokenizer
 
     out = {}
     for split in splits:
         dirs = {}
         for key, name in (("retain", f"retain{split[-2:]}"), ("target", "target")):
-            eval_dir = Path(setting.cache_dir) / "references" / f"{name}_{split}"
+            eval_dir = _reference_dir(setting, name, split)
             if not (eval_dir / "eval_items.json").is_file() or setting.force:
                 model_dir = models[name].model_dir
-                model = AutoModelForCausalLM.from_pretrained(model_dir)
-                tokenizer = AutoTokenizer.from_pretrained(model_dir)
                 _say(f"evaluating {name} on {split}")
-                evaluate_benchmark(model, tokenizer, split, setting, eval_dir, None)
+                evaluate_benchmark(load_causal_lm(model_dir), load_tokenizer(model_dir), split, setting, eval_dir, None)
             dirs[key] = eval_dir
         out[split] = {
             "target": summarize(dirs["target"], dirs["retain"]),
@@ -410,9 +413,13 @@ def references(models: Mapping[str, Any], splits: Sequence[str], setting: Settin
     return out
 
 
+def _reference_dir(setting: Setting, model: str, split: str) -> Path:
+    return Path(setting.cache_dir) / "references" / f"{model}_{split}"
+
+
 def retain_evals(setting: Setting, splits: Sequence[str]) -> dict[str, str]:
     """Where :func:`references` keeps each split's retain-model evaluation (forget quality's reference)."""
-    return {split: str(Path(setting.cache_dir) / "references" / f"retain{split[-2:]}_{split}") for split in splits}
+    return {split: str(_reference_dir(setting, f"retain{split[-2:]}", split)) for split in splits}
 
 
 def _brief(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -527,7 +534,8 @@ def write_result(result: Mapping[str, Any], out: Path, page: Path) -> Path:
     os.replace(tmp, path)
     if "runs" not in result:  # the models stage alone: nothing to tabulate yet
         return path
-    for written in tofu_tiny_report.write_all(result, out, page):
+    # Rendered from the file as written (its keys sorted), so a stage and `report` write the same page.
+    for written in tofu_tiny_report.write_all(json.loads(path.read_text()), out, page):
         _say(f"wrote {written}")
     return path
 
@@ -572,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir=args.data_dir,
         target_dir=models["target"].model_dir,
         retain_evals={},
-        max_new_tokens=tiny_deep_models.MAX_NEW_TOKENS,
+        max_new_tokens=MAX_NEW_TOKENS,
         retain_eval_rows=RETAIN_EVAL_ROWS,
         force=args.force,
     )

@@ -10,7 +10,7 @@ a p-value spread over orders of magnitude, as the median with the range [min, ma
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,10 +316,15 @@ def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def seeds_phrase(result: Mapping[str, Any]) -> str:
-    """How many seeds the comparison's cells have, e.g. ``"3 seeds"`` or ``"1-3 seeds"``."""
-    n = sorted({len(runs) for runs in cells(result["runs"]).values()})
+def count_phrase(counts: Iterable[int]) -> str:
+    """How many seeds some cells have, e.g. ``"3 seeds"`` or ``"1-3 seeds"``."""
+    n = sorted(set(counts))
     return f"{'-'.join(map(str, [n[0], n[-1]] if n[0] != n[-1] else [n[0]]))} seed{'s' if n[-1] > 1 else ''}"
+
+
+def seeds_phrase(result: Mapping[str, Any]) -> str:
+    """How many seeds the comparison's cells have."""
+    return count_phrase(len(runs) for runs in cells(result["runs"]).values())
 
 
 def verdicts(result: Mapping[str, Any]) -> list[str]:
@@ -416,9 +421,8 @@ def claim_instances(result: Mapping[str, Any]) -> dict[str, Any] | None:
     if not q or set(q) != {"top", "bottom", "random"}:
         return None
     mean = {k: statistics.fmean(v["retain_nll"]) for k, v in q.items()}
-    n = sorted({len(v["retain_nll"]) for v in q.values()})
     return {
-        "seeds": f"{'-'.join(map(str, n))} seed{'s' if n[-1] > 1 else ''}",
+        "seeds": count_phrase(len(v["retain_nll"]) for v in q.values()),
         "mean_retain_nll": mean,
         "ordered": mean["bottom"] > mean["random"] > mean["top"],
         "bottom_above_top": mean["bottom"] > mean["top"],
@@ -486,7 +490,8 @@ def coverage_line(result: Mapping[str, Any]) -> str:
     """One sentence: which (variant, split) cells of the comparison have every seed."""
     n = len(result["variants"])
     parts = []
-    for split, missing in coverage(result).items():
+    missing_by_split = coverage(result)
+    for split, missing in missing_by_split.items():
         if not missing:
             parts.append(f"{split}: all {n} variants")
         elif len(missing) == n:
@@ -494,7 +499,7 @@ def coverage_line(result: Mapping[str, Any]) -> str:
         else:
             parts.append(f"{split}: all but {', '.join(missing)}")
     line = "Coverage of the comparison, cells with every seed: " + "; ".join(parts) + "."
-    if any(coverage(result).values()):
+    if any(missing_by_split.values()):
         line += " `python benchmarks/tofu_tiny.py seeds --splits <split>` runs the rest (cached, resumable)."
     return line
 
