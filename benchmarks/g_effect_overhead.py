@@ -6,7 +6,8 @@ on a tiny Llama built from a ``LlamaConfig`` (no download), in one process, with
 * ``plain``: no callback;
 * ``g_effect every step`` (streaming per-parameter dots, the default), its non-streaming variant, with the realised
   risk change, with the G-effect per objective term (``terms=True``: the unlearn term differentiated through the
-  step's own graph before its backward, :class:`SupportsLossTerms`; the regulariser's is the rest), and with
+  step's own graph before its backward, :class:`SupportsLossTerms`, and the module's backward left with the
+  regulariser's part, :class:`SupportsSkipUnlearnBackward`; the regulariser's G-effect is the rest), and with
   per-instance G-effects on the risk side (``per_instance="risk"``: one forward-mode JVP along the objective gradient)
   and on the objective side (``per_instance="objective"``: one forward-mode JVP of the forget examples' unlearn shares
   along the risk gradients, batched over the risks);
@@ -107,6 +108,8 @@ class GradDiff(LightningModule):
         self._step_risks: list[dict[str, Tensor]] | None = None
         # SupportsLossTerms (terms=True): while a dict, training_step records the terms of the loss it returns.
         self._loss_terms: dict[str, Tensor] | None = None
+        # SupportsSkipUnlearnBackward: the callback has put the unlearn term's gradient in .grad already.
+        self._skip_unlearn = False
 
     def token_nll(self, ids: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
@@ -139,7 +142,13 @@ class GradDiff(LightningModule):
     def step_risks(self) -> list[dict[str, Tensor]]:
         return list(self._step_risks or [])
 
+    def skip_unlearn_backward(self) -> None:
+        self._skip_unlearn = True
+
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._skip_unlearn:  # only the regulariser's backward is left
+            self._skip_unlearn = False
+            loss = self._loss_terms["regularizer"] / self.trainer.accumulate_grad_batches
         if self._step_risks is not None:
             kwargs["retain_graph"] = True
         super().backward(loss, *args, **kwargs)

@@ -35,7 +35,8 @@ scalars).
 This module imports only ``torch`` and ``lightning`` (matplotlib lazily, for the optional PNG) so it can be vendored
 into any Lightning project. The module being trained tells the callback what to measure by implementing the
 protocols below: :class:`SupportsRiskLosses` always; :class:`SupportsPerExampleRisks` for the risk side of
-``per_instance``; :class:`SupportsObjectiveTerms` for ``terms`` (:class:`SupportsLossTerms` for its fast path);
+``per_instance``; :class:`SupportsObjectiveTerms` for ``terms`` (:class:`SupportsLossTerms` and
+:class:`SupportsSkipUnlearnBackward` for its fast path);
 :class:`SupportsPerExampleObjective` (and, for the ranking, :class:`SupportsExampleIds`) for the objective side of
 ``per_instance``; :class:`SupportsStepRisks` for ``reuse_step_forward`` (the risks from ``training_step``'s own
 forward, without a second forward pass).
@@ -157,6 +158,27 @@ class SupportsLossTerms(Protocol):
 
     def loss_terms(self) -> Mapping[str, Tensor]:
         """The terms of the loss the latest ``training_step`` returned, differentiable scalars keyed like the terms."""
+        ...
+
+
+@runtime_checkable
+class SupportsSkipUnlearnBackward(Protocol):
+    """A :class:`SupportsLossTerms` module whose next backward can leave its unlearn term out (``terms=True``).
+
+    After the callback has differentiated the recorded unlearn term (in ``on_before_backward``) it adds that gradient
+    to ``.grad`` itself and calls ``skip_unlearn_backward()``; the module's ``backward`` that follows must then
+    differentiate only the rest of the loss: the recorded ``"regularizer"`` term divided by
+    ``trainer.accumulate_grad_batches`` (nothing when there is no regulariser), once, for that call only. The forget
+    part is then back-propagated once per micro-batch on measured steps, as on unmeasured ones, instead of twice. The
+    unlearn term's graph is freed by the callback's backward (unless ``reuse_step_forward`` needs it), so the
+    regulariser must not reach it but through the parameters (its own forward, as in every ``lit_unlearn``
+    objective); a module whose terms share a forward should not implement this protocol. The callback uses it on one
+    process with automatic optimisation and no fp16 loss scaling (the loss backward receives is then exactly the
+    terms' sum over the accumulation steps).
+    """
+
+    def skip_unlearn_backward(self) -> None:
+        """Make the next ``backward`` differentiate the recorded regulariser term alone."""
         ...
 
 
@@ -423,9 +445,12 @@ class GEffectCallback(Callback):
             (:class:`SupportsObjectiveTerms`): rows with ``term="unlearn"`` (the paper's G-effect) and
             ``term="regularizer"`` next to ``term="total"``. With :class:`SupportsLossTerms` on one process with
             automatic optimisation (every ``lit_unlearn`` objective), the unlearn term's gradient is taken from the
-            step's own forward just before its backward (one backward through the forget part, no forward; one
-            gradient copy) and the regulariser's is ``.grad`` minus it (exact up to the float32 rounding of those two
-            gradients: a few ulps of the larger term's G-effect). Otherwise each term's gradient comes from
+            step's own forward just before its backward (no forward; one gradient copy) and the regulariser's is
+            ``.grad`` minus it (exact up to the float32 rounding of those two gradients: a few ulps of the larger
+            term's G-effect); with :class:`SupportsSkipUnlearnBackward` too (every ``lit_unlearn`` objective; not
+            under fp16 loss scaling) that gradient goes into ``.grad`` and the module's backward differentiates the
+            regulariser alone, so the forget part is back-propagated once, as on an unmeasured step, and ``.grad`` is
+            bit for bit the whole loss's. Otherwise each term's gradient comes from
             its own backward pass of ``objective_terms``, independently of ``.grad``, so ``unlearn + regularizer =
             total`` holds as a check (exactly, up to float rounding, without dropout; under DDP the terms use the
             all-reduced risk gradient, one gradient all-reduce per risk); that costs one forward of the objective and
@@ -579,6 +604,10 @@ class GEffectCallback(Callback):
         #: ``terms`` through :class:`SupportsLossTerms` (decided at fit start), and while a measured step's
         #: micro-batches run: the unlearn term's accumulated gradient per parameter, and the terms recorded.
         self._loss_terms = False
+        #: The fast path hands the unlearn term's gradient to ``.grad`` (:class:`SupportsSkipUnlearnBackward`).
+        self._skip_unlearn = False
+        #: The gradients accumulated before the micro-batch being differentiated, per parameter (see above).
+        self._set_aside: list[tuple[Tensor, Tensor | None]] = []
         self._unlearn_gradient: dict[Tensor, Tensor] = {}
         self._recorded_terms: set[str] = set()
 
@@ -747,6 +776,7 @@ class GEffectCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A second fit with the same callback starts its step counter afresh (history is kept).
         self._batches, self._batch_step, self._measured_step, self._pending = [], -1, -1, None
+        self._set_aside = []
         # Resolved here, where every rank runs the hook: trainer.log_dir is a broadcast from rank 0, which would
         # wait forever if rank 0 alone asked for it when writing the files (or after an exception on one rank).
         self._directory = self._output_dir(trainer)
@@ -760,6 +790,10 @@ class GEffectCallback(Callback):
             and pl_module.automatic_optimization
             and trainer.world_size == 1
             and not isinstance(trainer.strategy, ModelParallelStrategy)
+        )
+        # fp16 scales the loss backward receives: adding the unscaled unlearn gradient would mix the two scales.
+        self._skip_unlearn = (
+            self._loss_terms and isinstance(pl_module, SupportsSkipUnlearnBackward) and trainer.scaler is None
         )
         # The optimisers exist only from here on (after strategy.setup), so this is the earliest check for them.
         if trainer.scaler is None:
@@ -825,13 +859,35 @@ class GEffectCallback(Callback):
                 f"{step}. Record the terms of the very loss training_step returns, once per training_step."
             )
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        for p in params:
-            if p not in self._unlearn_gradient:
-                self._unlearn_gradient[p] = torch.zeros_like(p)
-        store = [self._unlearn_gradient[p] for p in params]
-        # The graph is the step's own: kept for the objective's backward that follows this hook.
-        self._gradient_dots(terms["unlearn"] / trainer.accumulate_grad_batches, params, [], store, retain_graph=True)
+        unlearn = terms["unlearn"] / trainer.accumulate_grad_batches
+        # The graph is the step's own. The objective's backward that follows this hook needs it, unless the module
+        # leaves the unlearn term out of that backward: then its part (the forget activations) is freed here, not
+        # held through the measurement, but for the risks of reuse_step_forward, which run through it.
+        keep = not self._skip_unlearn or self.reuse_step_forward
+        grads = torch.autograd.grad(unlearn, params, retain_graph=keep, allow_unused=True)
+        for p, grad in zip(params, grads, strict=True):
+            if grad is None:  # a parameter the term does not reach: zero
+                continue
+            if p in self._unlearn_gradient:
+                self._unlearn_gradient[p].add_(grad)
+            else:
+                self._unlearn_gradient[p] = grad.clone() if self._skip_unlearn else grad
+            if self._skip_unlearn:
+                # The module's backward adds the regulariser's gradient to this micro-batch's unlearn gradient, and
+                # on_after_backward adds the earlier micro-batches' sum: `g + (u + r)`, the very sums (bit for bit)
+                # of the whole loss's backward, which accumulates u + r into g.
+                self._set_aside.append((p, p.grad))
+                p.grad = grad
+        if self._skip_unlearn:
+            pl_module.skip_unlearn_backward()
         self._recorded_terms.update(terms)
+
+    @override
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for p, earlier in self._set_aside:
+            if earlier is not None:
+                p.grad = earlier.add_(p.grad)
+        self._set_aside = []
 
     # ------------------------------------------------------------------ measurement at θ_t
 
@@ -1127,8 +1183,8 @@ class GEffectCallback(Callback):
         pl_module.keep_loss_terms(False)
         if not self._recorded_terms:
             return None
-        # on_before_backward filled a buffer for every trainable parameter; params are those with a gradient.
-        return [self._unlearn_gradient[p] for p in params]
+        # on_before_backward kept a buffer for every parameter the term reaches; params are those with a gradient.
+        return [self._unlearn_gradient[p] if p in self._unlearn_gradient else torch.zeros_like(p) for p in params]
 
     def _checked_terms(self, terms: Any, source: str) -> dict[str, Tensor]:
         """Objective terms returned by ``source`` (``"<Module>.<method>"``), validated and ordered as :data:`TERMS`."""

@@ -254,6 +254,8 @@ class UnlearningModule(CausalLMModule):
         self._recorded: dict[str, Tensor] = {}
         # Per-term G-effect (GEffectCallback(terms=True)): while a dict, training_step puts the terms of its loss in it.
         self._loss_terms: dict[str, Tensor] | None = None
+        # Set by the callback once it has put the unlearn term's gradient in .grad: the next backward skips that term.
+        self._skip_unlearn = False
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -514,10 +516,21 @@ class UnlearningModule(CausalLMModule):
 
     @override
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._skip_unlearn:
+            self._skip_unlearn = False
+            regularizer = (self._loss_terms or {}).get("regularizer")
+            if regularizer is None:
+                return  # the loss is the unlearn term alone, whose gradient the callback has added to .grad
+            loss = regularizer / self.trainer.accumulate_grad_batches
         if self._step_risks is not None:
             # The callback differentiates the recorded risks through this same graph after this backward.
             kwargs["retain_graph"] = True
         super().backward(loss, *args, **kwargs)
+
+    def skip_unlearn_backward(self) -> None:
+        """:class:`~callbacks.SupportsSkipUnlearnBackward`: the callback has added the unlearn term's gradient of
+        this micro-batch to ``.grad``; the next ``backward`` differentiates the regulariser term alone."""
+        self._skip_unlearn = True
 
     def keep_loss_terms(self, keep: bool) -> None:
         """:class:`~callbacks.SupportsLossTerms`: start recording the terms of each ``training_step``'s loss

@@ -68,6 +68,8 @@ class MLPUnlearner(LightningModule):
         self.retain_weight = retain_weight
         # SupportsLossTerms: while a dict, training_step records the terms of the loss it returns.
         self._loss_terms: dict[str, Tensor] | None = None
+        # SupportsSkipUnlearnBackward: the callback has put the unlearn term's gradient in .grad.
+        self._skip_unlearn = False
 
     def per_example(self, x: Tensor, y: Tensor) -> Tensor:
         return (self.net(x).squeeze(-1) - y) ** 2
@@ -108,6 +110,18 @@ class MLPUnlearner(LightningModule):
     def loss_terms(self) -> dict[str, Tensor]:
         return dict(self._loss_terms or {})
 
+    def skip_unlearn_backward(self) -> None:
+        self._skip_unlearn = True
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._skip_unlearn:
+            self._skip_unlearn = False
+            regularizer = (self._loss_terms or {}).get("regularizer")
+            if regularizer is None:
+                return
+            loss = regularizer / self.trainer.accumulate_grad_batches
+        super().backward(loss, *args, **kwargs)
+
     def risk_losses(self, batches: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         per = self.per_example_risks(batches)
         return {name: values.mean() for name, values in per.items()}
@@ -125,6 +139,13 @@ class MLPUnlearner(LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(PairDataset(self.n), batch_size=self.batch_size, shuffle=False)
+
+
+class GradMinusUnlearnMLP(MLPUnlearner):
+    """The MLP with :class:`~callbacks.SupportsLossTerms` but without :class:`~callbacks.SupportsSkipUnlearnBackward`:
+    its backward differentiates the whole loss, and the regulariser's gradient is ``.grad`` minus the unlearn term's."""
+
+    skip_unlearn_backward = None  # type: ignore[assignment]
 
 
 class ObjectiveTermsMLP(MLPUnlearner):

@@ -10,6 +10,7 @@ from unittest.mock import Mock
 import pytest
 import torch
 from g_effect_modules import (
+    GradMinusUnlearnMLP,
     IdlessMLP,
     LlamaUnlearner,
     ManualMLPUnlearner,
@@ -693,16 +694,15 @@ def test_csv_readers_check_the_columns(tmp_path: Path) -> None:
         load_ranking(ranking)
 
 
-@pytest.mark.parametrize(
-    ("module_type", "streaming"),
-    [(MLPUnlearner, True), (MLPUnlearner, False), (ObjectiveTermsMLP, True), (ObjectiveTermsMLP, False)],
-)
+@pytest.mark.parametrize("streaming", [True, False])
+@pytest.mark.parametrize("module_type", [MLPUnlearner, GradMinusUnlearnMLP, ObjectiveTermsMLP])
 def test_terms_equal_naive_float64_dots_and_sum_to_the_total(
     tmp_path: Path, module_type: type[MLPUnlearner], streaming: bool
 ) -> None:
     # Two micro-batches: the terms decompose the accumulated gradient, averaged as Lightning averages it. With
-    # SupportsLossTerms (MLPUnlearner) the unlearn term comes from the step's own graph; without it
-    # (ObjectiveTermsMLP), from objective_terms' own forward and backward passes.
+    # SupportsLossTerms the unlearn term comes from the step's own graph (MLPUnlearner: its gradient is handed to
+    # .grad and the module's backward skips the term; GradMinusUnlearnMLP: the module's backward takes the whole
+    # loss); without it (ObjectiveTermsMLP), from objective_terms' own forward and backward passes.
     torch.manual_seed(0)
     module = module_type(batch_size=2, forget_weight=0.7, retain_weight=1.3)
     initial = copy.deepcopy(module)
@@ -762,6 +762,58 @@ def test_terms_from_the_step_run_no_objective_forward_and_match_objective_terms(
     assert {k[0] for k in fast} == {0, 2}
     for key, value in slow.items():
         assert fast[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
+
+
+class UnlearnBackwardCountingMLP(MLPUnlearner):
+    """Counts the backward passes that reach training_step's unlearn term, and keeps each step's gradient."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unlearn_backwards: list[int] = []
+        self.gradients: list[list[Tensor]] = []
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.terms(batch)
+        step = self.global_step
+        terms["unlearn"].register_hook(lambda grad: self.unlearn_backwards.append(step))
+        if self._loss_terms is not None:
+            self._loss_terms = terms
+        return sum(terms.values())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.gradients.append([p.grad.detach().clone() for p in self.parameters()])
+
+
+class WholeLossCountingMLP(UnlearnBackwardCountingMLP):
+    """The counting MLP whose backward differentiates the whole loss (no SupportsSkipUnlearnBackward)."""
+
+    skip_unlearn_backward = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("retain_weight", [1.2, 0.0])
+@pytest.mark.parametrize("skips", [True, False])
+def test_step_terms_back_propagate_the_forget_part_once_and_leave_the_update_unchanged(
+    tmp_path: Path, skips: bool, retain_weight: float
+) -> None:
+    # 4 steps of 2 micro-batches, measured every 2nd: the gradients the optimiser applies equal, bit for bit, those of
+    # the same run without the callback (the callback adds the unlearn term's gradient, the module's backward the regulariser's,
+    # if any); with SupportsSkipUnlearnBackward the unlearn term is back-propagated once per micro-batch, measured
+    # or not.
+    runs = []
+    for callbacks in ([], [GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, every_n_steps=2, save_plot=False)]):
+        torch.manual_seed(0)
+        module_type = UnlearnBackwardCountingMLP if skips else WholeLossCountingMLP
+        module = module_type(batch_size=2, forget_weight=0.8, retain_weight=retain_weight)
+        fit(module, callbacks, tmp_path / str(len(callbacks)), max_steps=4, accumulate_grad_batches=2)
+        runs.append(module)
+    plain, measured = runs
+    assert plain.unlearn_backwards == [0, 0, 1, 1, 2, 2, 3, 3]
+    # Without the handoff the measured steps (0 and 2) differentiate the unlearn term twice per micro-batch.
+    assert measured.unlearn_backwards == (plain.unlearn_backwards if skips else [0] * 4 + [1, 1] + [2] * 4 + [3, 3])
+    assert len(measured.gradients) == len(plain.gradients) == 4
+    for got, expected in zip(measured.gradients, plain.gradients, strict=True):
+        for g, e in zip(got, expected, strict=True):
+            assert torch.equal(g, e)
 
 
 class MisrecordingMLP(MLPUnlearner):

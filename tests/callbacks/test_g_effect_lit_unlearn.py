@@ -4,9 +4,11 @@ import copy
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from torch.utils.data import DataLoader
 from trainers import quiet_trainer
 from transformers import AutoTokenizer
@@ -214,3 +216,41 @@ def test_objective_side_refuses_batches_without_example_ids(
     trainer = quiet_trainer(tmp_path, [cb], max_steps=1)
     with pytest.raises(KeyError, match="TOFUUnlearnDataModule"):
         trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+
+
+class _AppliedGradients(Callback):
+    """Keeps a copy of the gradient the optimiser applies at every step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self.steps.append([p.grad.clone() for p in _trainable(pl_module)])
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("GradDiff", {}), ("NPO", {"retain_loss": "kl"}), ("WGA", {})])
+def test_terms_leave_the_applied_gradient_bit_identical(
+    name: str, kwargs: dict, tiny_model_dir: Path, micro_batches: list[dict], tmp_path: Path
+) -> None:
+    """With terms=True the callback differentiates the unlearn term and the module's backward the regulariser alone
+    (SupportsSkipUnlearnBackward): the gradient the optimiser applies is the whole loss's, bit for bit."""
+    import lit_unlearn
+
+    applied = []
+    for callbacks in ([], [GEffectCallback(terms=True, group_by="none", save_plot=False)]):
+        torch.manual_seed(0)
+        module = getattr(lit_unlearn, name)(
+            model_name_or_path=str(tiny_model_dir), lr=1e-3, warmup_epochs=0.0, **kwargs
+        )
+        record = _AppliedGradients()
+        trainer = quiet_trainer(
+            tmp_path / str(len(callbacks)), [*callbacks, record], max_steps=2, accumulate_grad_batches=2
+        )
+        trainer.fit(module, train_dataloaders=DataLoader(micro_batches * 2, batch_size=None))
+        applied.append(record.steps)
+    assert {r["term"] for r in callbacks[0].history} >= {"unlearn", "total"}
+    plain, measured = applied
+    assert len(plain) == len(measured) == 2
+    for got, expected in zip(measured, plain, strict=True):
+        for g, e in zip(got, expected, strict=True):
+            assert torch.equal(g, e)

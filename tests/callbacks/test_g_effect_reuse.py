@@ -42,7 +42,8 @@ def _run(reuse: bool, retain_loss: str, batches: list[dict[str, Any]], model_dir
     module = lit_unlearn.NPO(model_name_or_path=str(model_dir), lr=1e-3, warmup_epochs=0.0, retain_loss=retain_loss)
     forwards: list[int] = []
     module.model.register_forward_hook(lambda *_: forwards.append(module.global_step))
-    cb = GEffectCallback(every_n_steps=2, measure_update=True, save_plot=False, reuse_step_forward=reuse)
+    # terms=True: the unlearn term's backward (SupportsSkipUnlearnBackward) must keep the graph the risks reuse.
+    cb = GEffectCallback(every_n_steps=2, measure_update=True, terms=True, save_plot=False, reuse_step_forward=reuse)
     trainer = quiet_trainer(root, [cb], max_steps=3, accumulate_grad_batches=2)
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     assert module.step_risks() == [], "no graph is left behind"
@@ -59,14 +60,16 @@ def test_reused_forward_gives_the_default_g_effects(
     default = _run(False, retain_loss, batches, tiny_model_dir, tmp_path / "default")
     reused = _run(True, retain_loss, batches, tiny_model_dir, tmp_path / "reused")
 
-    rows = {(r["step"], r["risk"], r["group"]): r for r in default["history"]}
-    got = {(r["step"], r["risk"], r["group"]): r for r in reused["history"]}
+    rows = {(r["step"], r["risk"], r["term"], r["group"]): r for r in default["history"]}
+    got = {(r["step"], r["risk"], r["term"], r["group"]): r for r in reused["history"]}
     assert {key[0] for key in rows} == {0, 2}
+    assert {key[2] for key in rows} == {"unlearn", "regularizer", "total"}
     assert set(got) == set(rows)
     for key, row in rows.items():
         assert got[key]["risk_value"] == pytest.approx(row["risk_value"], rel=1e-6), key
         assert got[key]["g_effect"] == pytest.approx(row["g_effect"], rel=1e-5, abs=1e-9), key
-        assert got[key]["update_change"] == pytest.approx(row["update_change"], rel=1e-5, abs=1e-9), key
+        if key[2] == "total":  # the realised update is measured on the total
+            assert got[key]["update_change"] == pytest.approx(row["update_change"], rel=1e-5, abs=1e-9), key
 
     # Training forwards: 2 parts × 2 micro-batches per step. The default mode adds one forward per risk and
     # micro-batch on the measured steps 0 and 2; the reused mode adds none.
