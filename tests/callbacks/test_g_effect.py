@@ -796,9 +796,9 @@ def test_step_terms_back_propagate_the_forget_part_once_and_leave_the_update_unc
     tmp_path: Path, skips: bool, retain_weight: float
 ) -> None:
     # 4 steps of 2 micro-batches, measured every 2nd: the gradients the optimiser applies equal, bit for bit, those of
-    # the same run without the callback (the callback adds the unlearn term's gradient, the module's backward the regulariser's,
-    # if any); with SupportsSkipUnlearnBackward the unlearn term is back-propagated once per micro-batch, measured
-    # or not.
+    # the same run without the callback (the callback adds the unlearn term's gradient, the module's backward the
+    # regulariser's, if any); with SupportsSkipUnlearnBackward the unlearn term is back-propagated once per
+    # micro-batch, measured or not.
     runs = []
     for callbacks in ([], [GEffectCallback(layer_pattern=MLP_LAYERS, terms=True, every_n_steps=2, save_plot=False)]):
         torch.manual_seed(0)
