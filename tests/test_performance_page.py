@@ -1,21 +1,13 @@
 """docs/performance.md's tables are the ones benchmarks/performance_tables.py prints from the committed JSON."""
 
 import contextlib
-import importlib.util
 import io
 import sys
 from pathlib import Path
-from typing import Any
+
+import benchmark_scripts
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_tables() -> Any:
-    spec = importlib.util.spec_from_file_location("performance_tables", REPO / "benchmarks" / "performance_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("performance_tables", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tables(text: str) -> list[str]:
@@ -31,7 +23,7 @@ def _tables(text: str) -> list[str]:
 
 
 def test_every_printed_table_is_on_the_page() -> None:
-    tables = _load_tables()
+    tables = benchmark_scripts.load("performance_tables")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         sys_argv, sys.argv = sys.argv, ["performance_tables.py"]
@@ -47,7 +39,7 @@ def test_every_printed_table_is_on_the_page() -> None:
 
 
 def test_targets_table_counts_the_runs_that_met_each_target() -> None:
-    tables = _load_tables()
+    tables = benchmark_scripts.load("performance_tables")
     config = "g_effect every step, graph reuse"
     runs = {
         name: {"configurations": {c: {"ratio": 1.0} for c in tables.TIME_TARGETS} | {config: {"ratio": ratio}}}

@@ -5,12 +5,11 @@ the others feed the report synthetic results whose direction is known by constru
 with it.
 """
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+import benchmark_scripts
 import pytest
 
 from lit_unlearn.data.ranking import select_subset
@@ -18,15 +17,7 @@ from lit_unlearn.data.ranking import select_subset
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_report() -> Any:
-    spec = importlib.util.spec_from_file_location("tofu_tiny_report", REPO / "benchmarks" / "tofu_tiny_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tofu_tiny_report", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load_report()
+report = benchmark_scripts.load("tofu_tiny_report")
 
 
 def test_page_regenerates_from_the_committed_json() -> None:
