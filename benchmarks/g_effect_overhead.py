@@ -37,7 +37,7 @@ What is measured, honestly:
 
 Usage::
 
-    python benchmarks/g_effect_overhead.py                 # CPU, one thread, a few minutes
+    python benchmarks/g_effect_overhead.py                 # CPU, one thread, about 17 minutes here
     python benchmarks/g_effect_overhead.py --rounds 7 --steps 40
 """
 
@@ -410,8 +410,8 @@ def main() -> None:
     medians: dict[str, list[float]] = {name: [] for name in configs}
     names = list(configs)
     for r in range(args.rounds):
-        # Each round starts one configuration later, so no configuration always runs right after the same neighbour
-        # or at the same point of a round (the VM's speed drifts over minutes).
+        # Each round starts one configuration later, so no configuration always runs at the same point of a round
+        # (the VM's speed drifts over minutes).
         for name in names[r % len(names) :] + names[: r % len(names)]:
             factory = configs[name]
             timer = StepTimer()

@@ -3,8 +3,10 @@
 Usage::
 
     python benchmarks/step_memory.py --json docs/figures/step_memory.json
-    python benchmarks/g_effect_overhead.py --json docs/figures/g_effect_overhead.json   # after moving the last run's
+    python benchmarks/g_effect_overhead.py --json docs/figures/g_effect_overhead.json  # first rename the last run
     python benchmarks/performance_tables.py          # paste its output into docs/performance.md
+
+A new overhead run of the same code goes in :data:`OVERHEAD_RUNS` (the previous ``g_effect_overhead.json`` renamed).
 """
 
 import argparse

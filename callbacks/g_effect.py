@@ -165,8 +165,10 @@ class SupportsLossTerms(Protocol):
 class SupportsSkipUnlearnBackward(Protocol):
     """A :class:`SupportsLossTerms` module whose next backward can leave its unlearn term out (``terms=True``).
 
-    After the callback has differentiated the recorded unlearn term (in ``on_before_backward``) it adds that gradient
-    to ``.grad`` itself and calls ``skip_unlearn_backward()``; the module's ``backward`` that follows must then
+    After the callback has differentiated the recorded unlearn term (in ``on_before_backward``) it makes that gradient
+    ``.grad`` (setting the earlier micro-batches' sum aside, added back in its ``on_after_backward``, so the sums are
+    those of the whole loss's backward) and calls ``skip_unlearn_backward()``; the module's ``backward`` that follows
+    must then
     differentiate only the rest of the loss: the recorded ``"regularizer"`` term divided by
     ``trainer.accumulate_grad_batches`` (nothing when there is no regulariser), once, for that call only. The forget
     part is then back-propagated once per micro-batch on measured steps, as on unmeasured ones, instead of twice. The
@@ -174,7 +176,9 @@ class SupportsSkipUnlearnBackward(Protocol):
     regulariser must not reach it but through the parameters (its own forward, as in every ``lit_unlearn``
     objective); a module whose terms share a forward should not implement this protocol. The callback uses it on one
     process with automatic optimisation and no fp16 loss scaling (the loss backward receives is then exactly the
-    terms' sum over the accumulation steps).
+    terms' sum over the accumulation steps). On measured steps with gradient accumulation, ``.grad`` between the two
+    hooks holds only the current micro-batch's gradient: ``on_before_backward`` of the callbacks placed after this
+    one and of the module, and ``on_after_backward`` of the callbacks placed before it, see that partial sum.
     """
 
     def skip_unlearn_backward(self) -> None:
@@ -392,7 +396,8 @@ class GEffectCallback(Callback):
     unwrapped module (never ``.grad``, never the DDP wrapper), under
     :func:`~lightning.pytorch.utilities.seed.isolate_rng` and the precision plugin's autocast, so the training
     trajectory is bit-identical with and without the callback (a module may change how it runs a step the callback
-    measures, e.g. ``lit_unlearn``'s ``backward_per_part``: then equal up to float rounding).
+    measures, e.g. ``lit_unlearn``'s ``backward_per_part``, or ``terms`` with :class:`SupportsSkipUnlearnBackward` on a
+    model that uses a parameter twice in a forward: then equal up to float rounding).
     Dot products accumulate in float32; under DDP the local dots are averaged over ranks (one all-reduce), which equals
     the global G-effect exactly when the ranks' batches have equal sizes.
 
@@ -450,7 +455,8 @@ class GEffectCallback(Callback):
             term's G-effect); with :class:`SupportsSkipUnlearnBackward` too (every ``lit_unlearn`` objective; not
             under fp16 loss scaling) that gradient goes into ``.grad`` and the module's backward differentiates the
             regulariser alone, so the forget part is back-propagated once, as on an unmeasured step, and ``.grad`` is
-            bit for bit the whole loss's. Otherwise each term's gradient comes from
+            the whole loss's (bit for bit unless a parameter is used twice in a forward, e.g. a tied head: then up to
+            float rounding). Otherwise each term's gradient comes from
             its own backward pass of ``objective_terms``, independently of ``.grad``, so ``unlearn + regularizer =
             total`` holds as a check (exactly, up to float rounding, without dropout; under DDP the terms use the
             all-reduced risk gradient, one gradient all-reduce per risk); that costs one forward of the objective and
