@@ -233,15 +233,18 @@ def test_terms_leave_the_applied_gradient_bit_identical(
     name: str, kwargs: dict, tiny_model_dir: Path, micro_batches: list[dict], tmp_path: Path
 ) -> None:
     """With terms=True the callback differentiates the unlearn term and the module's backward the regulariser alone
-    (SupportsSkipUnlearnBackward): the gradient the optimiser applies is the whole loss's, bit for bit."""
+    (SupportsSkipUnlearnBackward): the gradient the optimiser applies is the whole loss's, bit for bit (the tiny
+    model's head is untied: a parameter used twice in a forward would sum its contributions in another order)."""
     import lit_unlearn
 
-    applied = []
-    for callbacks in ([], [GEffectCallback(terms=True, group_by="none", save_plot=False)]):
+    applied, handoffs = [], []
+    for run, callbacks in enumerate([[], [GEffectCallback(terms=True, group_by="none", save_plot=False)]]):
         torch.manual_seed(0)
         module = getattr(lit_unlearn, name)(
             model_name_or_path=str(tiny_model_dir), lr=1e-3, warmup_epochs=0.0, **kwargs
         )
+        skip = module.skip_unlearn_backward
+        module.skip_unlearn_backward = lambda skip=skip, run=run: handoffs.append(run) or skip()
         record = _AppliedGradients()
         trainer = quiet_trainer(
             tmp_path / str(len(callbacks)), [*callbacks, record], max_steps=2, accumulate_grad_batches=2
@@ -249,6 +252,8 @@ def test_terms_leave_the_applied_gradient_bit_identical(
         trainer.fit(module, train_dataloaders=DataLoader(micro_batches * 2, batch_size=None))
         applied.append(record.steps)
     assert {r["term"] for r in callbacks[0].history} >= {"unlearn", "total"}
+    # The handoff ran for each micro-batch of the measured run (2 steps x 2), and only there.
+    assert handoffs == [1] * 4
     plain, measured = applied
     assert len(plain) == len(measured) == 2
     for got, expected in zip(measured, plain, strict=True):
