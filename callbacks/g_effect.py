@@ -168,8 +168,7 @@ class SupportsSkipUnlearnBackward(Protocol):
     After the callback has differentiated the recorded unlearn term (in ``on_before_backward``) it makes that gradient
     ``.grad`` (setting the earlier micro-batches' sum aside, added back in its ``on_after_backward``, so the sums are
     those of the whole loss's backward) and calls ``skip_unlearn_backward()``; the module's ``backward`` that follows
-    must then
-    differentiate only the rest of the loss: the recorded ``"regularizer"`` term divided by
+    must then differentiate only the rest of the loss: the recorded ``"regularizer"`` term divided by
     ``trainer.accumulate_grad_batches`` (nothing when there is no regulariser), once, for that call only. The forget
     part is then back-propagated once per micro-batch on measured steps, as on unmeasured ones, instead of twice. The
     unlearn term's graph is freed by the callback's backward (unless ``reuse_step_forward`` needs it), so the
