@@ -4,6 +4,8 @@ This module knows nothing of the extra commands (``quickstart``, ``summarize``, 
 console script's dispatcher (``lit_unlearn.cli``) builds on both, so no import ever points back up.
 """
 
+import os
+import traceback
 import warnings
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -45,17 +47,24 @@ class LitUnlearnCLI(LightningCLI):
             # jsonargparse reports a class that failed to build as a Union that "does not validate" (a trainer,
             # model or data module is `X | None`), a screenful of namespaces in which the cause, e.g. "Tokenizer
             # directory ... does not exist", is one line: name that cause, as argparse names a bad option.
-            cause = _root_cause(err)
+            cause = _first_cause_outside_jsonargparse(err)
             if cause is err:
                 raise
             self.parser.error(f"{type(cause).__name__}: {cause}")
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    """The innermost exception of ``err``'s ``__cause__`` chain (``err`` itself when it has none)."""
-    while err.__cause__ is not None:
+def _first_cause_outside_jsonargparse(err: BaseException) -> BaseException:
+    """The first exception of ``err``'s ``__cause__`` chain raised by code other than jsonargparse (``err`` itself
+    when there is none): the message written for the user. Not the innermost one, which can be a library's own
+    (``LocalEntryNotFoundError`` under the loader's error that names the Hub id and the fix)."""
+    while err.__cause__ is not None and _raised_in_jsonargparse(err):
         err = err.__cause__
     return err
+
+
+def _raised_in_jsonargparse(err: BaseException) -> bool:
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and f"{os.sep}jsonargparse{os.sep}" in frames[-1].filename
 
 
 def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:

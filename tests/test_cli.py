@@ -89,6 +89,12 @@ def test_fit_with_model_parallel_strategy_and_g_effect(tiny_model_dir: Path, tof
     [
         ("--model.model_name_or_path=/no/model", "FileNotFoundError: Tokenizer directory '/no/model'"),
         ("--model.lr=-1", "ValueError: lr must be positive, got -1.0."),
+        # Offline, a Hub id that is not cached: the loader's message (the id and the fix), not the innermost
+        # huggingface_hub error below it, which names neither.
+        (
+            "--model.model_name_or_path=no-owner/no-such-model",
+            "OSError: Could not load the tokenizer 'no-owner/no-such-model'",
+        ),
     ],
 )
 def test_a_class_that_fails_to_build_is_named_in_one_line(
