@@ -147,6 +147,7 @@ def ensure_finetuned(job: ModelJob, run: Callable[[list[str]], Any] = run_lightn
             *job.overrides,
             f"--model.model_name_or_path={cache / f'init_{job.name}'}",
             f"--model.output_dir={out_dir}",
+            "--model.overwrite_output_dir=true",  # a stale cache entry is rebuilt in place
             f"--data.data_dir={job.data_dir}",
             "--trainer.limit_val_batches=0",
             "--trainer.enable_progress_bar=false",

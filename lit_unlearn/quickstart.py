@@ -227,6 +227,7 @@ def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
         f"--model.model_name_or_path={target}",
         f"--model.lr={inputs.lr}",
         f"--model.output_dir={out / 'unlearned'}",
+        "--model.overwrite_output_dir=true",  # the quickstart's folder is its own: a re-run redoes it
         f"--model.evaluation.retain_eval_path={retain_eval}",
         f"--data.data_dir={inputs.data_dir}",
         "--trainer.limit_val_batches=0",

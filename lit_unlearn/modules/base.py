@@ -156,6 +156,8 @@ class UnlearningModule(CausalLMModule):
         lora: Train LoRA adapters only (needs ``pip install 'lit-unlearn[lora]'``); the reference is then the base
             model with the adapters disabled, so no second copy of the weights is held.
         output_dir: Where the unlearned model and tokenizer are saved (``save_pretrained``) when ``fit`` ends.
+        overwrite_output_dir: Let ``fit`` replace a model already saved in ``output_dir``; ``False``: ``fit`` refuses
+            to start there, so an earlier run's model is never lost by running again.
         evaluation: TOFU evaluation settings for ``validate``/``test`` and in-training validation.
         gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
             storing them (non-reentrant activation checkpointing): activation memory falls from every block's
@@ -198,6 +200,7 @@ class UnlearningModule(CausalLMModule):
         attn_implementation: str | None = None,
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
+        overwrite_output_dir: bool = False,
         evaluation: EvalSettings | None = None,
         gradient_checkpointing: bool = False,
         backward_per_part: bool = False,
@@ -227,6 +230,7 @@ class UnlearningModule(CausalLMModule):
             attn_implementation=attn_implementation,
             lora=lora,
             output_dir=output_dir,
+            overwrite_output_dir=overwrite_output_dir,
             evaluation=evaluation,
             gradient_checkpointing=gradient_checkpointing,
         )

@@ -176,6 +176,7 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
         evaluation: EvalSettings | None = None,
         tokenizer_name: str | None = None,
         gradient_checkpointing: bool = False,
+        overwrite_output_dir: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -203,6 +204,7 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
                 "(save_pretrained). Pass a directory path, new or existing."
             )
         self.output_dir = output_dir
+        self.overwrite_output_dir = overwrite_output_dir
         self.eval_settings = evaluation or EvalSettings()
         self.uses_lora = lora is not None
         self.lora_settings = lora
@@ -259,6 +261,17 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
             epochs = max_epochs if max_epochs is not None and max_epochs > 0 else 1
             scheduler = self.schedule.scheduler(optimizer, total, epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def on_fit_start(self) -> None:
+        # Checked when fit starts, not at construction: `validate`/`test` build the module from the same config and
+        # save nothing. Checked before the first step, so a refused run costs no training.
+        if self.output_dir and (Path(self.output_dir) / "config.json").exists() and not self.overwrite_output_dir:
+            raise FileExistsError(
+                f"{type(self).__name__}: output_dir {self.output_dir!r} already holds a saved model (config.json), "
+                "which this fit would replace when it ends. Pass another output_dir, or "
+                "--model.overwrite_output_dir=true to replace it."
+            )
 
     @override
     def on_fit_end(self) -> None:

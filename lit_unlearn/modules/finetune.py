@@ -96,6 +96,8 @@ class Finetune(CausalLMModule):
         lora: Train LoRA adapters only (needs ``pip install 'lit-unlearn[lora]'``).
         output_dir: Where the fine-tuned model and tokenizer are saved with ``save_pretrained`` when ``fit`` ends
             (LoRA: the adapters merged into the base weights, so the directory loads as a plain model).
+        overwrite_output_dir: Let ``fit`` replace a model already saved in ``output_dir``; ``False``: ``fit`` refuses
+            to start there, so an earlier run's model is never lost by running again.
         evaluation: TOFU evaluation settings for ``validate``/``test``.
         gradient_checkpointing: Recompute each decoder block's activations in the backward pass instead of
             storing them (non-reentrant activation checkpointing): activation memory falls from every block's
@@ -131,6 +133,7 @@ class Finetune(CausalLMModule):
         attn_implementation: str | None = None,
         lora: LoraSettings | None = None,
         output_dir: str | None = None,
+        overwrite_output_dir: bool = False,
         evaluation: EvalSettings | None = None,
         gradient_checkpointing: bool = False,
         rows_per_forward: int | None = None,
@@ -157,6 +160,7 @@ class Finetune(CausalLMModule):
             attn_implementation=attn_implementation,
             lora=lora,
             output_dir=output_dir,
+            overwrite_output_dir=overwrite_output_dir,
             evaluation=evaluation,
             tokenizer_name=tokenizer_name,
             gradient_checkpointing=gradient_checkpointing,

@@ -327,6 +327,23 @@ def test_saves_hf_directory_at_fit_end(tiny_model_dir, tmp_path) -> None:
     assert AutoTokenizer.from_pretrained(out).eos_token == cli.model.tokenizer.eos_token
 
 
+def test_fit_refuses_an_output_dir_holding_a_model_unless_told_to_overwrite(tiny_model_dir, tmp_path) -> None:
+    out = tmp_path / "unlearned"
+    first = run_lightning_cli(_cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}"]))
+    saved = (out / "model.safetensors").read_bytes()
+    again = _cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}", "--model.lr=5e-3"])
+    with pytest.raises(
+        FileExistsError, match=r"output_dir '.*unlearned' already holds a saved model.*overwrite_output_dir=true"
+    ):
+        run_lightning_cli(again)
+    assert (out / "model.safetensors").read_bytes() == saved  # the first run's model is intact
+    second = run_lightning_cli([*again, "--model.overwrite_output_dir=true"])
+    assert second.trainer.global_step == first.trainer.global_step == 3
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    for (n, p), (_, q) in zip(second.model.model.named_parameters(), reloaded.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
 def test_lora_trains_only_adapters(tiny_model_dir, tmp_path) -> None:
     pytest.importorskip("peft")
     cli = run_lightning_cli(
