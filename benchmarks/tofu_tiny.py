@@ -24,6 +24,7 @@ Usage::
     python benchmarks/tofu_tiny.py all                   # every stage, then the JSON, tables and figures
     python benchmarks/tofu_tiny.py select --variants WGA GA
     python benchmarks/tofu_tiny.py seeds --splits forget01      # one split's seed runs (resumable, cumulative)
+    python benchmarks/tofu_tiny.py seeds --splits forget05 --variants WGA WTNPO   # some cells of a split
     python benchmarks/tofu_tiny.py report                # tables and figures again from docs/figures/tofu_tiny.json
 """
 
@@ -548,7 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get(TOFU_DIR_ENV))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures", help="the JSON and the figures")
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "results.md")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants of `select` and `seeds`"
+    )
     parser.add_argument(
         "--splits", nargs="+", default=list(FORGET_SPLITS), choices=FORGET_SPLITS, help="forget splits of `seeds`"
     )
@@ -604,7 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage != "models":
         result["selection"] = result.get("selection", {}) | stage_select(args.variants, setting, refs, args.workers)
     if args.stage in ("seeds", "all"):
-        stage_seeds(result["selection"], args.splits if args.stage == "seeds" else FORGET_SPLITS, setting, args.workers)
+        chosen = {v: choice for v, choice in result["selection"].items() if v in args.variants}
+        stage_seeds(chosen, args.splits if args.stage == "seeds" else FORGET_SPLITS, setting, args.workers)
     if args.stage in ("instances", "all"):
         result["instances"] = stage_instances(setting, args.workers)
     if args.stage != "models":

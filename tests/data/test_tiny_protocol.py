@@ -1,6 +1,7 @@
 """The shipped tiny configs follow the paper's data protocol: the evaluated retain rows are never in the
 regulariser's pool, and every author the unlearning touches or evaluates was learned by the tiny target."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -82,3 +83,40 @@ def test_results_benchmark_keeps_evaluated_retain_rows_outside_the_pool(tmp_path
             assert pool <= target
             assert evaluated <= target
             assert _pairs(module.forget_rows()[0]) <= target
+
+
+def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seeds --splits forget05 --variants WGA WTNPO` queues those cells' seed runs and nothing else (the learning-rate
+    grid of forget01 is looked up, as for every stage)."""
+    import benchmark_scripts
+
+    from lit_unlearn.model_cache import PreparedModel
+
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    models = {n: PreparedModel(n, str(tmp_path / n)) for n in ("target", "retain01", "retain05")}
+    monkeypatch.setattr(tofu_tiny.tiny_deep_models, "build", lambda *a, **k: models)
+    monkeypatch.setattr(
+        tofu_tiny, "references", lambda models, splits, setting: {s: {"target": {"model_utility": 1.0}} for s in splits}
+    )
+    monkeypatch.setattr(tofu_tiny, "describe_model", lambda model_dir: {})
+    monkeypatch.setattr(tofu_tiny, "write_result", lambda result, out, page: out)
+    queued: list = []
+
+    def fake_run_all(specs: list, setting: object, workers: int) -> list:
+        queued.extend(specs)
+        return [{"spec": {"lr": 1e-4, "variant": s.variant}, "summary": {"model_utility": 1.0, "forget_quality": 0.5}}
+                for s in specs]  # fmt: skip
+
+    monkeypatch.setattr(tofu_tiny, "run_all", fake_run_all)
+    monkeypatch.setattr(tofu_tiny, "_brief", lambda record: {})
+    monkeypatch.setattr(tofu_tiny, "cached_runs", lambda selection, setting: [])
+    # An earlier selection of every variant is on record: the stage must still run only the named ones.
+    (tmp_path / "figures").mkdir()
+    earlier = {"selection": {v: {"lr": 3e-4, "runs": []} for v in tofu_tiny.VARIANTS}}
+    (tmp_path / "figures" / "tofu_tiny.json").write_text(json.dumps(earlier))
+    argv = ["seeds", "--splits", "forget05", "--variants", "WGA", "WTNPO", "--data-dir", "unused"]
+    tofu_tiny.main([*argv, "--cache-dir", str(tmp_path), "--out", str(tmp_path / "figures")])
+    grid = {(s.variant, s.split) for s in queued if s.seed == 0 and s.split == "forget01"}
+    assert grid == {(v, "forget01") for v in ("WGA", "WTNPO")}
+    seeds = [(s.variant, s.split, s.seed) for s in queued if s.split != "forget01"]
+    assert seeds == [(v, "forget05", seed) for v in ("WGA", "WTNPO") for seed in tofu_tiny.SEEDS]
