@@ -461,11 +461,17 @@ def stage_seeds(selection: Mapping[str, Any], splits: Sequence[str], setting: Se
 
 
 def cached_runs(selection: Mapping[str, Any], setting: Setting) -> list[dict[str, Any]]:
-    """The seed runs of every split that the cache holds, in spec order: the tables cover what has been run, and the
-    page lists the (variant, split) cells that have not."""
-    records = [_cached(spec, replace(setting, force=False)) for spec in seed_specs(selection, FORGET_SPLITS)]
+    """The seed runs of every (variant, split) cell whose every seed the cache holds, in spec order: a reported cell
+    has all of :data:`SEEDS`, and the page lists the cells that do not (yet)."""
+    specs = seed_specs(selection, FORGET_SPLITS)
+    records = [_cached(spec, replace(setting, force=False)) for spec in specs]
+    incomplete = {(s.variant, s.split) for s, r in zip(specs, records, strict=True) if r is None}
     keys = ("spec", "steps", "fit_s", "eval_s", "summary", "g_effect")
-    return [{k: r[k] for k in keys} for r in records if r is not None]
+    return [
+        {k: r[k] for k in keys}
+        for s, r in zip(specs, records, strict=True)
+        if r is not None and (s.variant, s.split) not in incomplete
+    ]
 
 
 def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:

@@ -120,3 +120,21 @@ def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, mon
     assert grid == {(v, "forget01") for v in ("WGA", "WTNPO")}
     seeds = [(s.variant, s.split, s.seed) for s in queued if s.split != "forget01"]
     assert seeds == [(v, "forget05", seed) for v in ("WGA", "WTNPO") for seed in tofu_tiny.SEEDS]
+
+
+def test_only_cells_with_every_seed_are_reported(tmp_path: Path) -> None:
+    """A (variant, split) cell enters the JSON's runs only once every seed of it is cached."""
+    import benchmark_scripts
+
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    setting = tofu_tiny.Setting(str(tmp_path), "unused", "unused", {}, 32, tofu_tiny.RETAIN_EVAL_ROWS)
+    selection = {"GA": {"lr": 3e-4}, "WGA": {"lr": 3e-4}}
+    record = {"steps": 1, "fit_s": 1.0, "eval_s": 1.0, "summary": {}, "g_effect": {}}
+    cached = [("GA", "forget05", s) for s in tofu_tiny.SEEDS] + [("WGA", "forget05", s) for s in tofu_tiny.SEEDS[:-1]]
+    for variant, split, seed in cached:
+        spec = tofu_tiny.RunSpec(variant, split, 3e-4, seed)
+        path = tmp_path / "runs" / spec.run_id / "run.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(record | {"spec": {"variant": variant, "split": split, "seed": seed}}))
+    runs = tofu_tiny.cached_runs(selection, setting)
+    assert [(r["spec"]["variant"], r["spec"]["split"], r["spec"]["seed"]) for r in runs] == cached[:3]
