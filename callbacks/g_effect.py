@@ -1544,24 +1544,38 @@ class GEffectCallback(Callback):
             ax.set_ylabel("G-effect e = ∇R·∇L")
             ax.legend(fontsize=7, ncol=2)
             totals = [r for r in mine if r["level"] == "total" and r["term"] == "total"]
-            # The raw-gradient prediction gets its own right axis: under Adam it can be orders of magnitude smaller
-            # than the realised change and would be a flat line at zero on a shared axis.
+            series = {
+                key: [(r["step"], r[key]) for r in totals if r[key] is not None]
+                for key in ("cumulative_realised_change", "cumulative_update_change", "cumulative_predicted_change")
+            }
+            # The raw-gradient prediction shares the axis of the measured series unless their scales differ by more
+            # than 10x: under Adam it can be orders of magnitude smaller than the realised change and would be a flat
+            # line at zero there, so it gets a right axis of its own (which would make any shape look alike, hence
+            # only then). Alone (neither measured), it takes the left axis.
+            measured = [abs(y) for key in series if key != "cumulative_predicted_change" for _, y in series[key]]
+            raw = [abs(y) for _, y in series["cumulative_predicted_change"]]
+            ratio = max(raw, default=0.0) / max(max(measured, default=0.0), 1e-30)
+            beside = bool(measured) and bool(raw) and not 0.1 <= ratio <= 10.0
             handles = []
-            for axis, key, label, color in [
-                (ax_cum, "cumulative_realised_change", "realised", "black"),
-                (ax_cum, "cumulative_update_change", "predicted (∇R·Δθ)", "tab:blue"),
-                (None, "cumulative_predicted_change", "predicted (−Σ η e), right axis", "tab:orange"),
+            for key, label, color in [
+                ("cumulative_realised_change", "realised", "black"),
+                ("cumulative_update_change", "predicted (∇R·Δθ)", "tab:blue"),
+                (
+                    "cumulative_predicted_change",
+                    "predicted (−Σ η e)" + (", right axis" if beside else ""),
+                    "tab:orange",
+                ),
             ]:
-                pts = [(r["step"], r[key]) for r in totals if r[key] is not None]
-                if pts:
-                    if axis is None:
+                if series[key]:
+                    axis = ax_cum
+                    if key == "cumulative_predicted_change" and beside:
                         axis = ax_cum.twinx()
                         axis.set_ylabel("−Σ η e (risk units)", color=color)
-                    xs, ys = zip(*pts, strict=True)
+                    xs, ys = zip(*series[key], strict=True)
                     handles += axis.plot(xs, ys, label=label, color=color)
             ax_cum.set_title(f"cumulative change of the {risk} risk")
             ax_cum.set_xlabel("optimiser step")
-            ax_cum.set_ylabel("cumulative risk change")
+            ax_cum.set_ylabel("cumulative risk change" if measured else "−Σ η e (risk units)")
             if handles:
                 ax_cum.legend(handles=handles, fontsize=7)
         tmp = path.with_name(f".{path.name}.tmp")

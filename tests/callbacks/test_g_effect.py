@@ -1006,3 +1006,27 @@ def test_rows_saved_before_terms_and_sides_load_as_total_and_risk() -> None:
     # In the declared key order, which is the column order of the CSV file.
     assert list(cb.history[0]) == list(typing.get_type_hints(GEffectRow))
     assert cb.instance_history == [{**instance_row, "side": "risk", "example": None}]
+
+
+@pytest.mark.parametrize(("measure_update", "raw_scale", "axes"), [(False, 1.0, 4), (True, 1.0, 4), (True, 1e-3, 6)])
+def test_plot_leaves_no_axis_empty(
+    measure_update: bool, raw_scale: float, axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cumulative panel: the raw prediction −Σηe takes the left axis when it is the only series (no empty left
+    axis beside it), shares it with the update-aware prediction of a similar scale (SGD: they agree), and gets a
+    right axis of its own only when the scales differ by more than 10x (as under Adam)."""
+    from matplotlib.figure import Figure
+
+    drawn: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    cb = GEffectCallback(layer_pattern=MLP_LAYERS, measure_update=measure_update, save_plot=False)
+    fit(MLPUnlearner(), [cb], tmp_path, max_steps=3)
+    for row in cb.history:
+        if row["cumulative_predicted_change"] is not None:
+            row["cumulative_predicted_change"] *= raw_scale
+    monkeypatch.setattr("os.replace", lambda *a: None)
+    cb._write_plot(tmp_path / "g_effect.png")
+    (fig,) = drawn
+    assert len(fig.axes) == axes  # 2 risks x 2 panels (+ a right axis per risk)
+    for ax in fig.axes:
+        assert ax.get_lines(), ax.get_title() or ax.get_ylabel()
