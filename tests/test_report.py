@@ -289,3 +289,29 @@ def test_report_without_history_has_no_g_effect_section(tmp_path: Path) -> None:
     text, _ = write(tmp_path, [])
     assert "G-effect" not in text
     assert len(markdown_tables(text)) == 3
+
+
+@pytest.mark.parametrize(("raw_scale", "axes"), [(1.0, 2), (1e-3, 4)])
+def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scale(
+    raw_scale: float, axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raw prediction shares the realised change's axis within 10x of its scale (a right axis of its own would
+    make any two shapes look alike) and gets a right axis, labelled with the factor, beyond."""
+    from matplotlib.figure import Figure
+
+    from lit_unlearn.report.figures import plot_risk_changes
+
+    drawn: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    history = [
+        {"risk": risk, "level": "total", "term": "total", "step": step, "cumulative_realised_change": 0.1 * step,
+         "cumulative_update_change": 0.09 * step, "cumulative_predicted_change": raw_scale * 0.08 * step}
+        for risk in ("forget", "retain") for step in range(1, 4)
+    ]  # fmt: skip
+    plot_risk_changes(history, tmp_path / "risk_changes.png")
+    (fig,) = drawn
+    assert len(fig.axes) == axes
+    labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
+    raw = [label for label in labels if label.startswith("raw-gradient prediction")]
+    assert len(raw) == 2
+    assert all(("right axis; 0.0008x" in label) == (raw_scale < 1) for label in raw)

@@ -115,8 +115,9 @@ def plot_risk_changes(history: Sequence[GEffectRow], path: Path) -> Path | None:
     """Cumulative realised risk change against the two first-order predictions, one panel per risk.
 
     The realised change and the update-aware prediction share the left axis (same scale under any optimiser); the
-    raw-gradient prediction ``Σ −η·e`` gets its own right axis because under AdamW it can be orders of magnitude
-    smaller, and would otherwise be a flat line at zero.
+    raw-gradient prediction ``Σ −η·e`` joins them when its scale is within 10x of theirs, and otherwise gets its own
+    right axis, labelled with the scale factor: under AdamW it can be orders of magnitude smaller and would be a flat
+    line at zero, while a right axis of its own makes any two shapes look alike.
     """
     risks = list(dict.fromkeys(r["risk"] for r in history))
     if not risks:
@@ -137,17 +138,16 @@ def plot_risk_changes(history: Sequence[GEffectRow], path: Path) -> Path | None:
         ax.axhline(0.0, color="grey", linewidth=0.6)
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(f"cumulative change of the {risk} risk (nats)")
-        raw = ax.twinx()
-        handles += raw.plot(
-            steps,
-            [r["cumulative_predicted_change"] for r in rows],
-            label="raw-gradient prediction Σ −η·e (right axis)",
-            color="tab:orange",
-            linestyle="--",
-            linewidth=1.4,
-        )
-        raw.set_ylabel("Σ −η·e (nats, right axis)", color="tab:orange")
-        raw.tick_params(axis="y", colors="tab:orange")
+        raw_values = [r["cumulative_predicted_change"] for r in rows]
+        measured = [abs(y) for line in ax.get_lines() for y in line.get_ydata()]
+        scale = max(map(abs, raw_values), default=0.0) / max(max(measured, default=0.0), 1e-30)
+        label, raw = "raw-gradient prediction Σ −η·e", ax
+        if measured and not 0.1 <= scale <= 10.0:
+            label += f" (right axis; {scale:.2g}x the left's scale)"
+            raw = ax.twinx()
+            raw.set_ylabel("Σ −η·e (nats, right axis)", color="tab:orange")
+            raw.tick_params(axis="y", colors="tab:orange")
+        handles += raw.plot(steps, raw_values, label=label, color="tab:orange", linestyle="--", linewidth=1.4)
         ax.set_title(f"{risk} risk: realised vs first-order predictions")
         ax.legend(handles=handles, fontsize=7, loc="best")
     return _save(fig, path)
