@@ -89,6 +89,8 @@ def test_fit_with_model_parallel_strategy_and_g_effect(tiny_model_dir: Path, tof
     [
         ("--model.model_name_or_path=/no/model", "FileNotFoundError: Tokenizer directory '/no/model'"),
         ("--model.lr=-1", "ValueError: lr must be positive, got -1.0."),
+        # A wrong data folder is reported when the data module is built, before any training.
+        ("--data.data_dir=/no/tofu", "FileNotFoundError: TOFU split 'forget01': /no/tofu/forget01.json does not exist"),
         # Offline, a Hub id that is not cached: the loader's message (the id and the fix), not the innermost
         # huggingface_hub error below it, which names neither.
         (

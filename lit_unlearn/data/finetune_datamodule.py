@@ -10,7 +10,7 @@ from lit_unlearn.data.datasets import QACollator, QADataset
 from lit_unlearn.data.formatting import PromptFormat
 from lit_unlearn.data.loaders import seeded_loader
 from lit_unlearn.data.subsets import FULL_OFFSETS, author_of, check_authors, forget_authors, full_indices
-from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, TOFU_SPLITS, load_tofu, resolve_tofu_file
+from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, TOFU_SPLITS, check_local_tofu_files, load_tofu, resolve_tofu_file
 from lit_unlearn.models.hub import load_tokenizer
 
 AuthorSplit = Literal["full", "retain99", "retain95", "retain90", "forget01", "forget05", "forget10"]
@@ -104,6 +104,7 @@ class TOFUFinetuneDataModule(LightningDataModule):
         ):
             _positive(value, name)
         self.save_hyperparameters()
+        check_local_tofu_files(self.tofu_splits(), data_dir)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: QADataset | None = None
 
@@ -111,17 +112,21 @@ class TOFUFinetuneDataModule(LightningDataModule):
         hp = self.hparams
         return hp.authors is not None or hp.num_authors is not None or hp.include_forget_authors is not None
 
-    def prepare_data(self) -> None:
-        """Download the needed TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
+    def tofu_splits(self) -> set[str]:
+        """The TOFU files this data module reads: the training splits, the excluded one, ``full`` to select by."""
         hp = self.hparams
         splits = {hp.split, *(hp.extra_splits or [])}
         if hp.exclude_split is not None:
             splits.add(hp.exclude_split)
         if self._selecting() or hp.exclude_split is not None:
             splits.add("full")
-        for split in sorted(splits):
-            resolve_tofu_file(split, hp.data_dir)
-        load_tokenizer(hp.tokenizer_name_or_path)
+        return splits
+
+    def prepare_data(self) -> None:
+        """Download the needed TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
+        for split in sorted(self.tofu_splits()):
+            resolve_tofu_file(split, self.hparams.data_dir)
+        load_tokenizer(self.hparams.tokenizer_name_or_path)
 
     def training_rows(self) -> tuple[list[dict], list[str]]:
         """The training rows and a name for each (``"full[17]"``: row 17 of ``full.json``), in file order.

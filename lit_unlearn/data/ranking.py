@@ -36,11 +36,13 @@ REQUIRED_ID_COLUMNS = ("index", "question")
 def check_subset_options(
     ranking_file: str | None, ranking_column: str, subset: str | None, fraction: float | None
 ) -> None:
-    """Validate the subset options without reading any file (the DataModule's ``__init__`` calls it).
+    """Validate the subset options without reading any file (the DataModule's ``__init__`` calls it): only the
+    ranking file's existence is checked, so a wrong path is reported before any model trains.
 
     Raises:
         ValueError: an unknown ``subset``, ``fraction`` outside (0, 1], a fraction without a subset or the reverse, a
             ranking without a subset, ``top``/``bottom`` without a ranking, or a column that is not ``g_effect_<risk>``.
+        FileNotFoundError: ``ranking_file`` is not a file.
     """
     if subset is None:
         if fraction is not None or ranking_file is not None:
@@ -64,6 +66,17 @@ def check_subset_options(
         raise ValueError(
             f"ranking_column={ranking_column!r}: a ranking is sorted by one of its {RANKING_PREFIX}<risk> columns, "
             f"e.g. '{RANKING_PREFIX}retain' or '{RANKING_PREFIX}forget'."
+        )
+    if ranking_file is not None:
+        _check_ranking_file(ranking_file)
+
+
+def _check_ranking_file(path: str) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"ranking_file={path!r} does not exist; give the g_effect_ranking.csv written by "
+            "GEffectCallback(per_instance='objective') in its output_dir (or the ranking run's log folder, e.g. "
+            "runs/tofu_paper/tiny_ga/version_0/g_effect_ranking.csv)."
         )
 
 
@@ -129,12 +142,8 @@ def select_subset(
 
 def _ranking_values(path: str, column: str, questions: Sequence[str], split: str) -> list[float]:
     """``column``'s value for every row of the split, from a ranking file validated against the split's questions."""
+    _check_ranking_file(path)
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"ranking_file={path!r} does not exist; give the g_effect_ranking.csv written by "
-            "GEffectCallback(per_instance='objective') in its output_dir."
-        )
     rows = load_ranking(file)
     risk = column[len(RANKING_PREFIX) :]
     risks = list(rows[0]["g_effect"]) if rows else []

@@ -8,6 +8,7 @@ is accepted too, since hand-made copies are often written that way.
 import json
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -112,6 +113,20 @@ def resolve_tofu_file(split: str, data_dir: str | Path | None = None) -> Path:
             f"TOFU split {split!r}: could not download {filename} from the Hub dataset {TOFU_REPO_ID} "
             f"({type(err).__name__}: {err}). Without network, {fix}"
         ) from err
+
+
+def check_local_tofu_files(splits: Iterable[str], data_dir: str | Path | None = None) -> None:
+    """When a local TOFU folder is configured (``data_dir`` or ``$LIT_UNLEARN_TOFU_DIR``), check that it holds every
+    split of ``splits``: a data module calls this when it is built, so a wrong folder is reported before any model
+    trains (the Hub case downloads in ``prepare_data``, on one process).
+
+    Raises:
+        FileNotFoundError: the first missing file, with the folder it was looked up in and the fix.
+    """
+    if data_dir is None and not os.environ.get(TOFU_DIR_ENV):
+        return
+    for split in sorted(set(splits)):
+        resolve_tofu_file(split, data_dir)
 
 
 def _unreachable_hub(timeout: float = 3.0) -> str | None:

@@ -15,7 +15,7 @@ from lit_unlearn.data.formatting import PromptFormat
 from lit_unlearn.data.loaders import PartsCombinedLoader, seeded_loader
 from lit_unlearn.data.ranking import SubsetMode, check_subset_options, select_subset
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, author_of, forget_authors, full_indices
-from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, load_tofu, resolve_tofu_file
+from lit_unlearn.data.tofu import NUM_TOFU_AUTHORS, check_local_tofu_files, load_tofu, resolve_tofu_file
 from lit_unlearn.models.hub import load_tokenizer
 
 ForgetSplit = Literal["forget01", "forget05", "forget10"]
@@ -150,6 +150,7 @@ class TOFUUnlearnDataModule(LightningDataModule):
         if eval_max_items is not None:
             _positive(eval_max_items, "eval_max_items")
         self.save_hyperparameters()
+        check_local_tofu_files(self.tofu_splits(), data_dir)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.forget_dataset: ZippedDataset | None = None
         self.retain_dataset: QADataset | None = None
@@ -159,13 +160,17 @@ class TOFUUnlearnDataModule(LightningDataModule):
         """The retain pool's split: ``retain_split`` when given, else the complement of ``forget_split``."""
         return self.hparams.retain_split or RETAIN_OF_FORGET[self.hparams.forget_split]
 
-    def prepare_data(self) -> None:
-        """Download the TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
+    def tofu_splits(self) -> set[str]:
+        """The TOFU files this data module reads: the forget and retain splits, ``full``, the evaluation's files."""
         hp = self.hparams
         eval_files = {tofu_file_of(split, hp.forget_split) for split in EVAL_SPLITS}
-        for split in sorted({hp.forget_split, self.retain_split, "full", *eval_files}):
-            resolve_tofu_file(split, hp.data_dir)
-        load_tokenizer(hp.tokenizer_name_or_path)
+        return {hp.forget_split, self.retain_split, "full", *eval_files}
+
+    def prepare_data(self) -> None:
+        """Download the TOFU files and the tokenizer into the Hugging Face cache (once per node)."""
+        for split in sorted(self.tofu_splits()):
+            resolve_tofu_file(split, self.hparams.data_dir)
+        load_tokenizer(self.hparams.tokenizer_name_or_path)
 
     def forget_rows(self) -> SplitRows:
         """The forget rows to unlearn in file order (all of them, or the ``subset``), each with a name

@@ -242,3 +242,25 @@ def test_a_ranking_written_by_the_callback_selects_its_own_extremes(tiny_model_d
             ).forget_rows()
             assert selected.indices == indices, (column, subset)
             assert [r["question"] for r in selected.rows] == [QUESTIONS[i] for i in indices]
+
+
+def test_a_missing_ranking_file_fails_at_construction(tmp_path: Path) -> None:
+    # Before any model trains: LightningCLI builds the data module before fitting.
+    with pytest.raises(FileNotFoundError, match=r"ranking_file='.*missing\.csv' does not exist.*g_effect_ranking\.csv"):
+        TOFUUnlearnDataModule(
+            "unused",
+            forget_split="forget01",
+            subset="top",
+            subset_fraction=0.25,
+            ranking_file=str(tmp_path / "missing.csv"),
+        )
+
+
+def test_a_local_tofu_folder_without_a_needed_split_fails_at_construction(tmp_path: Path) -> None:
+    from lit_unlearn.data.tofu import TOFU_SPLITS
+
+    for split in TOFU_SPLITS:  # every file but the retain split's (existence is checked, not content)
+        if split != "retain99":
+            (tmp_path / f"{split}.json").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match=r"TOFU split 'retain99': .*retain99\.json does not exist"):
+        TOFUUnlearnDataModule("unused", forget_split="forget01", data_dir=str(tmp_path))
