@@ -12,7 +12,9 @@ warm-up epoch, AdamW without weight decay), in stages, each with one command:
 3. ``seeds``: every variant at its selected learning rate on forget01, forget05 and forget10 with seeds 0, 1, 2;
 4. ``instances``: rank the forget10 examples by their objective-side G-effect on the retain risk (GA, seed 0), then
    unlearn the top, the bottom and a random quarter (seeds 0, 1, 2);
-5. ``report``: ``docs/figures/tofu_tiny.json`` (every number, per-seed per-step G-effect histories per term) and,
+5. ``collect``: gather every cell whose seeds the cache holds, on ``--splits``, with those splits' references, into
+   the JSON (runs nothing new: for a cache filled by several ``seeds`` invocations, or by another machine);
+6. ``report``: ``docs/figures/tofu_tiny.json`` (every number, per-seed per-step G-effect histories per term) and,
    from that JSON alone, the tables and figures ``docs/results.md`` shows (``benchmarks/tofu_tiny_report.py``).
 
 Every run is cached as ``<cache>/runs/<run id>/run.json``: an interrupted stage resumes where it stopped, and a run is
@@ -25,6 +27,7 @@ Usage::
     python benchmarks/tofu_tiny.py select --variants WGA GA
     python benchmarks/tofu_tiny.py seeds --splits forget01      # one split's seed runs (resumable, cumulative)
     python benchmarks/tofu_tiny.py seeds --splits forget05 --variants WGA WTNPO   # some cells of a split
+    python benchmarks/tofu_tiny.py collect               # every cached cell of every split into the JSON, no new run
     python benchmarks/tofu_tiny.py report                # tables and figures again from docs/figures/tofu_tiny.json
 """
 
@@ -460,10 +463,10 @@ def stage_seeds(selection: Mapping[str, Any], splits: Sequence[str], setting: Se
     run_all(seed_specs(selection, splits), setting, workers)
 
 
-def cached_runs(selection: Mapping[str, Any], setting: Setting) -> list[dict[str, Any]]:
-    """The seed runs of every (variant, split) cell whose every seed the cache holds, in spec order: a reported cell
-    has all of :data:`SEEDS`, and the page lists the cells that do not (yet)."""
-    specs = seed_specs(selection, FORGET_SPLITS)
+def cached_runs(selection: Mapping[str, Any], setting: Setting, splits: Sequence[str]) -> list[dict[str, Any]]:
+    """The seed runs on ``splits`` of every (variant, split) cell whose every seed the cache holds, in spec order: a
+    reported cell has all of :data:`SEEDS`, and the page lists the cells that do not (yet)."""
+    specs = seed_specs(selection, splits)
     records = [_cached(spec, replace(setting, force=False)) for spec in specs]
     incomplete = {(s.variant, s.split) for s, r in zip(specs, records, strict=True) if r is None}
     keys = ("spec", "steps", "fit_s", "eval_s", "summary", "g_effect")
@@ -550,7 +553,7 @@ def write_result(result: Mapping[str, Any], out: Path, page: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the named stage (``all``: every stage), then rewrite the JSON, tables and figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["models", "select", "seeds", "instances", "report", "all"])
+    parser.add_argument("stage", choices=["models", "select", "seeds", "instances", "collect", "report", "all"])
     parser.add_argument("--cache-dir", type=Path, default=REPO / "outputs" / "tofu_tiny_deep")
     parser.add_argument("--data-dir", default=os.environ.get(TOFU_DIR_ENV))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures", help="the JSON and the figures")
@@ -559,7 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants of `select` and `seeds`"
     )
     parser.add_argument(
-        "--splits", nargs="+", default=list(FORGET_SPLITS), choices=FORGET_SPLITS, help="forget splits of `seeds`"
+        "--splits",
+        nargs="+",
+        default=list(FORGET_SPLITS),
+        choices=FORGET_SPLITS,
+        help="forget splits of `seeds` and `collect`",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="redo cached runs")
@@ -575,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only the models this invocation needs: forget01 (the learning-rate grid), the seed stage's splits, forget10
     # (the instance experiment).
     needed = {"forget01"}
-    needed |= set(args.splits) if args.stage in ("models", "seeds", "all") else set()
+    needed |= set(args.splits) if args.stage in ("models", "seeds", "collect", "all") else set()
     needed |= {"forget10"} if args.stage in ("instances", "all") else set()
     splits = [s for s in FORGET_SPLITS if s in needed]
     models = tiny_deep_models.build(args.cache_dir, args.data_dir, workers=args.workers, splits=splits)
@@ -618,7 +625,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage in ("instances", "all"):
         result["instances"] = stage_instances(setting, args.workers)
     if args.stage != "models":
-        result["runs"] = cached_runs(result["selection"], setting)
+        # The splits whose references the JSON holds (forget quality needs them): runs of another split wait for a
+        # stage that evaluates its references (`seeds` or `collect` with --splits).
+        result["runs"] = cached_runs(result["selection"], setting, [s for s in FORGET_SPLITS if s in refs])
     write_result(result, args.out, args.page)
     return 0
 

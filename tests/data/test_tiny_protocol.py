@@ -4,6 +4,7 @@ regulariser's pool, and every author the unlearning touches or evaluates was lea
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -85,15 +86,15 @@ def test_results_benchmark_keeps_evaluated_retain_rows_outside_the_pool(tmp_path
             assert _pairs(module.forget_rows()[0]) <= target
 
 
-def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`seeds --splits forget05 --variants WGA WTNPO` queues those cells' seed runs and nothing else (the learning-rate
-    grid of forget01 is looked up, as for every stage)."""
+def _run_stage(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list, list]:
+    """``tofu_tiny.main(argv)`` with the models, references, runs and page patched out; an earlier selection of
+    every variant on record. Returns the module, the specs it queued and the splits it collected runs of."""
     import benchmark_scripts
 
     from lit_unlearn.model_cache import PreparedModel
 
     tofu_tiny = benchmark_scripts.load("tofu_tiny")
-    models = {n: PreparedModel(n, str(tmp_path / n)) for n in ("target", "retain01", "retain05")}
+    models = {n: PreparedModel(n, str(tmp_path / n)) for n in ("target", "retain01", "retain05", "retain10")}
     monkeypatch.setattr(tofu_tiny.tiny_deep_models, "build", lambda *a, **k: models)
     monkeypatch.setattr(
         tofu_tiny, "references", lambda models, splits, setting: {s: {"target": {"model_utility": 1.0}} for s in splits}
@@ -101,6 +102,7 @@ def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, mon
     monkeypatch.setattr(tofu_tiny, "describe_model", lambda model_dir: {})
     monkeypatch.setattr(tofu_tiny, "write_result", lambda result, out, page: out)
     queued: list = []
+    collected: list = []
 
     def fake_run_all(specs: list, setting: object, workers: int) -> list:
         queued.extend(specs)
@@ -109,17 +111,39 @@ def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, mon
 
     monkeypatch.setattr(tofu_tiny, "run_all", fake_run_all)
     monkeypatch.setattr(tofu_tiny, "_brief", lambda record: {})
-    monkeypatch.setattr(tofu_tiny, "cached_runs", lambda selection, setting: [])
-    # An earlier selection of every variant is on record: the stage must still run only the named ones.
+    monkeypatch.setattr(tofu_tiny, "cached_runs", lambda selection, setting, splits: collected.extend(splits) or [])
     (tmp_path / "figures").mkdir()
     earlier = {"selection": {v: {"lr": 3e-4, "runs": []} for v in tofu_tiny.VARIANTS}}
     (tmp_path / "figures" / "tofu_tiny.json").write_text(json.dumps(earlier))
-    argv = ["seeds", "--splits", "forget05", "--variants", "WGA", "WTNPO", "--data-dir", "unused"]
-    tofu_tiny.main([*argv, "--cache-dir", str(tmp_path), "--out", str(tmp_path / "figures")])
+    tofu_tiny.main([*argv, "--data-dir", "unused", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "figures")])
+    return tofu_tiny, queued, collected
+
+
+def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seeds --splits forget05 --variants WGA WTNPO` queues those cells' seed runs and nothing else (the learning-rate
+    grid of forget01 is looked up, as for every stage), though every variant's selection is on record."""
+    argv = ["seeds", "--splits", "forget05", "--variants", "WGA", "WTNPO"]
+    tofu_tiny, queued, collected = _run_stage(argv, tmp_path, monkeypatch)
     grid = {(s.variant, s.split) for s in queued if s.seed == 0 and s.split == "forget01"}
     assert grid == {(v, "forget01") for v in ("WGA", "WTNPO")}
     seeds = [(s.variant, s.split, s.seed) for s in queued if s.split != "forget01"]
     assert seeds == [(v, "forget05", seed) for v in ("WGA", "WTNPO") for seed in tofu_tiny.SEEDS]
+    assert collected == ["forget01", "forget05"]
+
+
+def test_collect_stage_runs_nothing_new_and_gathers_the_named_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, queued, collected = _run_stage(["collect", "--splits", "forget05", "forget10"], tmp_path, monkeypatch)
+    assert {s.split for s in queued} == {"forget01"}  # the cached grid only
+    assert all(s.seed == 0 for s in queued)
+    assert collected == ["forget01", "forget05", "forget10"]
+
+
+def test_select_stage_gathers_only_splits_with_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Runs of a split whose references were never evaluated cannot be scored: they wait for `seeds` or `collect`.
+    _, _, collected = _run_stage(["select"], tmp_path, monkeypatch)
+    assert collected == ["forget01"]
 
 
 def test_only_cells_with_every_seed_are_reported(tmp_path: Path) -> None:
@@ -136,5 +160,5 @@ def test_only_cells_with_every_seed_are_reported(tmp_path: Path) -> None:
         path = tmp_path / "runs" / spec.run_id / "run.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(record | {"spec": {"variant": variant, "split": split, "seed": seed}}))
-    runs = tofu_tiny.cached_runs(selection, setting)
+    runs = tofu_tiny.cached_runs(selection, setting, tofu_tiny.FORGET_SPLITS)
     assert [(r["spec"]["variant"], r["spec"]["split"], r["spec"]["seed"]) for r in runs] == cached[:3]
