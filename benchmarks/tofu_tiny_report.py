@@ -515,7 +515,10 @@ def coverage_line(result: Mapping[str, Any]) -> str:
             parts.append(f"{split}: all but {', '.join(missing)}")
     line = "Coverage of the comparison, cells with every seed: " + "; ".join(parts) + "."
     if any(missing_by_split.values()):
-        line += " `python benchmarks/tofu_tiny.py seeds --splits <split>` runs the rest (cached, resumable)."
+        line += (
+            " `python benchmarks/tofu_tiny.py seeds --splits <split> --variants <names>` runs the rest (cached,"
+            " resumable)."
+        )
     return line
 
 
@@ -694,6 +697,7 @@ def render_page(result: Mapping[str, Any]) -> str:
         "python benchmarks/tofu_tiny.py select              # the learning-rate grid on forget01, seed 0",
         "python benchmarks/tofu_tiny.py seeds               # every variant x split x seed at its selected rate",
         "python benchmarks/tofu_tiny.py instances           # the ranking and the forget10 quarters",
+        "python benchmarks/tofu_tiny.py collect             # every cached cell into the JSON (no new run)",
         "python benchmarks/tofu_tiny.py report              # this page and its figures, from the JSON only",
         "```",
         "",
