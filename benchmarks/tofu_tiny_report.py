@@ -389,14 +389,18 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         )
     ra = claim_runaway(result)
     if ra:
-        grows = all(v["GA"] > 1 and v["GA"] > v["WGA"] for v in ra.values())
-        word = "holds" if grows else "does not hold"
+        held = [s for s, v in ra.items() if v["GA"] > 1 and v["GA"] > v["WGA"]]
+        failed = [s for s in ra if s not in held]
+        if not failed:
+            word = "holds"
+            overturn = "A GA ratio near 1, or below WGA's, on more seeds would overturn it."
+        elif not held:
+            word = "does not hold"
+            overturn = "A GA ratio above WGA's on more seeds or splits would overturn it."
+        else:  # the splits disagree: say which way each went
+            word = f"holds on {', '.join(held)}, not on {', '.join(failed)}"
+            overturn = "More seeds on each split would show whether the splits really differ."
         detail = "; ".join(f"{s}: GA {fmt(v['GA'])} vs WGA {fmt(v['WGA'])}" for s, v in ra.items())
-        overturn = (
-            "A GA ratio near 1, or below WGA's, on more seeds would overturn it."
-            if grows
-            else "A GA ratio above WGA's on more seeds or splits would overturn it."
-        )
         lines.append(
             f"- **GA's inverse-confidence runaway (faster than WGA's): {word}.** Late/early ratio of the unlearning "
             f"term's |G-effect| on the forget risk (mean over seeds; > 1: the push grows as the answers fade): "

@@ -114,6 +114,18 @@ def test_runaway_verdict_follows_the_ratio(grows: bool) -> None:
     assert ("than WGA's): does not hold." in line) is (not grows)
 
 
+def test_runaway_verdict_names_the_splits_when_they_disagree() -> None:
+    grows, flat = _result(True, True, True), _result(True, True, False)
+    for run in flat["runs"]:
+        run["spec"]["split"] = "forget05"
+    both = grows | {"runs": grows["runs"] + flat["runs"]}
+    both["setup"] = grows["setup"] | {"forget_splits": ["forget01", "forget05"]}
+    both["references"] = {split: grows["references"]["forget01"] for split in ("forget01", "forget05")}
+    line = _verdict(both, "runaway")
+    assert "than WGA's): holds on forget01, not on forget05." in line
+    assert "forget01: GA 9 vs WGA 1; forget05: GA 1 vs WGA 1" in line
+
+
 def test_trade_off_verdict_counts_cells_where_the_paper_methods_rank_first() -> None:
     result = _result(True, True, True)
     assert report.claim_trade_off(result)["wins"] == 3  # paper, GD and KL forms on forget01
