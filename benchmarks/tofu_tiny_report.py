@@ -152,9 +152,24 @@ def rate_note(result: Mapping[str, Any]) -> list[str]:
         return []
     steps = {s: sorted({int(r["steps"]) for r in result["runs"] if r["spec"]["split"] == s}) for s in splits}
     per_split = ", ".join(f"{s}: {'/'.join(map(str, n))}" for s, n in steps.items())
+    groups = cells(result["runs"])
+    larger = [(v, s) for v in variant_order(result) for s in splits if s != "forget01" and (v, s) in groups]
+    collapsed = [
+        f"{v} ({s})"
+        for v, s in larger
+        if statistics.fmean(metric(groups[(v, s)], "model_utility"))
+        < 0.5 * result["references"][s]["target"]["model_utility"]
+    ]
     return [
         "Every split runs at the rate selected on forget01, as the paper's code keeps one rate per model for every "
-        f"split; the rule was not re-applied on the larger splits. Optimiser steps per run at that rate: {per_split}.",
+        f"split; the rule was not re-applied on the larger splits. Optimiser steps per run at that rate: {per_split}. "
+        f"At those rates {len(collapsed)} of the {len(larger)} cells of the larger splits keep less than half of the "
+        "target's model utility"
+        + (
+            f": {', '.join(collapsed)}; there the trade-off compares models damaged far beyond the forget split."
+            if collapsed
+            else "."
+        ),
         "",
     ]
 

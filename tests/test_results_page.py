@@ -126,6 +126,26 @@ def test_runaway_verdict_names_the_splits_when_they_disagree() -> None:
     assert "forget01: GA 9 vs WGA 1; forget05: GA 1 vs WGA 1" in line
 
 
+def test_rate_note_counts_the_collapsed_cells_of_the_larger_splits() -> None:
+    result = _result(True, True, True)
+    larger = []
+    for run in result["runs"]:
+        bigger = dict(run, spec=run["spec"] | {"split": "forget05"}, steps=65)
+        if run["spec"]["variant"] == "GA":  # utility 0.85 -> 0.3: below half of the target's 0.9
+            bigger["summary"] = run["summary"] | {"model_utility": 0.3}
+        larger.append(bigger)
+    result["runs"] = [run | {"steps": 15} for run in result["runs"]] + larger
+    result["setup"]["forget_splits"] = ["forget01", "forget05"]
+    result["references"]["forget05"] = result["references"]["forget01"]
+    (note, _) = report.rate_note(result)
+    assert "forget01: 15, forget05: 65." in note
+    assert (
+        "1 of the 12 cells of the larger splits keep less than half of the target's model utility: GA (forget05);"
+        in note
+    )
+    assert report.rate_note(_result(True, True, True)) == []  # forget01 alone: nothing to say
+
+
 def test_trade_off_verdict_counts_cells_where_the_paper_methods_rank_first() -> None:
     result = _result(True, True, True)
     assert report.claim_trade_off(result)["wins"] == 3  # paper, GD and KL forms on forget01
