@@ -2,8 +2,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-# A CPU build keeps the install small; pass TORCH_SPEC='torch' (or a CUDA wheel) on a GPU machine.
+# torch comes from pip's configured index: PyPI's Linux wheel is the CUDA build (several GB), so on a CPU machine
+# pass TORCH_INDEX=https://download.pytorch.org/whl/cpu; TORCH_SPEC=torch takes the newest release instead.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 LIT_UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 export LIT_UNLEARN_TOFU_DIR
 OUTPUT_DIR ?= outputs/quickstart
@@ -13,7 +15,7 @@ OUTPUT_DIR ?= outputs/quickstart
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 

@@ -173,7 +173,8 @@ def _ranking_values(path: str, column: str, questions: Sequence[str], split: str
         raise ValueError(
             f"{file}: {len(unranked)} of the {len(questions)} rows of {split} are not ranked (first: row "
             f"{unranked[0]}); a ranking covers every forget example when the callback measures every step "
-            "(every_n_steps=1) for at least one epoch."
+            "(every_n_steps=1) for at least one epoch of the whole split. A subset run writes a ranking of its own "
+            "rows only: pass the ranking run's file (set its --trainer.callbacks.output_dir to keep it apart)."
         )
     return [values[i] for i in range(len(questions))]
 
