@@ -15,6 +15,7 @@ from typing_extensions import override
 # Importing the package registers every module and data class, so `--model=NPO` shorthands resolve.
 import lit_unlearn  # noqa: F401
 from lit_unlearn.models.hub import tokenizer_source
+from lit_unlearn.modules.causal_lm import check_output_dir
 
 
 class LitUnlearnCLI(LightningCLI):
@@ -38,6 +39,19 @@ class LitUnlearnCLI(LightningCLI):
         # and jsonargparse would skip the link without a word (tests/data/test_unlearn_datamodule.py checks the
         # loaders). A data module without `eval_max_items` (TOFUFinetuneDataModule) leaves the link unapplied.
         parser.link_arguments("model.init_args.evaluation.init_args.max_items", "data.init_args.eval_max_items")
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        # A fit that would replace a saved model is refused before the model loads or a log folder is made.
+        if self.subcommand != "fit":
+            return
+        model = self.config["fit"]["model"]
+        init = model.get("init_args") or {}
+        try:
+            name = str(model.get("class_path")).rsplit(".", 1)[-1]
+            check_output_dir(init.get("output_dir"), bool(init.get("overwrite_output_dir")), name)
+        except FileExistsError as err:
+            self.parser.error(f"FileExistsError: {err}")
 
     @override
     def instantiate_classes(self) -> None:

@@ -139,6 +139,19 @@ class ScheduleSettings:
 _S = TypeVar("_S", AdamWSettings, ScheduleSettings)
 
 
+def check_output_dir(output_dir: str | None, overwrite: bool, owner: str) -> None:
+    """Refuse a ``fit`` whose ``output_dir`` already holds a saved model, unless told to overwrite it.
+
+    Raises:
+        FileExistsError: ``output_dir`` holds ``config.json`` and ``overwrite`` is False.
+    """
+    if output_dir and (Path(output_dir) / "config.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{owner}: output_dir {output_dir!r} already holds a saved model (config.json), which this fit would "
+            "replace when it ends. Pass another output_dir, or --model.overwrite_output_dir=true to replace it."
+        )
+
+
 class CausalLMModule(TOFUEvalMixin, LightningModule):
     """Base of :class:`~lit_unlearn.modules.finetune.Finetune` and every unlearning objective.
 
@@ -265,13 +278,8 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
     @override
     def on_fit_start(self) -> None:
         # Checked when fit starts, not at construction: `validate`/`test` build the module from the same config and
-        # save nothing. Checked before the first step, so a refused run costs no training.
-        if self.output_dir and (Path(self.output_dir) / "config.json").exists() and not self.overwrite_output_dir:
-            raise FileExistsError(
-                f"{type(self).__name__}: output_dir {self.output_dir!r} already holds a saved model (config.json), "
-                "which this fit would replace when it ends. Pass another output_dir, or "
-                "--model.overwrite_output_dir=true to replace it."
-            )
+        # save nothing. (The command line checks it before building anything: LitUnlearnCLI.)
+        check_output_dir(self.output_dir, self.overwrite_output_dir, type(self).__name__)
 
     @override
     def on_fit_end(self) -> None:

@@ -327,15 +327,25 @@ def test_saves_hf_directory_at_fit_end(tiny_model_dir, tmp_path) -> None:
     assert AutoTokenizer.from_pretrained(out).eos_token == cli.model.tokenizer.eos_token
 
 
-def test_fit_refuses_an_output_dir_holding_a_model_unless_told_to_overwrite(tiny_model_dir, tmp_path) -> None:
+def test_fit_refuses_an_output_dir_holding_a_model_unless_told_to_overwrite(tiny_model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "unlearned"
     first = run_lightning_cli(_cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}"]))
     saved = (out / "model.safetensors").read_bytes()
+    logs = sorted(tmp_path.rglob("version_*"))
     again = _cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}", "--model.lr=5e-3"])
-    with pytest.raises(
-        FileExistsError, match=r"output_dir '.*unlearned' already holds a saved model.*overwrite_output_dir=true"
-    ):
+    # The command line refuses before loading the model or making a log folder, in one line.
+    with pytest.raises(SystemExit) as exit_info:
         run_lightning_cli(again)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: FileExistsError: GradAscent: output_dir '" in err
+    assert "already holds a saved model (config.json)" in err
+    assert "--model.overwrite_output_dir=true" in err
+    assert sorted(tmp_path.rglob("version_*")) == logs
+    # From Python (Trainer.fit without the CLI), the module refuses when fit starts.
+    module = lit_unlearn.GradAscent(model_name_or_path=str(tiny_model_dir), output_dir=str(out))
+    with pytest.raises(FileExistsError, match=r"output_dir '.*unlearned' already holds a saved model"):
+        module.on_fit_start()
     assert (out / "model.safetensors").read_bytes() == saved  # the first run's model is intact
     second = run_lightning_cli([*again, "--model.overwrite_output_dir=true"])
     assert second.trainer.global_step == first.trainer.global_step == 3
