@@ -1562,7 +1562,7 @@ class GEffectCallback(Callback):
                 ("cumulative_update_change", "predicted (∇R·Δθ)", "tab:blue"),
                 (
                     "cumulative_predicted_change",
-                    "predicted (−Σ η e)" + (", right axis" if beside else ""),
+                    "predicted (−Σ η e)" + (f", right axis; {ratio:.2g}x the left's scale" if beside else ""),
                     "tab:orange",
                 ),
             ]:

@@ -1028,5 +1028,7 @@ def test_plot_leaves_no_axis_empty(
     cb._write_plot(tmp_path / "g_effect.png")
     (fig,) = drawn
     assert len(fig.axes) == axes  # 2 risks x 2 panels (+ a right axis per risk)
+    labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
+    assert any("right axis; 0.001x the left's scale" in label for label in labels) is (axes == 6)
     for ax in fig.axes:
         assert ax.get_lines(), ax.get_title() or ax.get_ylabel()
