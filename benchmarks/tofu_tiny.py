@@ -507,12 +507,16 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _portable(record: dict[str, Any]) -> dict[str, Any]:
-    """A model record with its folders relative to the repository (the committed JSON names no machine's paths)."""
+def _portable(record: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
+    """A model record with its folders relative to the repository, or to ``<cache-dir>`` when the cache lies outside
+    it (the committed JSON names no machine's paths)."""
 
     def rel(path: str) -> str:
         p = Path(path).resolve()
-        return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else path
+        if p.is_relative_to(REPO):
+            return str(p.relative_to(REPO))
+        cache = cache_dir.resolve()
+        return f"<cache-dir>/{p.relative_to(cache)}" if p.is_relative_to(cache) else path
 
     return record | {
         "model_dir": rel(record["model_dir"]),
@@ -587,10 +591,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = [s for s in FORGET_SPLITS if s in needed]
     models = tiny_deep_models.build(args.cache_dir, args.data_dir, workers=args.workers, splits=splits)
     result: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    built = {k: _portable(v) for k, v in result.get("setup", {}).get("models", {}).items()}
+    built = {k: _portable(v, args.cache_dir) for k, v in result.get("setup", {}).get("models", {}).items()}
     for name, model in models.items():
         if model.fit_seconds > 0 or name not in built:  # a cached model reports 0 s: keep the build's record
-            built[name] = _portable(asdict(model))
+            built[name] = _portable(asdict(model), args.cache_dir)
     setting = Setting(
         cache_dir=str(args.cache_dir),
         data_dir=args.data_dir,

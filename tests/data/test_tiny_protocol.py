@@ -162,3 +162,14 @@ def test_only_cells_with_every_seed_are_reported(tmp_path: Path) -> None:
         path.write_text(json.dumps(record | {"spec": {"variant": variant, "split": split, "seed": seed}}))
     runs = tofu_tiny.cached_runs(selection, setting, tofu_tiny.FORGET_SPLITS)
     assert [(r["spec"]["variant"], r["spec"]["split"], r["spec"]["seed"]) for r in runs] == cached[:3]
+
+
+def test_model_records_name_no_machine_paths(tmp_path: Path) -> None:
+    import benchmark_scripts
+
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    inside = tofu_tiny.REPO / "outputs" / "tofu_tiny_deep" / "retain05"
+    record = {"model_dir": str(tmp_path / "cache" / "retain05"), "eval_dirs": {"forget05": str(inside / "eval")}}
+    portable = tofu_tiny._portable(record, tmp_path / "cache")
+    assert portable["model_dir"] == "<cache-dir>/retain05"  # a cache outside the repository
+    assert portable["eval_dirs"] == {"forget05": "outputs/tofu_tiny_deep/retain05/eval"}
