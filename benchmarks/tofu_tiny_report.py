@@ -346,6 +346,11 @@ def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _and(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
+
+
 def count_phrase(counts: Iterable[int]) -> str:
     """How many seeds some cells have, e.g. ``"3 seeds"`` or ``"1-3 seeds"``."""
     n = sorted(set(counts))
@@ -413,7 +418,7 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             word = "does not hold"
             overturn = "A GA ratio above WGA's on more seeds or splits would overturn it."
         else:  # the splits disagree: say which way each went
-            word = f"holds on {', '.join(held)}, not on {', '.join(failed)}"
+            word = f"holds on {_and(held)}, not on {_and(failed)}"
             overturn = "More seeds on each split would show whether the splits really differ."
         detail = "; ".join(f"{s}: GA {fmt(v['GA'])} vs WGA {fmt(v['WGA'])}" for s, v in ra.items())
         lines.append(
