@@ -10,7 +10,7 @@ LIT_UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
 export LIT_UNLEARN_TOFU_DIR
 OUTPUT_DIR ?= outputs/quickstart
 
-.PHONY: install quickstart test test-slow lint clean
+.PHONY: data install quickstart test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,13 +21,17 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-quickstart: install
+# Checked before the install (minutes), so a wrong data folder is reported at once.
+data:
+	@test -f "$(LIT_UNLEARN_TOFU_DIR)/full.json" || { echo "make: no TOFU data at $(LIT_UNLEARN_TOFU_DIR) (full.json missing): run make LIT_UNLEARN_TOFU_DIR=/path/to/tofu $(MAKECMDGOALS), the folder holding TOFU's split files" >&2; exit 2; }
+
+quickstart: data install
 	$(VENV)/bin/lit-unlearn quickstart --output-dir $(OUTPUT_DIR)
 
-test: install
+test: data install
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: data install
 	$(PY) -m pytest -q -m slow
 
 lint: install

@@ -84,7 +84,8 @@ def _hub_error(name_or_path: str, what: str, error: Exception) -> OSError:
         f"name exists, so it was looked up as a Hugging Face Hub id. {mode}Either pass a local directory written "
         "by save_pretrained, download the model while online "
         f"(`hf download {name_or_path}`) so it is in the Hub cache, or check the id for typos. "
-        "Without any network, use the embedded tiny model (lit_unlearn.models.build_tiny_model)."
+        "Without any network, use the embedded tiny models: `lit-unlearn quickstart` builds them and the configs of "
+        "configs/tofu_tiny/ use them (from Python: lit_unlearn.models.build_tiny_model)."
     )
 
 
