@@ -400,7 +400,10 @@ def evaluate_model(
         }
         write_outputs(out_dir, records, summary, meta)
     if log is not None:
-        log(f"evaluated {metadata.get('model', 'model')}: forget probability {summary['forget/probability']:.4f}")
+        # The label names the evaluated variant (e.g. Q(target), a quantised copy of `model`, which is its source).
+        model = metadata.get("model", "model")
+        name = f"{metadata['label']} ({model})" if metadata.get("label") else model
+        log(f"evaluated {name}: forget probability {summary['forget/probability']:.4f}")
     return Evaluated(AttackMetrics.from_summary(summary), records, out_dir)
 
 
