@@ -151,7 +151,7 @@ def _parse_rows(path: Path, split: str) -> list[tuple[str, object]]:
             items = json.loads(text)
         except json.JSONDecodeError as err:
             raise TOFUDataError(
-                f"TOFU split {split!r}: {path}, line {err.lineno}: malformed JSON array ({err.msg}, column "
+                f"TOFU split {split!r}: {path}, line {err.lineno}: malformed JSON array ({err.msg}: column "
                 f"{err.colno}). Fix the file or replace it with a fresh copy of {path.name}."
             ) from err
         return [(f"item {i} of the JSON array", item) for i, item in enumerate(items)]
@@ -164,7 +164,7 @@ def _parse_rows(path: Path, split: str) -> list[tuple[str, object]]:
             rows.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as err:
             raise TOFUDataError(
-                f"TOFU split {split!r}: {path}, line {lineno}: malformed JSON ({err.msg}, column {err.colno}). "
+                f"TOFU split {split!r}: {path}, line {lineno}: malformed JSON ({err.msg}: column {err.colno}). "
                 "The file must be JSON Lines (one JSON object per line) or a JSON array of objects; fix that "
                 f"line or replace the file with a fresh copy of {path.name}."
             ) from err
