@@ -162,7 +162,7 @@ def rate_note(result: Mapping[str, Any]) -> list[str]:
     ]
     return [
         "Every split runs at the rate selected on forget01, as the paper's code keeps one rate per model for every "
-        f"split; the rule was not re-applied on the larger splits. Optimiser steps per run at that rate: {per_split}. "
+        f"split; the rule was not re-applied on the larger splits. Optimiser steps per run: {per_split}. "
         f"At those rates {len(collapsed)} of the {len(larger)} cells of the larger splits keep less than half of the "
         "target's model utility"
         + (
@@ -312,7 +312,9 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
             best_new = max(ranked["WGA"], ranked["WTNPO"])
             won = best_new > ranked["GA"] and best_new > ranked["NPO"]
             wins += won
-            checks.append((split, form, won))
+            # Not won, but level with the better baseline (e.g. the same forget-quality rung): a tie, not a loss.
+            tied = not won and best_new == max(ranked["GA"], ranked["NPO"])
+            checks.append((split, form, won, tied))
     return {"wins": wins, "checks": len(checks), "detail": checks}
 
 
@@ -325,9 +327,19 @@ def claim_shallow(result: Mapping[str, Any]) -> dict[str, Any]:
         if all(d in means for d in DEPTHS):
             counts[max(DEPTHS, key=lambda d: abs(means[d]))] += 1
     n = sum(counts.values())
+    shallow_cells = {
+        key
+        for key, runs in cells(result["runs"]).items()
+        if all(
+            max(DEPTHS, key=lambda d: abs(m[d])) == "shallow"
+            for m in (_depth_means(r, "forget", "unlearn") for r in runs)
+            if all(d in m for d in DEPTHS)
+        )
+    }
     # One-sided: shallow chosen more often than the 1/3 of a uniform pick.
     p = sum(math.comb(n, i) * (1 / 3) ** i * (2 / 3) ** (n - i) for i in range(counts["shallow"], n + 1)) if n else 1.0
-    return {"counts": counts, "runs": n, "p_one_sided": p}
+    return {"counts": counts, "runs": n, "p_one_sided": p, "cells": len(cells(result["runs"])),
+            "shallow_cells": len(shallow_cells)}  # fmt: skip
 
 
 def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -342,6 +354,8 @@ def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
                 "GA": statistics.fmean(ga),
                 "WGA": statistics.fmean(wga),
                 "GA_above_1": sum(x > 1 for x in ga),
+                # Every seed on one side of every seed of the other: the split's answer is not a seed's accident.
+                "separated": min(ga) > max(wga) or max(ga) < min(wga),
             }
     return out
 
@@ -370,11 +384,25 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
     if t["checks"]:
         holds = t["wins"] == t["checks"]
         word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
-        lost = [f"{s} {f}" for s, f, won in t["detail"] if not won]
+        lost = [f"{s} {f}" for s, f, won, tied in t["detail"] if not won and not tied]
+        tied = [f"{s} {f}" for s, f, _, tie in t["detail"] if tie]
         lines.append(
             f"- **WGA/WTNPO give the best trade-off: {word}.** In {t['wins']} of {t['checks']} (split, form) cells the "
             "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering"
-            + (f" (not in: {', '.join(lost)})" if lost else "")
+            + (
+                " ("
+                + "; ".join(
+                    part
+                    for part in (
+                        f"level with the better of them in: {', '.join(tied)}" if tied else "",
+                        f"below it in: {', '.join(lost)}" if lost else "",
+                    )
+                    if part
+                )
+                + ")"
+                if tied or lost
+                else ""
+            )
             + f". Caveat: {seeds_phrase(result)} per cell, and forget quality moves in coarse rungs on forget01 (40 "
             "items). It would be overturned by more seeds reversing the cells' order."
         )
@@ -402,7 +430,9 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"- **Shallow layers are affected most: {word} among the blocks.** The magnitude of the unlearning term's "
             f"G-effect on the forget risk, averaged over a run's measured steps, is largest in the shallow blocks in "
             f"{c['shallow']} of {sh['runs']} runs (middle {c['middle']}, deep {c['deep']}; one-sided binomial test "
-            f"against a uniform pick: p = {fmt(sh['p_one_sided'])}). The {n_blocks} blocks have the same shape, so "
+            f"against a uniform pick: p = {fmt(sh['p_one_sided'])}, which treats the runs as independent; they are "
+            f"{sh['cells']} cells of seeds of one target, and in {sh['shallow_cells']} of the {sh['cells']} cells "
+            f"every seed ranks the shallow blocks first). The {n_blocks} blocks have the same shape, so "
             "the depth groups differ in depth only (the deep group also contains the final norm, a few hundred "
             "weights); the embedding and LM head are reported beside them, not ranked. A different depth split or a "
             "larger model could change it."
@@ -417,10 +447,30 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         elif not held:
             word = "does not hold"
             overturn = "A GA ratio above WGA's on more seeds or splits would overturn it."
-        else:  # the splits disagree: say which way each went
+        else:  # the splits disagree: say which way each went, and how the splits differ besides
             word = f"holds on {_and(held)}, not on {_and(failed)}"
-            overturn = "More seeds on each split would show whether the splits really differ."
+            collapsed = [
+                split
+                for split in held
+                if all(
+                    statistics.fmean(metric(cells(result["runs"]).get((v, split), []), "model_utility") or [1.0])
+                    < 0.5 * result["references"][split]["target"]["model_utility"]
+                    for v in ("GA", "WGA")
+                )
+            ]
+            overturn = (
+                "The splits differ in run length at one rate (see the steps under the main table)"
+                + (
+                    f", and on {_and(collapsed)} both GA and WGA end below half of the target's model utility, so "
+                    "there the comparison is between collapsed runs"
+                    if collapsed
+                    else ""
+                )
+                + "."
+            )
         detail = "; ".join(f"{s}: GA {fmt(v['GA'])} vs WGA {fmt(v['WGA'])}" for s, v in ra.items())
+        apart = [s for s, v in ra.items() if v["separated"]]
+        detail += f"; every GA seed on the same side of every WGA seed on {_and(apart) if apart else 'no split'}"
         lines.append(
             f"- **GA's inverse-confidence runaway (faster than WGA's): {word}.** Late/early ratio of the unlearning "
             f"term's |G-effect| on the forget risk (mean over seeds; > 1: the push grows as the answers fade): "
@@ -460,12 +510,17 @@ def claim_instances(result: Mapping[str, Any]) -> dict[str, Any] | None:
     if not q or set(q) != {"top", "bottom", "random"}:
         return None
     mean = {k: statistics.fmean(v["retain_nll"]) for k, v in q.items()}
+    mu = {k: statistics.fmean(v["model_utility"]) for k, v in q.items()}
     return {
         "seeds": count_phrase(len(v["retain_nll"]) for v in q.values()),
         "mean_retain_nll": mean,
         "ordered": mean["bottom"] > mean["random"] > mean["top"],
         "bottom_above_top": mean["bottom"] > mean["top"],
         "separated": min(q["bottom"]["retain_nll"]) > max(q["top"]["retain_nll"]),
+        # Not the pre-registered measure, reported beside it: the damage as model utility sees it.
+        "mean_model_utility": mu,
+        "mu_ordered": mu["top"] > mu["random"] > mu["bottom"],
+        "mu_separated": min(q["top"]["model_utility"]) > max(q["bottom"]["model_utility"]),
     }
 
 
@@ -507,7 +562,11 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
         f"bottom quarter (most negative retaining G-effect) {fmt(m['bottom'])}, a random quarter {fmt(m['random'])}, "
         f"the top quarter {fmt(m['top'])}; predicted order bottom > random > top: "
         f"{'met' if c['ordered'] else 'not met'}; every bottom seed above every top seed: "
-        f"{'yes' if c['separated'] else 'no'}. Caveat: one ranking run (seed 0), {c['seeds']} per quarter, and the "
+        f"{'yes' if c['separated'] else 'no'}. Model utility, not the measure fixed beforehand: top "
+        f"{fmt(c['mean_model_utility']['top'])}, random {fmt(c['mean_model_utility']['random'])}, bottom "
+        f"{fmt(c['mean_model_utility']['bottom'])} (order top > random > bottom: "
+        f"{'met' if c['mu_ordered'] else 'not met'}; every top seed above every bottom seed: "
+        f"{'yes' if c['mu_separated'] else 'no'}). Caveat: one ranking run (seed 0), {c['seeds']} per quarter, and the "
         "top and "
         "bottom quarters are fixed rows (their seeds change only the data order), while the random quarter's rows "
         "change with the seed. A ranking from another seed or a larger model that reorders the quarters would "
@@ -612,7 +671,7 @@ def setup_table(result: Mapping[str, Any]) -> list[str]:
          f"steps; risks: the mean answer NLL of the step's forget rows and of its retain rows; depth groups of the "
          f"{s['num_blocks']} blocks: shallow = blocks 0–{b0 - 1}, middle = {b0}–{b1 - 1}, "
          f"deep = {b1}–{s['num_blocks'] - 1} (+ final norm); embedding and LM head apart"],
-        ["evaluation", f"every row of the forget split, real authors (100), world facts (117) and holdout; the first "
+        ["evaluation", f"every row of the forget split, real authors, world facts and holdout; the first "
          f"{s['retain_eval_rows']} rows of retain_perturbed (model utility's retain part; never in the regulariser's "
          f"pool); greedy, {s['max_new_tokens']} new tokens; the same for the references and every unlearned model"],
     ]  # fmt: skip
@@ -771,7 +830,8 @@ def render_page(result: Mapping[str, Any]) -> str:
         out += [
             "## The instance experiment (forget10)",
             "",
-            f"{inst['variant']} at lr {inst['lr']:g} on all of forget10 (seed 0, {inst['ranking_epochs']} epoch(s), "
+            f"{inst['variant']} at lr {inst['lr']:g} on all of forget10 (seed 0, {inst['ranking_epochs']} "
+            f"epoch{'s' if inst['ranking_epochs'] != 1 else ''}, "
             "the G-effect measured at every step) writes the ranking: each example's objective-side G-effect on the "
             "retain risk (the pool's retain rows of its step), summed over the steps it was measured in (once per "
             "epoch). Then the same objective "

@@ -146,6 +146,24 @@ def test_rate_note_counts_the_collapsed_cells_of_the_larger_splits() -> None:
     assert report.rate_note(_result(True, True, True)) == []  # forget01 alone: nothing to say
 
 
+def test_trade_off_verdict_reports_a_level_cell_as_a_tie() -> None:
+    result = _result(True, True, True)
+    for run in result["runs"]:  # the paper form: WGA and WTNPO on GA's and NPO's rung
+        if run["spec"]["variant"] in ("WGA", "WTNPO"):
+            run["summary"] = {"forget_quality": 0.05, "model_utility": 0.85}
+    line = _verdict(result, "best trade-off")
+    assert "In 2 of 3 (split, form) cells" in line
+    assert "(level with the better of them in: forget01 paper)" in line
+
+
+def test_shallow_verdict_counts_cells_as_well_as_runs() -> None:
+    claim = report.claim_shallow(_result(True, True, True))
+    assert (claim["cells"], claim["shallow_cells"]) == (12, 12)
+    assert "in 12 of the 12 cells every seed ranks the shallow blocks first" in _verdict(
+        _result(True, True, True), "Shallow layers"
+    )
+
+
 def test_trade_off_verdict_counts_cells_where_the_paper_methods_rank_first() -> None:
     result = _result(True, True, True)
     assert report.claim_trade_off(result)["wins"] == 3  # paper, GD and KL forms on forget01
@@ -171,7 +189,12 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
     nll = {"bottom": 3.0, "random": 2.0, "top": 1.0} if predicts else {"bottom": 1.0, "random": 2.0, "top": 3.0}
     runs = {
         q: [
-            {"retain_answer_loss": nll[q] + 0.1 * s, "model_utility": 0.8, "forget_quality": 0.1, "kept_rows": kept[q]}
+            {
+                "retain_answer_loss": nll[q] + 0.1 * s,
+                "model_utility": 1 / nll[q] + 0.01 * s,
+                "forget_quality": 0.1,
+                "kept_rows": kept[q],
+            }
             for s in range(3)
         ]
         for q in kept
@@ -183,6 +206,9 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
     assert summary["bottom"]["ranking_mean"] == -2.5
     (line,) = report.instance_verdict(result)
     assert line.startswith("- **Does the ranking predict collateral damage? " + ("yes" if predicts else "no"))
+    # Model utility, reported beside the pre-registered NLL, falls with the NLL's damage: same verdict here.
+    assert f"(order top > random > bottom: {'met' if predicts else 'not met'};" in line
+    assert f"every top seed above every bottom seed: {'yes' if predicts else 'no'})" in line
 
 
 def test_shallow_tie_does_not_hold() -> None:
