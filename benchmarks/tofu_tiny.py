@@ -612,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": BATCH, "accumulate": ACCUMULATE, "epochs": EPOCHS, "block_boundaries": list(BLOCK_BOUNDARIES),
         "g_effect_every": G_EFFECT_EVERY, "max_new_tokens": setting.max_new_tokens,
         "retain_eval_rows": setting.retain_eval_rows, "pool_authors": POOL_AUTHORS, "workers": args.workers,
+        "cpu_count": os.cpu_count(),
         "models": built, **describe_model(models["target"].model_dir),
     }  # fmt: skip
     result["variants"] = {

@@ -665,7 +665,8 @@ def setup_table(result: Mapping[str, Any]) -> list[str]:
         ["learning rates", "one grid for every variant: " + ", ".join(f"{lr:g}" for lr in s["lr_grid"])
          + " (forget01, seed 0)" + added_note(result)],
         ["selection rule (fixed before any run)", f"the highest forget quality among a variant's grid runs that "
-         f"keep ≥ {s['mu_keep']:.0%} of the target's model utility; if none does, the highest model utility"],
+         f"keep ≥ {s['mu_keep']:.0%} of the target's model utility (at equal forget quality, the higher model "
+         "utility); if none does, the highest model utility"],
         ["seeds", ", ".join(str(x) for x in s["seeds"]) + " (data order and everything random in a run)"],
         ["G-effect", f"`GEffectCallback(terms=True, coarse_groups=True, measure_update=True)`, {every} optimiser "
          f"steps; risks: the mean answer NLL of the step's forget rows and of its retain rows; depth groups of the "
@@ -767,8 +768,11 @@ def render_page(result: Mapping[str, Any]) -> str:
     )
     out += [
         f"Measured time of the {t['count']} unlearning runs, training and evaluation: "
-        f"{t['runs'] / 3600:.2f} worker-hours (one torch thread each, {result['setup']['workers']} at a time on a "
-        "2-core machine shared with other work)" + models_time + ".",
+        f"{t['runs'] / 3600:.2f} worker-hours (one torch thread each, {result['setup']['workers']} at a time"
+        + (f" on a {result['setup']['cpu_count']}-core machine" if result["setup"].get("cpu_count") else "")
+        + ")"
+        + models_time
+        + ".",
         "",
         coverage_line(result),
         "",
