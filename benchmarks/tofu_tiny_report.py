@@ -144,6 +144,12 @@ def main_table(result: Mapping[str, Any]) -> list[str]:
     return table(header, rows)
 
 
+def collapsed(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], split: str) -> bool:
+    """A cell whose mean model utility is below half of the target's on its split."""
+    target = result["references"][split]["target"]["model_utility"]
+    return statistics.fmean(metric(runs, "model_utility")) < 0.5 * target
+
+
 def rate_note(result: Mapping[str, Any]) -> list[str]:
     """Under the table, when larger splits ran: every split runs at the rate selected on forget01, and how many
     optimiser steps a run takes at that rate on each split (from the runs)."""
@@ -154,20 +160,15 @@ def rate_note(result: Mapping[str, Any]) -> list[str]:
     per_split = ", ".join(f"{s}: {'/'.join(map(str, n))}" for s, n in steps.items())
     groups = cells(result["runs"])
     larger = [(v, s) for v in variant_order(result) for s in splits if s != "forget01" and (v, s) in groups]
-    collapsed = [
-        f"{v} ({s})"
-        for v, s in larger
-        if statistics.fmean(metric(groups[(v, s)], "model_utility"))
-        < 0.5 * result["references"][s]["target"]["model_utility"]
-    ]
+    damaged = [f"{v} ({s})" for v, s in larger if collapsed(result, groups[(v, s)], s)]
     return [
         "Every split runs at the rate selected on forget01, as the paper's code keeps one rate per model for every "
         f"split; the rule was not re-applied on the larger splits. Optimiser steps per run: {per_split}. "
-        f"At those rates {len(collapsed)} of the {len(larger)} cells of the larger splits keep less than half of the "
+        f"At those rates {len(damaged)} of the {len(larger)} cells of the larger splits keep less than half of the "
         "target's model utility"
         + (
-            f": {', '.join(collapsed)}; there the trade-off compares models damaged far beyond the forget split."
-            if collapsed
+            f": {', '.join(damaged)}; there the trade-off compares models damaged far beyond the forget split."
+            if damaged
             else "."
         ),
         "",
@@ -318,28 +319,23 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
     return {"wins": wins, "checks": len(checks), "detail": checks}
 
 
+def _top_depth(run: Mapping[str, Any]) -> str | None:
+    """The depth group where the run's mean |unlearning G-effect| on the forget risk is largest (None: unmeasured)."""
+    means = _depth_means(run, "forget", "unlearn")
+    return max(DEPTHS, key=lambda d: abs(means[d])) if all(d in means for d in DEPTHS) else None
+
+
 def claim_shallow(result: Mapping[str, Any]) -> dict[str, Any]:
     """Claim 3: shallow layers are affected most. In how many runs is the unlearning term's mean |G-effect| on the
-    forget risk largest in the shallow blocks (among shallow/middle/deep)?"""
-    counts = {d: 0 for d in DEPTHS}
-    for run in result["runs"]:
-        means = _depth_means(run, "forget", "unlearn")
-        if all(d in means for d in DEPTHS):
-            counts[max(DEPTHS, key=lambda d: abs(means[d]))] += 1
+    forget risk largest in the shallow blocks (among shallow/middle/deep), and in how many cells in every seed?"""
+    groups = cells(result["runs"])
+    tops = {key: [t for t in map(_top_depth, runs) if t is not None] for key, runs in groups.items()}
+    counts = {d: sum(t == d for cell in tops.values() for t in cell) for d in DEPTHS}
     n = sum(counts.values())
-    shallow_cells = {
-        key
-        for key, runs in cells(result["runs"]).items()
-        if all(
-            max(DEPTHS, key=lambda d: abs(m[d])) == "shallow"
-            for m in (_depth_means(r, "forget", "unlearn") for r in runs)
-            if all(d in m for d in DEPTHS)
-        )
-    }
     # One-sided: shallow chosen more often than the 1/3 of a uniform pick.
     p = sum(math.comb(n, i) * (1 / 3) ** i * (2 / 3) ** (n - i) for i in range(counts["shallow"], n + 1)) if n else 1.0
-    return {"counts": counts, "runs": n, "p_one_sided": p, "cells": len(cells(result["runs"])),
-            "shallow_cells": len(shallow_cells)}  # fmt: skip
+    shallow_cells = sum(all(t == "shallow" for t in cell) for cell in tops.values())
+    return {"counts": counts, "runs": n, "p_one_sided": p, "cells": len(groups), "shallow_cells": shallow_cells}
 
 
 def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -386,23 +382,12 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
         lost = [f"{s} {f}" for s, f, won, tied in t["detail"] if not won and not tied]
         tied = [f"{s} {f}" for s, f, _, tie in t["detail"] if tie]
+        where = [f"level with the better of them in: {', '.join(tied)}"] if tied else []
+        where += [f"below it in: {', '.join(lost)}"] if lost else []
         lines.append(
             f"- **WGA/WTNPO give the best trade-off: {word}.** In {t['wins']} of {t['checks']} (split, form) cells the "
             "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering"
-            + (
-                " ("
-                + "; ".join(
-                    part
-                    for part in (
-                        f"level with the better of them in: {', '.join(tied)}" if tied else "",
-                        f"below it in: {', '.join(lost)}" if lost else "",
-                    )
-                    if part
-                )
-                + ")"
-                if tied or lost
-                else ""
-            )
+            + (f" ({'; '.join(where)})" if where else "")
             + f". Caveat: {seeds_phrase(result)} per cell, and forget quality moves in coarse rungs on forget01 (40 "
             "items). It would be overturned by more seeds reversing the cells' order."
         )
@@ -449,21 +434,14 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             overturn = "A GA ratio above WGA's on more seeds or splits would overturn it."
         else:  # the splits disagree: say which way each went, and how the splits differ besides
             word = f"holds on {_and(held)}, not on {_and(failed)}"
-            collapsed = [
-                split
-                for split in held
-                if all(
-                    statistics.fmean(metric(cells(result["runs"]).get((v, split), []), "model_utility") or [1.0])
-                    < 0.5 * result["references"][split]["target"]["model_utility"]
-                    for v in ("GA", "WGA")
-                )
-            ]
+            groups = cells(result["runs"])  # claim_runaway's splits have runs of both GA and WGA
+            both = [s for s in held if all(collapsed(result, groups[(v, s)], s) for v in ("GA", "WGA"))]
             overturn = (
                 "The splits differ in run length at one rate (see the steps under the main table)"
                 + (
-                    f", and on {_and(collapsed)} both GA and WGA end below half of the target's model utility, so "
+                    f", and on {_and(both)} both GA and WGA end below half of the target's model utility, so "
                     "there the comparison is between collapsed runs"
-                    if collapsed
+                    if both
                     else ""
                 )
                 + "."
