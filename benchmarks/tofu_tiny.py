@@ -84,6 +84,11 @@ retain_perturbed rows, i.e. authors 20-29, all learned by the deep target."""
 RANKING_EPOCHS = 1
 """The ranking run's length: one epoch at every step measures each forget10 example exactly once (at the model state
 its own batch was stepped on), so no example's sum has more measurements than another's."""
+RANKING_LR = 0.0
+"""The ranking run's learning rate: none, so every forget10 example is measured at the target's weights. At a
+positive rate a row's value tracks when in the epoch it was seen rather than the row: GA's runaway made the first
+ranking (lr 3e-4) correlate with the measured step at a Spearman ρ of -0.87, its per-step median going from -3e-6 at
+the first step to -0.2 at the last (the JSON keeps each row's step and the report prints ρ)."""
 INSTANCE_LR = 3e-4
 """The instance experiment's learning rate, fixed before any run: the middle of the grid. The question is which
 quarter does more collateral damage, so the rate must damage without collapsing the model; the selection rule's
@@ -183,7 +188,12 @@ class RunSpec:
     def run_id(self) -> str:
         name = VARIANTS[self.variant].name.replace("+", "_").replace(" ", "").replace("(", "").replace(")", "")
         name = name.replace("=", "").replace("ε", "eps")
-        tail = f"_{self.subset}{int(SUBSET_FRACTION * 100)}" if self.subset else ""
+        # A quarter is named with the ranking run it was taken from: another ranking keeps other rows.
+        tail = (
+            f"_{self.subset}{int(SUBSET_FRACTION * 100)}_of_{Path(self.ranking_file).parent.name}"
+            if self.subset
+            else ""
+        )
         tail += "_ranking" if self.rank else ""
         return f"{name}_{self.split}_lr{self.lr:g}_s{self.seed}{tail}"
 
@@ -211,7 +221,7 @@ def fit_args(spec: RunSpec, setting: Setting, run_dir: Path) -> list[str]:
         *variant.overrides,
         f"--seed_everything={spec.seed}",
         f"--model.model_name_or_path={setting.target_dir}",
-        f"--model.lr={spec.lr}",
+        *(_frozen_optimizer() if spec.rank else [f"--model.lr={spec.lr}"]),
         "--model.output_dir=null",
         f"--data.data_dir={setting.data_dir}",
         f"--data.forget_split={spec.split}",
@@ -247,6 +257,13 @@ def fit_args(spec: RunSpec, setting: Setting, run_dir: Path) -> list[str]:
             f"--data.subset_seed={spec.seed}",
         ]
     return args
+
+
+def _frozen_optimizer() -> list[str]:
+    """The ranking run's optimiser: SGD at rate 0 (:data:`RANKING_LR`), which leaves the weights as they are. The
+    default AdamW refuses rate 0 (in a user's config it is a mistake), so the preset's AdamW options are unset."""
+    sgd = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": RANKING_LR}})
+    return ["--model.lr=null", "--model.weight_decay=null", f"--model.optimizer={sgd}"]
 
 
 def compact_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -480,7 +497,7 @@ def cached_runs(selection: Mapping[str, Any], setting: Setting, splits: Sequence
 def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
     """Rank forget10 by the objective-side retaining G-effect, then unlearn the top, bottom and a random quarter."""
     lr = INSTANCE_LR
-    (ranking_run,) = run_all([RunSpec(RANKING_VARIANT, "forget10", lr, 0, rank=True)], setting, 1)
+    (ranking_run,) = run_all([RunSpec(RANKING_VARIANT, "forget10", RANKING_LR, 0, rank=True)], setting, 1)
     ranking = ranking_run["ranking_file"]
     specs = [
         RunSpec(RANKING_VARIANT, "forget10", lr, seed, subset=subset, ranking_file=ranking)
@@ -488,10 +505,15 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
         for seed in SEEDS
     ]
     records = run_all(specs, setting, workers)
-    from callbacks import load_ranking
+    from callbacks import load_instance_history, load_ranking
     from lit_unlearn.data.ranking import select_subset
 
     rows = sorted(load_ranking(ranking), key=lambda r: int(r["example"]["index"]))
+    # The step(s) each row was measured at: a ranking that tracks them ranks the data order, not the rows.
+    steps: dict[int, set[int]] = {}
+    for row in load_instance_history(Path(ranking).with_name("g_effect_instances.csv")):
+        if row["side"] == "objective":
+            steps.setdefault(int(row["example"]["index"]), set()).add(int(row["step"]))
     questions = [r["example"]["question"] for r in rows]
     runs: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -499,11 +521,15 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
         kept = select_subset(questions, "forget10", spec["subset"], SUBSET_FRACTION, ranking, seed=spec["seed"])
         runs.setdefault(spec["subset"], []).append(_brief(record) | {"seed": spec["seed"], "kept_rows": kept})
     return {
-        "variant": RANKING_VARIANT, "lr": lr, "fraction": SUBSET_FRACTION, "ranking_column": "g_effect_retain",
-        "ranking_epochs": RANKING_EPOCHS, "seeds": list(SEEDS),
+        "variant": RANKING_VARIANT, "lr": lr, "ranking_lr": RANKING_LR, "fraction": SUBSET_FRACTION,
+        "ranking_column": "g_effect_retain", "ranking_epochs": RANKING_EPOCHS, "seeds": list(SEEDS),
         "ranking_run": _brief(ranking_run), "runs": runs,
         # The ranking itself, per forget10 row: objective-side G-effects summed over the measured steps.
-        "ranking": [{"index": int(r["example"]["index"]), **r["g_effect"]} for r in rows],
+        "ranking": [
+            {"index": i, "steps": sorted(steps[i]), **r["g_effect"]}
+            for r in rows
+            for i in [int(r["example"]["index"])]
+        ],
     }  # fmt: skip
 
 
