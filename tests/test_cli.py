@@ -113,3 +113,27 @@ def test_a_class_that_fails_to_build_is_named_in_one_line(
     err = capsys.readouterr().err
     assert f"error: {message}" in err
     assert "Does not validate" not in err
+
+
+def test_a_malformed_data_line_under_fit_is_one_error_line(
+    tofu_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The file exists (the data module's construction-time check passes); fit's setup reads it and finds line 3 cut.
+    from lit_unlearn.cli import main
+
+    data = tmp_path / "tofu"
+    data.mkdir()
+    for source in tofu_dir.iterdir():
+        (data / source.name).symlink_to(source)
+    lines = (tofu_dir / "forget01.json").read_text(encoding="utf-8").splitlines()
+    (data / "forget01.json").unlink()
+    (data / "forget01.json").write_text("\n".join([*lines[:2], lines[2][:30], *lines[3:]]) + "\n", encoding="utf-8")
+    args = ["fit", "--config", str(TINY_CONFIG), f"--model.model_name_or_path={tiny_model_dir}"]
+    args += [f"--data.data_dir={data}", f"--trainer.default_root_dir={tmp_path}", "--model.output_dir=null"]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"lit-unlearn: error: TOFUDataError: TOFU split 'forget01': {data / 'forget01.json'}, line 3: malformed" in err
+    )
+    assert "Traceback" not in err
