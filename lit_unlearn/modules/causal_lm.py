@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -290,8 +291,7 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
             state = get_model_state_dict(self.model, options=options)
             if self.trainer.is_global_zero:
-                self._unsharded_copy(state).save_pretrained(self.output_dir)
-                self.tokenizer.save_pretrained(self.output_dir)
+                self._save(self._unsharded_copy(state))
             return
         if not self.trainer.is_global_zero:
             return
@@ -299,8 +299,15 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
         if self.uses_lora:
             # A merged copy loads with AutoModelForCausalLM alone; the training module keeps its adapters.
             model = copy.deepcopy(model).merge_and_unload()
+        self._save(model)
+
+    def _save(self, model: PreTrainedModel) -> None:
         model.save_pretrained(self.output_dir)
         self.tokenizer.save_pretrained(self.output_dir)
+        # The one place a fit's product lands: say where, as the evaluation says where it wrote.
+        rank_zero_info(
+            f"Model and tokenizer saved to {self.output_dir} (AutoModelForCausalLM.from_pretrained loads it)"
+        )
 
     def _unsharded_copy(self, state: dict[str, torch.Tensor]) -> PreTrainedModel:
         """A plain model holding the gathered full ``state`` of the sharded :attr:`model` (LoRA: merged).

@@ -1,5 +1,6 @@
 """Every unlearning objective: forward-pass budget, training through the CLI, checkpoints, LoRA."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -318,9 +319,11 @@ def test_checkpoint_round_trip_without_reference(tiny_model_dir, tmp_path) -> No
         assert torch.equal(p, q), n
 
 
-def test_saves_hf_directory_at_fit_end(tiny_model_dir, tmp_path) -> None:
+def test_saves_hf_directory_at_fit_end(tiny_model_dir, tmp_path, caplog) -> None:
     out = tmp_path / "unlearned"
-    cli = run_lightning_cli(_cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}"]))
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        cli = run_lightning_cli(_cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}"]))
+    assert f"Model and tokenizer saved to {out} " in caplog.text  # the user is told where the model is
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     for (n, p), (_, q) in zip(cli.model.model.named_parameters(), reloaded.named_parameters(), strict=True):
         assert torch.equal(p, q), n
