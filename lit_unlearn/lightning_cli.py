@@ -107,6 +107,12 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            # argparse's generated usage lists every Trainer option: 45 lines above a one-line error. --help still
+            # lists them all.
+            parser_kwargs={
+                command: {"usage": f"lit-unlearn {command} --config CONFIG [--section.key=value ...]"}
+                for command in LightningCLI.subcommands()
+            },
             trainer_defaults={
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

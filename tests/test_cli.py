@@ -137,3 +137,22 @@ def test_a_malformed_data_line_under_fit_is_one_error_line(
         f"lit-unlearn: error: TOFUDataError: TOFU split 'forget01': {data / 'forget01.json'}, line 3: malformed" in err
     )
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("--model.lrr=1", "Option 'lrr' is not accepted"), ("--config=/no/such.yaml", "/no/such.yaml")],
+)
+def test_a_bad_option_is_reported_under_a_short_usage(
+    override: str, message: str, capsys: pytest.CaptureFixture
+) -> None:
+    # argparse's own usage lists every Trainer option (about 45 lines) above the error; the short one keeps it in view.
+    from lit_unlearn.lightning_cli import run_lightning_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_lightning_cli(["fit", "--config", str(TINY_CONFIG), override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: lit-unlearn fit --config CONFIG [--section.key=value ...]\n")
+    assert message in err
+    assert len(err.splitlines()) < 15
