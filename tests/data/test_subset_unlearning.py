@@ -264,3 +264,36 @@ def test_a_local_tofu_folder_without_a_needed_split_fails_at_construction(tmp_pa
             (tmp_path / f"{split}.json").write_text("{}\n")
     with pytest.raises(FileNotFoundError, match=r"TOFU split 'retain99': .*retain99\.json does not exist"):
         TOFUUnlearnDataModule("unused", forget_split="forget01", data_dir=str(tmp_path))
+
+
+def test_a_ranking_at_learning_rate_zero_measures_every_row_at_the_target_weights(
+    tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path
+) -> None:
+    """The README's ranking command: the paper preset with SGD at rate 0 in place of AdamW ranks every forget row once
+    and leaves the weights bit for bit as they were (so no row's value depends on when it was seen)."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lit_unlearn.lightning_cli import run_lightning_cli
+
+    sgd = json.dumps({"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}})
+    cli = run_lightning_cli(
+        ["fit", "--config", str(Path(__file__).parents[2] / "configs" / "tofu_paper" / "tiny_ga.yaml")]
+        + [f"--model.model_name_or_path={tiny_model_dir}", f"--data.data_dir={tofu_dir}", "--model.output_dir=null"]
+        + ["--model.evaluation.retain_eval_path=null", "--data.max_length=128", "--trainer.max_epochs=1"]
+        + ["--model.lr=null", "--model.weight_decay=null", f"--model.optimizer={sgd}"]
+        + [f"--trainer.callbacks.output_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+        + ["--trainer.callbacks.save_plot=false", "--trainer.enable_progress_bar=false"]
+        + ["--trainer.callbacks.coarse_boundaries=[1]"]  # the fixture model has 2 blocks, the preset names 3
+        + ["--data.batch_size=10", "--trainer.accumulate_grad_batches=1"]  # 4 steps: the test stays short
+    )
+    assert cli.trainer.global_step > 1  # several optimiser steps ran, each at rate 0
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    for (name, p), (_, q) in zip(cli.model.model.named_parameters(), initial.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    with open(tmp_path / "g_effect_ranking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["question"] for r in rows) == sorted(QUESTIONS)
+    assert {r["measurements"] for r in rows} == {"1"}
