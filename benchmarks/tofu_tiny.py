@@ -85,10 +85,9 @@ RANKING_EPOCHS = 1
 """The ranking run's length: one epoch at every step measures each forget10 example exactly once (at the model state
 its own batch was stepped on), so no example's sum has more measurements than another's."""
 RANKING_LR = 0.0
-"""The ranking run's learning rate: none, so every forget10 example is measured at the target's weights. At a
-positive rate a row's value tracks when in the epoch it was seen rather than the row: GA's runaway made the first
-ranking (lr 3e-4) correlate with the measured step at a Spearman ρ of -0.87, its per-step median going from -3e-6 at
-the first step to -0.2 at the last (the JSON keeps each row's step and the report prints ρ)."""
+"""The ranking run's learning rate: none, so every forget10 example is measured at the target's weights. Measured
+while unlearning, a row's value tracks when in the epoch it was seen rather than the row (GA's runaway grows every
+value as the epoch goes on): the control ranking at :data:`INSTANCE_LR`, kept beside it in the JSON, shows it."""
 INSTANCE_LR = 3e-4
 """The instance experiment's learning rate, fixed before any run: the middle of the grid. The question is which
 quarter does more collateral damage, so the rate must damage without collapsing the model; the selection rule's
@@ -495,9 +494,14 @@ def cached_runs(selection: Mapping[str, Any], setting: Setting, splits: Sequence
 
 
 def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
-    """Rank forget10 by the objective-side retaining G-effect, then unlearn the top, bottom and a random quarter."""
+    """Rank forget10 by the objective-side retaining G-effect, then unlearn the top, bottom and a random quarter.
+
+    The ranking is measured at the target's weights (:data:`RANKING_LR`); the same ranking measured while unlearning
+    at :data:`INSTANCE_LR` runs beside it as the control that shows what a drifting model does to it."""
     lr = INSTANCE_LR
-    (ranking_run,) = run_all([RunSpec(RANKING_VARIANT, "forget10", RANKING_LR, 0, rank=True)], setting, 1)
+    ranking_run, control_run = run_all(
+        [RunSpec(RANKING_VARIANT, "forget10", rate, 0, rank=True) for rate in (RANKING_LR, lr)], setting, workers
+    )
     ranking = ranking_run["ranking_file"]
     specs = [
         RunSpec(RANKING_VARIANT, "forget10", lr, seed, subset=subset, ranking_file=ranking)
@@ -505,15 +509,10 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
         for seed in SEEDS
     ]
     records = run_all(specs, setting, workers)
-    from callbacks import load_instance_history, load_ranking
+    from callbacks import load_ranking
     from lit_unlearn.data.ranking import select_subset
 
     rows = sorted(load_ranking(ranking), key=lambda r: int(r["example"]["index"]))
-    # The step(s) each row was measured at: a ranking that tracks them ranks the data order, not the rows.
-    steps: dict[int, set[int]] = {}
-    for row in load_instance_history(Path(ranking).with_name("g_effect_instances.csv")):
-        if row["side"] == "objective":
-            steps.setdefault(int(row["example"]["index"]), set()).add(int(row["step"]))
     questions = [r["example"]["question"] for r in rows]
     runs: dict[str, list[dict[str, Any]]] = {}
     for record in records:
@@ -524,13 +523,26 @@ def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
         "variant": RANKING_VARIANT, "lr": lr, "ranking_lr": RANKING_LR, "fraction": SUBSET_FRACTION,
         "ranking_column": "g_effect_retain", "ranking_epochs": RANKING_EPOCHS, "seeds": list(SEEDS),
         "ranking_run": _brief(ranking_run), "runs": runs,
-        # The ranking itself, per forget10 row: objective-side G-effects summed over the measured steps.
-        "ranking": [
-            {"index": i, "steps": sorted(steps[i]), **r["g_effect"]}
-            for r in rows
-            for i in [int(r["example"]["index"])]
-        ],
+        "ranking": ranking_rows(ranking),
+        "control_ranking": {
+            "lr": lr, "ranking_run": _brief(control_run), "ranking": ranking_rows(control_run["ranking_file"]),
+        },
     }  # fmt: skip
+
+
+def ranking_rows(ranking_file: str) -> list[dict[str, Any]]:
+    """Per forget10 row of a ranking run: its objective-side G-effects summed over the steps it was measured at, and
+    those steps (a ranking that tracks them ranks the order the rows were seen in, not the rows)."""
+    from callbacks import load_instance_history, load_ranking
+
+    steps: dict[int, set[int]] = {}
+    for row in load_instance_history(Path(ranking_file).with_name("g_effect_instances.csv")):
+        if row["side"] == "objective":
+            steps.setdefault(int(row["example"]["index"]), set()).add(int(row["step"]))
+    rows = sorted(load_ranking(ranking_file), key=lambda r: int(r["example"]["index"]))
+    return [
+        {"index": i, "steps": sorted(steps[i]), **r["g_effect"]} for r in rows for i in [int(r["example"]["index"])]
+    ]
 
 
 def _portable(record: dict[str, Any], cache_dir: Path) -> dict[str, Any]:

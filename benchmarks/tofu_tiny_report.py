@@ -144,10 +144,10 @@ def main_table(result: Mapping[str, Any]) -> list[str]:
     return table(header, rows)
 
 
-def collapsed(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], split: str) -> bool:
-    """A cell whose mean model utility is below half of the target's on its split."""
+def collapsed(result: Mapping[str, Any], model_utilities: Sequence[float], split: str) -> bool:
+    """A cell (its runs' model utilities) whose mean model utility is below half of the target's on its split."""
     target = result["references"][split]["target"]["model_utility"]
-    return statistics.fmean(metric(runs, "model_utility")) < 0.5 * target
+    return statistics.fmean(model_utilities) < 0.5 * target
 
 
 def rate_note(result: Mapping[str, Any]) -> list[str]:
@@ -160,7 +160,7 @@ def rate_note(result: Mapping[str, Any]) -> list[str]:
     per_split = ", ".join(f"{s}: {'/'.join(map(str, n))}" for s, n in steps.items())
     groups = cells(result["runs"])
     larger = [(v, s) for v in variant_order(result) for s in splits if s != "forget01" and (v, s) in groups]
-    damaged = [f"{v} ({s})" for v, s in larger if collapsed(result, groups[(v, s)], s)]
+    damaged = [f"{v} ({s})" for v, s in larger if collapsed(result, metric(groups[(v, s)], "model_utility"), s)]
     return [
         "Every split runs at the rate selected on forget01, as the paper's code keeps one rate per model for every "
         f"split; the rule was not re-applied on the larger splits. Optimiser steps per run: {per_split}. "
@@ -435,7 +435,11 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         else:  # the splits disagree: say which way each went, and how the splits differ besides
             word = f"holds on {_and(held)}, not on {_and(failed)}"
             groups = cells(result["runs"])  # claim_runaway's splits have runs of both GA and WGA
-            both = [s for s in held if all(collapsed(result, groups[(v, s)], s) for v in ("GA", "WGA"))]
+            both = [
+                s
+                for s in held
+                if all(collapsed(result, metric(groups[(v, s)], "model_utility"), s) for v in ("GA", "WGA"))
+            ]
             overturn = (
                 "The splits differ in run length at one rate (see the steps under the main table)"
                 + (
@@ -457,6 +461,43 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"gradient. {overturn}"
         )
     return lines
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's on the ranks, tied values sharing their mean rank."""
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        start = 0
+        while start < len(order):
+            end = start
+            while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+                end += 1
+            for k in order[start : end + 1]:
+                out[k] = (start + end) / 2
+            start = end + 1
+        return out
+
+    return statistics.correlation(ranks(xs), ranks(ys))
+
+
+def ranking_state(inst: Mapping[str, Any]) -> str:
+    """Whether the ranking ranks the rows or the order they were seen in: its rank correlation with each row's
+    measured step, and the control's (the same ranking measured while unlearning, at weights that drift)."""
+
+    def rho(rows: Sequence[Mapping[str, Any]]) -> float:
+        column = inst["ranking_column"].removeprefix("g_effect_")
+        return spearman([statistics.fmean(r["steps"]) for r in rows], [r[column] for r in rows])
+
+    control = inst["control_ranking"]
+    return (
+        f"At learning rate {inst['ranking_lr']:g} no step updates the weights, so every row is measured at the "
+        f"target's: the ranking's Spearman correlation with the step a row was measured at is "
+        f"{rho(inst['ranking']):.2f}. The same ranking measured while unlearning at lr {control['lr']:g} (the "
+        f"control, also in the JSON) gives {rho(control['ranking']):.2f}: there a row's value follows when it was "
+        "seen."
+    )
 
 
 def instance_summary(result: Mapping[str, Any]) -> dict[str, dict[str, float]] | None:
@@ -499,6 +540,8 @@ def claim_instances(result: Mapping[str, Any]) -> dict[str, Any] | None:
         "mean_model_utility": mu,
         "mu_ordered": mu["top"] > mu["random"] > mu["bottom"],
         "mu_separated": min(q["top"]["model_utility"]) > max(q["bottom"]["model_utility"]),
+        # Collateral damage is read off models that still work, or off wrecks: say which.
+        "collapsed": [k for k in ("top", "random", "bottom") if collapsed(result, q[k]["model_utility"], "forget10")],
     }
 
 
@@ -529,6 +572,11 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
     if c is None:
         return []
     m = c["mean_retain_nll"]
+    gone = c["collapsed"]
+    who = {0: "", 1: f"The {_and(gone)} quarter ends", 3: "Every quarter ends"}.get(
+        len(gone), f"The {_and(gone)} quarters end"
+    )
+    collapse = f"{who} below half of the target's model utility: damage far beyond the quarter. " if gone else ""
     if c["ordered"] and c["separated"]:
         word = "yes"
     elif c["bottom_above_top"]:
@@ -544,11 +592,10 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
         f"{fmt(c['mean_model_utility']['top'])}, random {fmt(c['mean_model_utility']['random'])}, bottom "
         f"{fmt(c['mean_model_utility']['bottom'])} (order top > random > bottom: "
         f"{'met' if c['mu_ordered'] else 'not met'}; every top seed above every bottom seed: "
-        f"{'yes' if c['mu_separated'] else 'no'}). Caveat: one ranking run (seed 0), {c['seeds']} per quarter, and the "
-        "top and "
-        "bottom quarters are fixed rows (their seeds change only the data order), while the random quarter's rows "
-        "change with the seed. A ranking from another seed or a larger model that reorders the quarters would "
-        "overturn it."
+        f"{'yes' if c['mu_separated'] else 'no'}). {collapse}Caveat: one ranking run (seed 0), {c['seeds']} per "
+        "quarter, and the top and bottom quarters are fixed rows (their seeds change only the data order), while the "
+        "random quarter's rows change with the seed. A ranking from another seed or a larger model that reorders the "
+        "quarters would overturn it."
     ]
 
 
@@ -594,14 +641,13 @@ def worker_seconds(result: Mapping[str, Any]) -> dict[str, float]:
         spec = r["spec"]
         seen[(spec["variant"], spec["split"], spec["lr"], spec["seed"], None)] = r["fit_s"] + r["eval_s"]
     inst = result.get("instances") or {}
-    extra = 0.0
-    if inst:
-        extra += inst["ranking_run"]["fit_s"] + inst["ranking_run"]["eval_s"]
-        extra += sum(r["fit_s"] + r["eval_s"] for runs in inst["runs"].values() for r in runs)
+    # The instance experiment's runs: the ranking, its control and the quarters'.
+    others = [inst["ranking_run"], inst["control_ranking"]["ranking_run"]] if inst else []
+    others += [r for runs in inst.get("runs", {}).values() for r in runs]
     models = result["setup"].get("models", {})
     return {
-        "runs": sum(seen.values()) + extra,
-        "count": len(seen) + (1 + sum(len(v) for v in inst["runs"].values()) if inst else 0),
+        "runs": sum(seen.values()) + sum(r["fit_s"] + r["eval_s"] for r in others),
+        "count": len(seen) + len(others),
         "models": sum(m["fit_seconds"] + m["eval_seconds"] for m in models.values()),
         "models_recorded": sum(1 for m in models.values() if m["fit_seconds"] > 0),
         "models_total": len(models),
@@ -812,11 +858,11 @@ def render_page(result: Mapping[str, Any]) -> str:
         out += [
             "## The instance experiment (forget10)",
             "",
-            f"{inst['variant']} at lr {inst['lr']:g} on all of forget10 (seed 0, {inst['ranking_epochs']} "
-            f"epoch{'s' if inst['ranking_epochs'] != 1 else ''}, "
-            "the G-effect measured at every step) writes the ranking: each example's objective-side G-effect on the "
-            "retain risk (the pool's retain rows of its step), summed over the steps it was measured in (once per "
-            "epoch). Then the same objective "
+            f"{inst['variant']} at learning rate {inst['ranking_lr']:g} on all of forget10 (seed 0, "
+            f"{inst['ranking_epochs']} epoch{'s' if inst['ranking_epochs'] != 1 else ''}, the G-effect measured at "
+            "every step) writes the ranking: each example's objective-side G-effect on the retain risk (the pool's "
+            "retain rows of its step), summed over the steps it was measured in (once per epoch). "
+            f"{ranking_state(inst)} Then the same objective at lr {inst['lr']:g} "
             f"unlearns only the top, the bottom or a random {inst['fraction']:.0%} of the rows, seeds "
             f"{', '.join(map(str, inst['seeds']))}; "
             "forget quality is still measured on all of forget10.",
@@ -856,6 +902,10 @@ def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Any, Any
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
+MU_ZERO, MU_ZERO_SPREAD = 5e-4, 0.012
+"""Model utility below 5e-4 reads 0 at 3 digits; such cells are drawn 0.012 apart so that each stays visible."""
+
+
 def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
     """One panel per split: each variant's median forget quality (range bars) against mean model utility (sd bars),
     the references, and the FQ = 0.05 line."""
@@ -866,6 +916,7 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
     families = sorted({v["family"] for v in result["variants"].values()})
     colors = {f: f"C{i}" for i, f in enumerate(families)}
     for ax, split in zip(axes[0], splits, strict=True):
+        at_zero = 0  # cells whose mean model utility is 0 to 3 digits: drawn side by side, not on top of each other
         for name in variant_order(result):
             runs = groups.get((name, split), [])
             if not runs:
@@ -874,6 +925,8 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
             marker = "D" if "eps" in " ".join(variant["overrides"]) else markers[variant["form"]]
             fq, mu = metric(runs, "forget_quality"), metric(runs, "model_utility")
             x, y = statistics.fmean(mu), statistics.median(fq)
+            if x < MU_ZERO:
+                x, at_zero = at_zero * MU_ZERO_SPREAD, at_zero + 1
             sd = statistics.stdev(mu) if len(mu) > 1 else 0.0
             ax.errorbar(
                 x, y, xerr=sd, yerr=[[y - min(fq)], [max(fq) - y]], fmt=marker,
@@ -893,7 +946,8 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
         )
         ax.set_yscale("log")
         ax.set_title(f"{split}: removal vs retention")
-        ax.set_xlabel("model utility (mean ± sd over seeds)")
+        spread = f"; the {at_zero} cells at 0 spread sideways" if at_zero > 1 else ""
+        ax.set_xlabel(f"model utility (mean ± sd over seeds{spread})")
         ax.set_ylabel("forget quality (median, range over seeds)")
         ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7)
@@ -939,6 +993,7 @@ def plot_layer_bars(result: Mapping[str, Any], path: Path, split: str) -> Path:
     for ax, family in zip(axes[0], families, strict=True):
         names = [n for n in variant_order(result) if result["variants"][n]["family"] == family]
         width = 0.8 / len(names)
+        heights = [0.0]
         for i, name in enumerate(names):
             runs = groups.get((name, split), [])
             for term, hatch in (("unlearn", None), ("regularizer", "//")):
@@ -946,6 +1001,7 @@ def plot_layer_bars(result: Mapping[str, Any], path: Path, split: str) -> Path:
                 if not per_run:
                     continue
                 means = [statistics.fmean(p.get(g, 0.0) for p in per_run) for g in GROUPS]
+                heights += means
                 xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(GROUPS))]
                 ax.bar(
                     xs, means, width * 0.9, color=f"C{i}", hatch=hatch, alpha=0.9 if hatch is None else 0.45,
@@ -954,9 +1010,11 @@ def plot_layer_bars(result: Mapping[str, Any], path: Path, split: str) -> Path:
         ax.axhline(0.0, color="grey", linewidth=0.6)
         ax.set_xticks(range(len(GROUPS)), GROUPS, rotation=30, fontsize=8)
         ax.set_yscale("symlog", linthresh=1e-3)
+        # Half a decade beyond the tallest bar each way: symlog's autoscaling can cut a bar's end off.
+        ax.set_ylim(min(heights) * 3, max(heights) * 3)
         ax.set_title(family, fontsize=9)
         ax.set_ylabel("mean G-effect on the forget risk (symlog)")
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: bars stay visible
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)  # below: bars stay visible
     fig.savefig(path, dpi=110)
     return path
 

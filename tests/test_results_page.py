@@ -200,7 +200,11 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
         for q in kept
     }
     ranking = [{"index": i, "forget": 0.0, "retain": v} for i, v in enumerate(values)]
-    result = {"instances": {"ranking_column": "g_effect_retain", "ranking": ranking, "runs": runs}}
+    target = {"model_utility": 0.5}  # every quarter keeps more than half of it (MU ≥ 1/3)
+    result = {
+        "instances": {"ranking_column": "g_effect_retain", "ranking": ranking, "runs": runs},
+        "references": {"forget10": {"target": target}},
+    }
     summary = report.instance_summary(result)
     assert summary["top"]["ranking_mean"] == 3.5
     assert summary["bottom"]["ranking_mean"] == -2.5
@@ -209,6 +213,27 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
     # Model utility, reported beside the pre-registered NLL, falls with the NLL's damage: same verdict here.
     assert f"(order top > random > bottom: {'met' if predicts else 'not met'};" in line
     assert f"every top seed above every bottom seed: {'yes' if predicts else 'no'})" in line
+    assert "below half of the target's model utility" not in line
+    target["model_utility"] = 0.8  # half is 0.4: only the quarter of NLL 3 (MU 1/3 + 0.01 s) ends below it
+    (line,) = report.instance_verdict(result)
+    assert f"The {'bottom' if predicts else 'top'} quarter ends below half of the target's model utility" in line
+    target["model_utility"] = 3.0
+    (line,) = report.instance_verdict(result)
+    assert "Every quarter ends below half of the target's model utility" in line
+
+
+def test_ranking_state_reports_the_correlation_with_the_measured_step() -> None:
+    # Four rows measured at steps 0, 0, 1, 1 whose values fall with the step: tied steps share rank 0.5 and 2.5, the
+    # values rank 3, 2, 1, 0, so Pearson's r on the ranks is -4 / (2 · √5) = -0.894 (by hand).
+    drifting = [{"index": i, "steps": [i // 2], "forget": 0.0, "retain": 4.0 - i} for i in range(4)]
+    level = [{"index": i, "steps": [i // 2], "forget": 0.0, "retain": v} for i, v in enumerate([1.0, 2.0, 2.0, 1.0])]
+    assert report.spearman([0, 0, 1, 1], [4, 3, 2, 1]) == pytest.approx(-4 / (2 * 5**0.5))
+    assert report.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))  # 1 - 6Σd²/(n(n²-1))
+    inst = {"ranking_column": "g_effect_retain", "ranking": level, "ranking_lr": 0.0}
+    inst["control_ranking"] = {"lr": 3e-4, "ranking": drifting}
+    line = report.ranking_state(inst)
+    assert "the step a row was measured at is 0.00." in line  # equal values at both steps: no correlation
+    assert "unlearning at lr 0.0003 (the control, also in the JSON) gives -0.89" in line
 
 
 def test_shallow_tie_does_not_hold() -> None:
@@ -230,3 +255,27 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
     rows, counts = report.kl_vs_gd_table(result)
     assert counts == {"KL dominates": 10, "GD dominates": 1, "neither": 0}
     assert "| GA | forget01 | 1 | 1 | 0 |" in rows
+
+
+def test_worker_seconds_counts_each_distinct_run_once() -> None:
+    # The selected grid run on forget01 seed 0 is also a seed run: counted once. The instance experiment adds the
+    # ranking, its control and the quarters. Hand count: grid 2 runs (3 + 5 s), seed runs 2 more (7 + 11 s; one of
+    # the listed three is the grid's lr-1e-3 run again), instances 1 + 1 + 2 runs (13 + 17 + 19 + 23 s).
+    brief = {"fit_s": 1.0, "eval_s": 2.0}
+    runs = [
+        {"spec": {"variant": "GA", "split": "forget01", "lr": 1e-3, "seed": s}, "fit_s": t, "eval_s": 0.0}
+        for s, t in ((0, 5.0), (1, 7.0), (2, 11.0))
+    ]
+    result = {
+        "selection": {"GA": {"runs": [brief | {"lr": 1e-4}, {"lr": 1e-3, "fit_s": 5.0, "eval_s": 0.0}]}},
+        "runs": runs,
+        "instances": {
+            "ranking_run": {"fit_s": 13.0, "eval_s": 0.0},
+            "control_ranking": {"ranking_run": {"fit_s": 17.0, "eval_s": 0.0}},
+            "runs": {"top": [{"fit_s": 19.0, "eval_s": 0.0}], "bottom": [{"fit_s": 23.0, "eval_s": 0.0}]},
+        },
+        "setup": {"models": {}},
+    }
+    t = report.worker_seconds(result)
+    assert t["count"] == 2 + 2 + 4
+    assert t["runs"] == 3 + 5 + 7 + 11 + 13 + 17 + 19 + 23
