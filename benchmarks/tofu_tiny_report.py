@@ -217,9 +217,11 @@ def layer_table(result: Mapping[str, Any], split: str) -> list[str]:
 
 def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]]:
     """Paired KL-vs-GD comparison: for each family, split and seed, which regulariser's run dominates in
-    (forget quality, model utility); ``tie`` when neither dominates (a trade-off)."""
+    (forget quality, model utility), and when neither does, which way the trade-off goes: KL keeping more model
+    utility while GD forgets more (higher forget quality), or the reverse. Each side runs at its own selected rate."""
     groups = cells(result["runs"])
-    counts = {"KL dominates": 0, "GD dominates": 0, "neither": 0}
+    kinds = ("KL dominates", "GD dominates", "KL more MU, GD more FQ", "GD more MU, KL more FQ", "equal")
+    counts = dict.fromkeys(kinds, 0)
     rows = []
     families = sorted({v["family"] for v in result["variants"].values()})
     for family in families:
@@ -229,22 +231,26 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
             pairs = [
                 (g, by_seed[g["spec"]["seed"]]) for g in groups.get((gd, split), []) if g["spec"]["seed"] in by_seed
             ]
-            tally = {"KL": 0, "GD": 0, "neither": 0}
+            tally = dict.fromkeys(kinds, 0)
             for g, k in pairs:
                 a = (k["summary"]["forget_quality"], k["summary"]["model_utility"])
                 b = (g["summary"]["forget_quality"], g["summary"]["model_utility"])
                 if dominates(a, b):
-                    tally["KL"] += 1
+                    tally["KL dominates"] += 1
                 elif dominates(b, a):
-                    tally["GD"] += 1
+                    tally["GD dominates"] += 1
+                elif a[1] > b[1]:
+                    tally["KL more MU, GD more FQ"] += 1
+                elif b[1] > a[1]:
+                    tally["GD more MU, KL more FQ"] += 1
                 else:
-                    tally["neither"] += 1
-            if sum(tally.values()):
-                rows.append([family, split, tally["KL"], tally["GD"], tally["neither"]])
-                counts["KL dominates"] += tally["KL"]
-                counts["GD dominates"] += tally["GD"]
-                counts["neither"] += tally["neither"]
-    return table(["family", "split", "KL dominates", "GD dominates", "neither"], rows), counts
+                    tally["equal"] += 1
+            if pairs:
+                rates = f"{result['selection'][gd]['lr']:g} / {result['selection'][kl]['lr']:g}"
+                rows.append([family, split, rates, *(tally[k] for k in kinds if k != "equal")])
+                counts = {k: counts[k] + tally[k] for k in kinds}
+    header = ["family", "split", "lr GD / KL", *(k for k in kinds if k != "equal")]
+    return table(header, rows), counts
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -302,21 +308,24 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
     WGA/WTNPO rank above both GA and NPO by the selection rule's ordering?"""
     groups = cells(result["runs"])
     keep = result["setup"]["mu_keep"]
-    checks, wins = [], 0
+    checks, wins, skipped = [], 0, []
     for split in run_splits(result):
         target_mu = result["references"][split]["target"]["model_utility"]
         for form, suffix in (("paper", ""), ("GD", "+GD"), ("KL", "+KL")):
             keys = {f: groups.get((f + suffix, split)) for f in ("GA", "NPO", "WGA", "WTNPO")}
             if not all(keys.values()):
+                skipped.append(f"{split} {form}")
                 continue
             ranked = {f: _rank_key(runs, target_mu, keep) for f, runs in keys.items()}
-            best_new = max(ranked["WGA"], ranked["WTNPO"])
+            best_new, best_old = max(ranked["WGA"], ranked["WTNPO"]), max(ranked["GA"], ranked["NPO"])
             won = best_new > ranked["GA"] and best_new > ranked["NPO"]
             wins += won
             # Not won, but level with the better baseline (e.g. the same forget-quality rung): a tie, not a loss.
-            tied = not won and best_new == max(ranked["GA"], ranked["NPO"])
-            checks.append((split, form, won, tied))
-    return {"wins": wins, "checks": len(checks), "detail": checks}
+            tied = not won and best_new == best_old
+            # No cell of either side keeps the rule's share of the target's utility: ordered by utility alone.
+            on_mu = not best_new[0] and not best_old[0]
+            checks.append((split, form, won, tied, on_mu))
+    return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped}
 
 
 def _top_depth(run: Mapping[str, Any]) -> str | None:
@@ -380,30 +389,45 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
     if t["checks"]:
         holds = t["wins"] == t["checks"]
         word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
-        lost = [f"{s} {f}" for s, f, won, tied in t["detail"] if not won and not tied]
-        tied = [f"{s} {f}" for s, f, _, tie in t["detail"] if tie]
+        lost = [f"{s} {f}" for s, f, won, tied, _ in t["detail"] if not won and not tied]
+        tied = [f"{s} {f}" for s, f, _, tie, _ in t["detail"] if tie]
+        on_mu = [f"{s} {f}" for s, f, *_, mu_only in t["detail"] if mu_only]
         where = [f"level with the better of them in: {', '.join(tied)}"] if tied else []
         where += [f"below it in: {', '.join(lost)}"] if lost else []
+        keep = result["setup"]["mu_keep"]
         lines.append(
             f"- **WGA/WTNPO give the best trade-off: {word}.** In {t['wins']} of {t['checks']} (split, form) cells the "
             "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering"
             + (f" ({'; '.join(where)})" if where else "")
-            + f". Caveat: {seeds_phrase(result)} per cell, and forget quality moves in coarse rungs on forget01 (40 "
+            + "."
+            + (
+                f" In {_and(on_mu)} no cell of either side keeps {keep:.0%} of the target's model utility, so the "
+                "ordering there is by model utility alone and forget quality plays no part."
+                if on_mu
+                else ""
+            )
+            + (f" Not checked (a cell not run yet): {', '.join(t['skipped'])}." if t["skipped"] else "")
+            + f" Caveat: {seeds_phrase(result)} per cell, and forget quality moves in coarse rungs on forget01 (40 "
             "items). It would be overturned by more seeds reversing the cells' order."
         )
     _, kl = kl_vs_gd_table(result)
     decisive = kl["KL dominates"] + kl["GD dominates"]
-    if decisive + kl["neither"]:
-        p = binomial_two_sided(kl["KL dominates"], decisive)
+    neither = sum(kl.values()) - decisive
+    if decisive + neither:
+        p = binomial_two_sided(kl["KL dominates"], decisive) if decisive else None
         if decisive == 0 or p >= 0.05:
             word = "not supported at this scale"
         else:
             word = "holds" if kl["KL dominates"] > kl["GD dominates"] else "the reverse holds (GD is better)"
+        test = f"sign test on the decisive pairs: p = {fmt(p)}" if decisive else "no decisive pair, so no sign test"
         lines.append(
             f"- **KL is a better regulariser than GD: {word}.** Over the paired runs, KL dominates in "
-            f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {kl['neither']} (sign test on the "
-            f"decisive pairs: p = {fmt(p)}). A pair where neither dominates is a trade-off, not a tie. More seeds "
-            "or splits where one side dominates consistently would change this."
+            f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {neither} ({test}). A pair where neither "
+            f"dominates is a trade-off, not a tie: in {kl['KL more MU, GD more FQ']} KL keeps more model utility and "
+            f"GD reaches higher forget quality, in {kl['GD more MU, KL more FQ']} the reverse (per family in the "
+            "table). Each side runs at its own selected rate (the table's lr column), so a trade-off can be the "
+            "rates' as much as the regularisers'. More seeds, or pairs at one shared rate where one side dominates "
+            "consistently, would change this."
         )
     sh = claim_shallow(result)
     if sh["runs"]:
@@ -418,9 +442,9 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"against a uniform pick: p = {fmt(sh['p_one_sided'])}, which treats the runs as independent; they are "
             f"{sh['cells']} cells of seeds of one target, and in {sh['shallow_cells']} of the {sh['cells']} cells "
             f"every seed ranks the shallow blocks first). The {n_blocks} blocks have the same shape, so "
-            "the depth groups differ in depth only (the deep group also contains the final norm, a few hundred "
-            "weights); the embedding and LM head are reported beside them, not ranked. A different depth split or a "
-            "larger model could change it."
+            "the depth groups differ in depth only (the deep group also contains the final norm, one weight per "
+            "hidden unit); the embedding and LM head are reported beside them, not ranked. A different depth split or "
+            "a larger model could change it."
         )
     ra = claim_runaway(result)
     if ra:
@@ -433,13 +457,15 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             word = "does not hold"
             overturn = "A GA ratio above WGA's on more seeds or splits would overturn it."
         else:  # the splits disagree: say which way each went, and how the splits differ besides
-            word = f"holds on {_and(held)}, not on {_and(failed)}"
             groups = cells(result["runs"])  # claim_runaway's splits have runs of both GA and WGA
             both = [
                 s
                 for s in held
                 if all(collapsed(result, metric(groups[(v, s)], "model_utility"), s) for v in ("GA", "WGA"))
             ]
+            # Where it holds only between wrecks, the headline says so, not only the caveat.
+            only = "only where GA and WGA have both collapsed, " if both == held else ""
+            word = f"holds {only}on {_and(held)}, not on {_and(failed)}"
             overturn = (
                 "The splits differ in run length at one rate (see the steps under the main table)"
                 + (
@@ -491,12 +517,18 @@ def ranking_state(inst: Mapping[str, Any]) -> str:
         return spearman([statistics.fmean(r["steps"]) for r in rows], [r[column] for r in rows])
 
     control = inst["control_ranking"]
+    ours, theirs = rho(inst["ranking"]), rho(control["ranking"])
+    frozen = (
+        "no step updates the weights, so every row is measured at the target's: " if inst["ranking_lr"] == 0 else ""
+    )
+
+    def reading(r: float) -> str:  # |ρ| ≥ 0.5: the step explains much of the ranking's order
+        return "a row's value follows when it was seen" if abs(r) >= 0.5 else "the step explains little of the order"
+
     return (
-        f"At learning rate {inst['ranking_lr']:g} no step updates the weights, so every row is measured at the "
-        f"target's: the ranking's Spearman correlation with the step a row was measured at is "
-        f"{rho(inst['ranking']):.2f}. The same ranking measured while unlearning at lr {control['lr']:g} (the "
-        f"control, also in the JSON) gives {rho(control['ranking']):.2f}: there a row's value follows when it was "
-        "seen."
+        f"At learning rate {inst['ranking_lr']:g} {frozen}the ranking's Spearman correlation with the step a row was "
+        f"measured at is {ours:.2f} ({reading(ours)}). The same ranking measured while unlearning at lr "
+        f"{control['lr']:g} (the control, also in the JSON) gives {theirs:.2f} ({reading(theirs)})."
     )
 
 
@@ -515,6 +547,7 @@ def instance_summary(result: Mapping[str, Any]) -> dict[str, dict[str, float]] |
             out[subset] = {
                 "ranking_mean": statistics.fmean(value[i] for r in runs for i in r["kept_rows"]),
                 "retain_nll": [r["retain_answer_loss"] for r in runs],
+                "forget_nll": [r["forget_answer_loss"] for r in runs],
                 "model_utility": [r["model_utility"] for r in runs],
                 "forget_quality": [r["forget_quality"] for r in runs],
             }
@@ -533,6 +566,9 @@ def claim_instances(result: Mapping[str, Any]) -> dict[str, Any] | None:
     return {
         "seeds": count_phrase(len(v["retain_nll"]) for v in q.values()),
         "mean_retain_nll": mean,
+        # How far the quarter moved the model on the forget split itself: more collateral damage may just be more
+        # unlearning.
+        "mean_forget_nll": {k: statistics.fmean(v["forget_nll"]) for k, v in q.items()},
         "ordered": mean["bottom"] > mean["random"] > mean["top"],
         "bottom_above_top": mean["bottom"] > mean["top"],
         "separated": min(q["bottom"]["retain_nll"]) > max(q["top"]["retain_nll"]),
@@ -550,13 +586,14 @@ def instance_table(result: Mapping[str, Any]) -> list[str]:
     q = instance_summary(result)
     if not q:
         return []
-    header = ["quarter", "mean ranking value (g_effect_retain)", "retain answer NLL", "model utility"]
-    header += ["forget quality (forget10)", "seeds"]
+    header = ["quarter", "mean ranking value (g_effect_retain)", "retain answer NLL", "forget10 answer NLL"]
+    header += ["model utility", "forget quality (forget10)", "seeds"]
     rows = [
         [
             subset,
             fmt(v["ranking_mean"]),
             mean_sd(v["retain_nll"]),
+            mean_sd(v["forget_nll"]),
             mean_sd(v["model_utility"]),
             median_range(v["forget_quality"]),
             len(v["retain_nll"]),
@@ -573,10 +610,24 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
         return []
     m = c["mean_retain_nll"]
     gone = c["collapsed"]
-    who = {0: "", 1: f"The {_and(gone)} quarter ends", 3: "Every quarter ends"}.get(
+    who = {1: f"The {_and(gone)} quarter ends", 3: "Every quarter ends"}.get(
         len(gone), f"The {_and(gone)} quarters end"
     )
-    collapse = f"{who} below half of the target's model utility: damage far beyond the quarter. " if gone else ""
+    retain_mu = fmt(result["references"]["forget10"]["retain"]["model_utility"])
+    collapse = (
+        f"{who} below half of the target's model utility (the forget10 retain model scores {retain_mu}). "
+        if gone
+        else ""
+    )
+    f = c["mean_forget_nll"]
+    ratios = ", ".join(f"{k} {fmt(m[k] / f[k], 2)}" for k in ("top", "random", "bottom"))
+    order = f"bottom {fmt(f['bottom'])}, random {fmt(f['random'])}, top {fmt(f['top'])}"
+    moved = (
+        f"Forget10 answer NLL falls in the same order ({order}): the quarters that damage retain most also unlearn "
+        "forget10 most, so the ranking may predict how far unlearning moves the model rather than a worse trade-off "
+        if f["bottom"] > f["random"] > f["top"]
+        else f"Forget10 answer NLL does not fall in that order ({order}) "
+    ) + f"(retain / forget NLL: {ratios}). "
     if c["ordered"] and c["separated"]:
         word = "yes"
     elif c["bottom_above_top"]:
@@ -592,10 +643,11 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
         f"{fmt(c['mean_model_utility']['top'])}, random {fmt(c['mean_model_utility']['random'])}, bottom "
         f"{fmt(c['mean_model_utility']['bottom'])} (order top > random > bottom: "
         f"{'met' if c['mu_ordered'] else 'not met'}; every top seed above every bottom seed: "
-        f"{'yes' if c['mu_separated'] else 'no'}). {collapse}Caveat: one ranking run (seed 0), {c['seeds']} per "
-        "quarter, and the top and bottom quarters are fixed rows (their seeds change only the data order), while the "
-        "random quarter's rows change with the seed. A ranking from another seed or a larger model that reorders the "
-        "quarters would overturn it."
+        f"{'yes' if c['mu_separated'] else 'no'}). {moved}{collapse}Caveat: one ranking run (seed 0), "
+        f"{c['seeds']} per quarter; each row's value is measured against the retain rows of its own step, which the "
+        "data order picks; the top and bottom quarters are fixed rows (their seeds change only the data order), while "
+        "the random quarter's rows change with the seed. A ranking from another seed or a larger model that reorders "
+        "the quarters would overturn it."
     ]
 
 
@@ -648,8 +700,8 @@ def worker_seconds(result: Mapping[str, Any]) -> dict[str, float]:
     return {
         "runs": sum(seen.values()) + sum(r["fit_s"] + r["eval_s"] for r in others),
         "count": len(seen) + len(others),
-        "models": sum(m["fit_seconds"] + m["eval_seconds"] for m in models.values()),
-        "models_recorded": sum(1 for m in models.values() if m["fit_seconds"] > 0),
+        "models": sum(m["fit_seconds"] for m in models.values() if m["fit_seconds"] is not None),
+        "models_recorded": sum(1 for m in models.values() if m["fit_seconds"] is not None),
         "models_total": len(models),
     }
 
@@ -785,13 +837,14 @@ def render_page(result: Mapping[str, Any]) -> str:
     ]
     out += ["## Protocol", "", *setup_table(result), "", *variants_table(result), ""]
     models_time = (
-        f"; building and evaluating the models: {t['models'] / 3600:.2f} worker-hours "
+        f"; building the models: {t['models'] / 3600:.2f} worker-hours "
         f"({t['models_recorded']} of {t['models_total']} models timed by the cache)"
         if t["models_recorded"]
         else "; the models' build time is not in the JSON (built before the cache recorded it)"
     )
     out += [
-        f"Measured time of the {t['count']} unlearning runs, training and evaluation: "
+        f"Measured time of the {t['count']} runs (the unlearning runs and the instance experiment's two ranking "
+        "runs), training and evaluation: "
         f"{t['runs'] / 3600:.2f} worker-hours (one torch thread each, {result['setup']['workers']} at a time"
         + (f" on a {result['setup']['cpu_count']}-core machine" if result["setup"].get("cpu_count") else "")
         + ")"
@@ -903,7 +956,8 @@ def _figure(rows: int, cols: int, width: float, height: float) -> tuple[Any, Any
 
 
 MU_ZERO, MU_ZERO_SPREAD = 5e-4, 0.012
-"""Model utility below 5e-4 reads 0 at 3 digits; such cells are drawn 0.012 apart so that each stays visible."""
+"""Model utility below 5e-4 reads 0 at 3 digits; such cells are drawn hollow, 0.012 apart leftwards from 0, so that
+each stays visible."""
 
 
 def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
@@ -925,12 +979,14 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
             marker = "D" if "eps" in " ".join(variant["overrides"]) else markers[variant["form"]]
             fq, mu = metric(runs, "forget_quality"), metric(runs, "model_utility")
             x, y = statistics.fmean(mu), statistics.median(fq)
-            if x < MU_ZERO:
-                x, at_zero = at_zero * MU_ZERO_SPREAD, at_zero + 1
+            spread = x < MU_ZERO
+            if spread:  # leftwards from 0, hollow: no real model utility lies there, so none is suggested
+                x, at_zero = -at_zero * MU_ZERO_SPREAD, at_zero + 1
             sd = statistics.stdev(mu) if len(mu) > 1 else 0.0
             ax.errorbar(
                 x, y, xerr=sd, yerr=[[y - min(fq)], [max(fq) - y]], fmt=marker,
                 color=colors[variant["family"]], markersize=6, capsize=2, linewidth=0.8,
+                markerfacecolor="none" if spread else colors[variant["family"]],
                 label=name if split == splits[0] else None,
             )  # fmt: skip
         for key, marker in (("target", "X"), ("retain", "*")):
@@ -946,8 +1002,8 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
         )
         ax.set_yscale("log")
         ax.set_title(f"{split}: removal vs retention")
-        spread = f"; the {at_zero} cells at 0 spread sideways" if at_zero > 1 else ""
-        ax.set_xlabel(f"model utility (mean ± sd over seeds{spread})")
+        zeros = f"\nhollow: the {at_zero} cells at 0, spread leftwards" if at_zero > 1 else ""
+        ax.set_xlabel(f"model utility (mean ± sd over seeds){zeros}")
         ax.set_ylabel("forget quality (median, range over seeds)")
         ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=7)

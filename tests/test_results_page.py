@@ -77,6 +77,7 @@ def _result(kl_better: bool, shallow_largest: bool, ga_grows: bool) -> dict[str,
         "setup": {"forget_splits": ["forget01"], "seeds": [0, 1, 2], "mu_keep": 0.9},
         "references": {"forget01": {"target": {"model_utility": 0.9}, "retain": {"model_utility": 0.9}}},
         "variants": variants,
+        "selection": {name: {"lr": 1e-3} for name in variants},
         "runs": runs,
     }
 
@@ -191,6 +192,7 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
         q: [
             {
                 "retain_answer_loss": nll[q] + 0.1 * s,
+                "forget_answer_loss": 2 * nll[q],
                 "model_utility": 1 / nll[q] + 0.01 * s,
                 "forget_quality": 0.1,
                 "kept_rows": kept[q],
@@ -203,7 +205,7 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
     target = {"model_utility": 0.5}  # every quarter keeps more than half of it (MU ≥ 1/3)
     result = {
         "instances": {"ranking_column": "g_effect_retain", "ranking": ranking, "runs": runs},
-        "references": {"forget10": {"target": target}},
+        "references": {"forget10": {"target": target, "retain": {"model_utility": 0.3}}},
     }
     summary = report.instance_summary(result)
     assert summary["top"]["ranking_mean"] == 3.5
@@ -214,6 +216,10 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
     assert f"(order top > random > bottom: {'met' if predicts else 'not met'};" in line
     assert f"every top seed above every bottom seed: {'yes' if predicts else 'no'})" in line
     assert "below half of the target's model utility" not in line
+    # The forget NLL (twice the retain NLL here) moves with the retain NLL: the page says the quarters may differ in
+    # how far unlearning moved the model, not in its trade-off; the ratio is 0.5 (+ 0.05 s / 2 nll) in each quarter.
+    moved = "Forget10 answer NLL falls in the same order" if predicts else "Forget10 answer NLL does not fall"
+    assert moved in line
     target["model_utility"] = 0.8  # half is 0.4: only the quarter of NLL 3 (MU 1/3 + 0.01 s) ends below it
     (line,) = report.instance_verdict(result)
     assert f"The {'bottom' if predicts else 'top'} quarter ends below half of the target's model utility" in line
@@ -232,8 +238,13 @@ def test_ranking_state_reports_the_correlation_with_the_measured_step() -> None:
     inst = {"ranking_column": "g_effect_retain", "ranking": level, "ranking_lr": 0.0}
     inst["control_ranking"] = {"lr": 3e-4, "ranking": drifting}
     line = report.ranking_state(inst)
-    assert "the step a row was measured at is 0.00." in line  # equal values at both steps: no correlation
-    assert "unlearning at lr 0.0003 (the control, also in the JSON) gives -0.89" in line
+    # Equal values at both steps: no correlation; the control's values fall with the step.
+    assert "the step a row was measured at is 0.00 (the step explains little of the order)." in line
+    assert "unlearning at lr 0.0003 (the control, also in the JSON) gives -0.89 (a row's value follows when" in line
+    assert "every row is measured at the target's" in line
+    line = report.ranking_state(inst | {"ranking_lr": 1e-4, "ranking": drifting})  # not frozen: no such claim
+    assert "is -0.89 (a row's value follows when it was seen)" in line
+    assert "every row is measured at the target's" not in line
 
 
 def test_shallow_tie_does_not_hold() -> None:
@@ -252,9 +263,21 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
     for run in result["runs"]:
         if run["spec"]["variant"] == "GA+KL" and run["spec"]["seed"] == 1:
             run["summary"] = {"forget_quality": 1e-9, "model_utility": 0.1}  # GD dominates this pair only
+        if run["spec"]["variant"] == "WGA+KL" and run["spec"]["seed"] == 2:
+            run["summary"] = {"forget_quality": 1e-9, "model_utility": 0.99}  # KL keeps more MU, GD forgets more
     rows, counts = report.kl_vs_gd_table(result)
-    assert counts == {"KL dominates": 10, "GD dominates": 1, "neither": 0}
-    assert "| GA | forget01 | 1 | 1 | 0 |" in rows
+    assert counts == {
+        "KL dominates": 9,
+        "GD dominates": 1,
+        "KL more MU, GD more FQ": 1,
+        "GD more MU, KL more FQ": 0,
+        "equal": 0,
+    }
+    assert "| GA | forget01 | 0.001 / 0.001 | 1 | 1 | 0 | 0 |" in rows
+    assert "| WGA | forget01 | 0.001 / 0.001 | 2 | 0 | 1 | 0 |" in rows
+    assert "in 1 KL keeps more model utility and GD reaches higher forget quality, in 0 the reverse" in _verdict(
+        result, "KL is a better regulariser"
+    )
 
 
 def test_worker_seconds_counts_each_distinct_run_once() -> None:
@@ -279,3 +302,55 @@ def test_worker_seconds_counts_each_distinct_run_once() -> None:
     t = report.worker_seconds(result)
     assert t["count"] == 2 + 2 + 4
     assert t["runs"] == 3 + 5 + 7 + 11 + 13 + 17 + 19 + 23
+
+
+def test_the_ranking_run_is_frozen_and_its_control_unlearns(tmp_path: Path) -> None:
+    # The ranking measures at the target's weights (SGD at rate 0 in place of AdamW); the control measures the same
+    # rows while unlearning at the quarters' rate, with the preset's AdamW. A control built frozen would show ρ ≈ 0.
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    setting = tofu_tiny.Setting(str(tmp_path), "data", "target", {}, 32, 100)
+
+    def args(lr: float) -> list[str]:
+        return tofu_tiny.fit_args(tofu_tiny.RunSpec("GA", "forget10", lr, 0, rank=True), setting, tmp_path)
+
+    frozen, control = args(tofu_tiny.RANKING_LR), args(tofu_tiny.INSTANCE_LR)
+    sgd = '--model.optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'
+    assert sgd in frozen
+    assert "--model.lr=null" in frozen
+    assert not any(a.startswith("--model.optimizer") for a in control)
+    assert f"--model.lr={tofu_tiny.INSTANCE_LR}" in control
+    assert "--trainer.callbacks.per_instance=objective" in frozen
+    assert "--trainer.callbacks.per_instance=objective" in control
+
+
+def test_trade_off_verdict_names_cells_ordered_by_utility_alone_and_cells_not_checked() -> None:
+    result = _result(True, True, True)
+    assert "ordering there is by model utility alone" not in _verdict(result, "best trade-off")  # MU 0.85 ≥ 0.81
+    result["runs"] = [r for r in result["runs"] if r["spec"]["variant"] != "WTNPO+KL"]
+    for run in result["runs"]:
+        if run["spec"]["variant"] in ("GA+GD", "NPO+GD", "WGA+GD", "WTNPO+GD"):
+            run["summary"]["model_utility"] = 0.1  # below 90% of the target's 0.9: no GD cell is kept
+    line = _verdict(result, "best trade-off")
+    assert "In 1 of 2 (split, form) cells" in line  # paper form won; GD level: all four at MU 0.1
+    assert "In forget01 GD no cell of either side keeps 90% of the target's model utility" in line
+    assert "Not checked (a cell not run yet): forget01 KL." in line
+
+
+def test_model_records_keep_a_measured_build_time_and_never_invent_one(tmp_path: Path) -> None:
+    from lit_unlearn.model_cache import PreparedModel
+
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    previous = {
+        "target": {"name": "target", "model_dir": "x", "fit_seconds": 0.0, "eval_seconds": 0.0, "eval_dirs": {}},
+        "retain01": {"name": "retain01", "model_dir": "y", "fit_seconds": 120.0},
+        "retain05": {"name": "retain05", "model_dir": "<cache-dir>/retain05", "fit_seconds": 99.0},
+    }
+    models = {  # this invocation reused target and retain01 (0 s) and built retain10 (50 s)
+        name: PreparedModel(name, str(tmp_path / name), fit_seconds=seconds)
+        for name, seconds in (("target", 0.0), ("retain01", 0.0), ("retain10", 50.0))
+    }
+    records = tofu_tiny.model_records(models, previous, tmp_path)
+    assert records["target"] == {"name": "target", "model_dir": "<cache-dir>/target", "fit_seconds": None}
+    assert records["retain01"]["fit_seconds"] == 120.0  # measured by the invocation that built it
+    assert records["retain10"] == {"name": "retain10", "model_dir": "<cache-dir>/retain10", "fit_seconds": 50.0}
+    assert records["retain05"] == {"name": "retain05", "model_dir": "<cache-dir>/retain05", "fit_seconds": 99.0}
