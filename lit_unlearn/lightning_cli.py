@@ -110,8 +110,12 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
             # argparse's generated usage lists every Trainer option: 45 lines above a one-line error. --help still
             # lists them all.
             parser_kwargs={
-                command: {"usage": f"lit-unlearn {command} --config CONFIG [--section.key=value ...]"}
-                for command in LightningCLI.subcommands()
+                # The main parser's too: errors found after parsing (a class that fails to build) are its own.
+                "usage": "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]",
+                **{
+                    command: {"usage": f"lit-unlearn {command} --config CONFIG [--section.key=value ...]"}
+                    for command in LightningCLI.subcommands()
+                },
             },
             trainer_defaults={
                 "logger": {

@@ -88,7 +88,8 @@ def test_fit_with_model_parallel_strategy_and_g_effect(tiny_model_dir: Path, tof
     ("override", "message"),
     [
         ("--model.model_name_or_path=/no/model", "FileNotFoundError: Tokenizer directory '/no/model'"),
-        ("--model.lr=-1", "ValueError: lr must be positive, got -1.0."),
+        ("--model.lr=-1", "ValueError: lr must be positive and finite, got -1.0."),
+        ("--model.lr=.inf", "ValueError: lr must be positive and finite, got inf."),  # not a non-finite loss later
         # A wrong data folder is reported when the data module is built, before any training.
         ("--data.data_dir=/no/tofu", "FileNotFoundError: TOFU split 'forget01': /no/tofu/forget01.json does not exist"),
         # Offline, a Hub id that is not cached: the loader's message (the id and the fix), not the innermost
@@ -113,6 +114,9 @@ def test_a_class_that_fails_to_build_is_named_in_one_line(
     err = capsys.readouterr().err
     assert f"error: {message}" in err
     assert "Does not validate" not in err
+    # The one-line usage above the error (the model may have printed its loading bar before).
+    assert "usage: lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]\n" in err
+    assert len(err.split("usage: ")[-1].splitlines()) < 6
 
 
 def test_a_malformed_data_line_under_fit_is_one_error_line(

@@ -48,7 +48,7 @@ class AdamWSettings:
     """The default optimiser: ``torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)``.
 
     Args:
-        lr: Peak learning rate, > 0.
+        lr: Peak learning rate, > 0 and finite.
         weight_decay: Decoupled weight decay, ≥ 0.
         betas: Adam's moment decay rates, each in [0, 1).
 
@@ -61,8 +61,8 @@ class AdamWSettings:
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}.")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be positive and finite, got {self.lr}.")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}.")
         # YAML gives a list; a tuple keeps the record hashable and equal to AdamW's own param-group value.

@@ -169,7 +169,5 @@ def test_model_records_name_no_machine_paths(tmp_path: Path) -> None:
 
     tofu_tiny = benchmark_scripts.load("tofu_tiny")
     inside = tofu_tiny.REPO / "outputs" / "tofu_tiny_deep" / "retain05"
-    record = {"model_dir": str(tmp_path / "cache" / "retain05"), "eval_dirs": {"forget05": str(inside / "eval")}}
-    portable = tofu_tiny._portable(record, tmp_path / "cache")
-    assert portable["model_dir"] == "<cache-dir>/retain05"  # a cache outside the repository
-    assert portable["eval_dirs"] == {"forget05": "outputs/tofu_tiny_deep/retain05/eval"}
+    assert tofu_tiny._portable(str(tmp_path / "cache" / "retain05"), tmp_path / "cache") == "<cache-dir>/retain05"
+    assert tofu_tiny._portable(str(inside), tmp_path / "cache") == "outputs/tofu_tiny_deep/retain05"  # in the repo

@@ -66,7 +66,8 @@ def test_scheduler_applies_the_factors() -> None:
 @pytest.mark.parametrize(
     ("cls", "kwargs", "match"),
     [
-        (AdamWSettings, {"lr": -1.0, "weight_decay": 0.0}, "lr must be positive, got -1.0"),
+        (AdamWSettings, {"lr": -1.0, "weight_decay": 0.0}, "lr must be positive and finite, got -1.0"),
+        (AdamWSettings, {"lr": float("inf"), "weight_decay": 0.0}, "lr must be positive and finite, got inf"),
         (AdamWSettings, {"lr": 1.0, "weight_decay": 0.0, "betas": (0.9,)}, "betas must be two numbers"),
         (ScheduleSettings, {"warmup_epochs": math.inf}, "warmup_epochs must be a finite number"),
         (ScheduleSettings, {"decay": "exponential"}, "decay='exponential'; choose one of"),
