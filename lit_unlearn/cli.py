@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from lit_unlearn.attacks.cli import main as attack_main
 from lit_unlearn.config_hub import main as configs_main
+from lit_unlearn.data.ranking import RankingError
 from lit_unlearn.data.tofu import TOFUDataError
 from lit_unlearn.eval.summarize import main as summarize_main
 from lit_unlearn.lightning_cli import run_lightning_cli
@@ -42,9 +43,9 @@ def main(args: Sequence[str] | None = None) -> int:
         print()
     try:
         run_lightning_cli(None if args is None else argv)
-    except TOFUDataError as err:
-        # A bad data file surfaces when `fit` reads it, under Lightning's frames: its message names the file, the
-        # line and the fix, which a traceback would bury. Python callers of run_lightning_cli still get the error.
-        print(f"lit-unlearn: error: TOFUDataError: {err}", file=sys.stderr)
+    except (TOFUDataError, RankingError) as err:
+        # A bad data or ranking file surfaces when `fit` reads it, under Lightning's frames: its message names the
+        # file, the line and the fix, which a traceback would bury. Python callers of run_lightning_cli still get it.
+        print(f"lit-unlearn: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0

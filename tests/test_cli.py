@@ -160,3 +160,27 @@ def test_a_bad_option_is_reported_under_a_short_usage(
     assert err.startswith("usage: lit-unlearn fit --config CONFIG [--section.key=value ...]\n")
     assert message in err
     assert len(err.splitlines()) < 15
+
+
+def test_a_ranking_of_another_split_under_fit_is_one_error_line(
+    tofu_dir: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A forget01 ranking applied to forget05: the file exists (checked at construction); setup finds the questions
+    # of its rows are not forget05's.
+    from lit_unlearn.cli import main
+    from lit_unlearn.data import load_tofu
+
+    ranking = tmp_path / "g_effect_ranking.csv"
+    with open(ranking, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "question", "g_effect_forget", "g_effect_retain", "measurements"])
+        writer.writerows([i, row["question"], 0.0, -i, 1] for i, row in enumerate(load_tofu("forget01", tofu_dir)))
+    args = ["fit", "--config", str(TINY_CONFIG), f"--model.model_name_or_path={tiny_model_dir}"]
+    args += [f"--data.data_dir={tofu_dir}", f"--trainer.default_root_dir={tmp_path}", "--model.output_dir=null"]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=1"]
+    args += ["--data.forget_split=forget05", f"--data.ranking_file={ranking}", "--data.subset=bottom"]
+    args += ["--data.subset_fraction=0.25"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"lit-unlearn: error: RankingError: {ranking}" in err
+    assert "Traceback" not in err

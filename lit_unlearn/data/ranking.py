@@ -33,6 +33,11 @@ REQUIRED_ID_COLUMNS = ("index", "question")
 """The example ids a ranking must carry to be checked against the forget split (what the unlearning modules give)."""
 
 
+class RankingError(ValueError):
+    """A ranking file that does not fit the forget split it is applied to; the message names the file, the row and
+    the fix. Found when the data module reads the split (``setup``), so the command line reports it in one line."""
+
+
 def check_subset_options(
     ranking_file: str | None, ranking_column: str, subset: str | None, fraction: float | None
 ) -> None:
@@ -118,9 +123,10 @@ def select_subset(
         The kept row indices, ascending.
 
     Raises:
-        ValueError: an unknown column; a ranking row whose index is not an integer row of the split, appears twice, or
-            whose question differs from that row's (a ranking of another split); a split row the ranking lacks; a
-            subset that would be empty. Each message names the file, the row and the fix.
+        RankingError: an unknown column; a ranking row whose index is not an integer row of the split, appears
+            twice, or whose question differs from that row's (a ranking of another split); a split row the ranking
+            lacks. Each message names the file, the row and the fix.
+        ValueError: a subset that would be empty.
     """
     total = len(questions)
     size = subset_size(fraction, total)
@@ -149,10 +155,10 @@ def _ranking_values(path: str, column: str, questions: Sequence[str], split: str
     risks = list(rows[0]["g_effect"]) if rows else []
     if risk not in risks:
         available = ", ".join(f"{RANKING_PREFIX}{r}" for r in risks) or "none"
-        raise ValueError(f"{file}: no column {column!r} to rank by (the file has {available}); set ranking_column.")
+        raise RankingError(f"{file}: no column {column!r} to rank by (the file has {available}); set ranking_column.")
     missing = [c for c in REQUIRED_ID_COLUMNS if c not in rows[0]["example"]]
     if missing:
-        raise ValueError(
+        raise RankingError(
             f"{file}: the ranking has no {missing} column(s) (id columns: {list(rows[0]['example'])}); it must name "
             "each example by its row index and question, as the unlearning modules' example_ids do."
         )
@@ -160,9 +166,9 @@ def _ranking_values(path: str, column: str, questions: Sequence[str], split: str
     for line, row in enumerate(rows, start=2):
         index = _row_index(row["example"], total=len(questions), where=f"{file}, line {line}", split=split)
         if index in values:
-            raise ValueError(f"{file}, line {line}: row {index} of {split} is ranked twice; rank each example once.")
+            raise RankingError(f"{file}, line {line}: row {index} of {split} is ranked twice; rank each example once.")
         if row["example"]["question"] != questions[index]:
-            raise ValueError(
+            raise RankingError(
                 f"{file}, line {line}: the question of row {index} is {row['example']['question'][:60]!r} but row "
                 f"{index} of {split} asks {questions[index][:60]!r}: the ranking comes from another split (or another "
                 f"copy of TOFU). Rank {split} itself (run the callback on forget_split={split!r})."
@@ -170,7 +176,7 @@ def _ranking_values(path: str, column: str, questions: Sequence[str], split: str
         values[index] = row["g_effect"][risk]
     unranked = [i for i in range(len(questions)) if i not in values]
     if unranked:
-        raise ValueError(
+        raise RankingError(
             f"{file}: {len(unranked)} of the {len(questions)} rows of {split} are not ranked (first: row "
             f"{unranked[0]}); a ranking covers every forget example when the callback measures every step "
             "(every_n_steps=1) for at least one epoch of the whole split. A subset run writes a ranking of its own "
@@ -184,9 +190,9 @@ def _row_index(example: Mapping[str, str], total: int, where: str, split: str) -
     try:
         index = int(text)
     except ValueError:
-        raise ValueError(f"{where}: index {text!r} is not a row number of {split}.") from None
+        raise RankingError(f"{where}: index {text!r} is not a row number of {split}.") from None
     if not 0 <= index < total:
-        raise ValueError(
+        raise RankingError(
             f"{where}: index {index} is not a row of {split} (rows 0..{total - 1}): the ranking comes from another "
             f"split. Rank {split} itself (run the callback on forget_split={split!r})."
         )
