@@ -56,7 +56,7 @@ from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
@@ -1499,6 +1499,8 @@ class GEffectCallback(Callback):
                 self._write_plot(self._target(directory, "g_effect.png"))
             except ImportError:
                 rank_zero_warn("GEffectCallback: matplotlib is not installed; skipping g_effect.png.")
+        # Without output_dir the files land in the logger's version folder, which no config names: say where.
+        rank_zero_info(f"GEffectCallback: G-effects written to {directory}")
 
     def _write_plot(self, path: Path) -> None:
         """Per-group G-effect curves (one row per risk, terms dashed) and cumulative predicted vs realised change."""

@@ -1,6 +1,7 @@
 """GEffectCallback against independent references: naive float64 dots, finite steps, per-example autograd."""
 
 import copy
+import logging
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -425,11 +426,13 @@ def test_logged_keys_with_terms(tmp_path: Path) -> None:
     assert cb.last_g_effect["forget/unlearn/total"] == unlearn
 
 
-def test_existing_results_are_not_overwritten(tmp_path: Path) -> None:
+def test_existing_results_are_not_overwritten(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "g_effect.csv").write_text("earlier run\n")
     torch.manual_seed(0)
     cb = GEffectCallback(layer_pattern=MLP_LAYERS, save_plot=False)
-    fit(MLPUnlearner(), [cb], tmp_path, max_steps=1)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        fit(MLPUnlearner(), [cb], tmp_path, max_steps=1)
+    assert f"GEffectCallback: G-effects written to {tmp_path}" in caplog.text  # the user is told where
     assert (tmp_path / "g_effect.csv").read_text() == "earlier run\n"
     assert len(load_history(tmp_path / "g_effect_1.csv")) == len(cb.history)
 
