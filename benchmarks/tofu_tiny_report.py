@@ -392,7 +392,9 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         lost = [f"{s} {f}" for s, f, won, tied, _ in t["detail"] if not won and not tied]
         tied = [f"{s} {f}" for s, f, _, tie, _ in t["detail"] if tie]
         on_mu = [f"{s} {f}" for s, f, *_, mu_only in t["detail"] if mu_only]
-        where = [f"level with the better of them in: {', '.join(tied)}"] if tied else []
+        won = [f"{s} {f}" for s, f, w, *_ in t["detail"] if w]
+        where = [f"above in: {', '.join(won)}"] if won else []
+        where += [f"level with the better of them in: {', '.join(tied)}"] if tied else []
         where += [f"below it in: {', '.join(lost)}"] if lost else []
         keep = result["setup"]["mu_keep"]
         lines.append(

@@ -154,7 +154,7 @@ def test_trade_off_verdict_reports_a_level_cell_as_a_tie() -> None:
             run["summary"] = {"forget_quality": 0.05, "model_utility": 0.85}
     line = _verdict(result, "best trade-off")
     assert "In 2 of 3 (split, form) cells" in line
-    assert "(level with the better of them in: forget01 paper)" in line
+    assert "(above in: forget01 GD, forget01 KL; level with the better of them in: forget01 paper)" in line
 
 
 def test_shallow_verdict_counts_cells_as_well_as_runs() -> None:
