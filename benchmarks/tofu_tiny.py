@@ -10,8 +10,9 @@ warm-up epoch, AdamW without weight decay), in stages, each with one command:
 2. ``select``: every variant at every learning rate of ONE grid on forget01, seed 0; the rule fixed before looking
    (:func:`select_lr`) picks each variant's learning rate;
 3. ``seeds``: every variant at its selected learning rate on forget01, forget05 and forget10 with seeds 0, 1, 2;
-4. ``instances``: rank the forget10 examples by their objective-side G-effect on the retain risk (GA, seed 0), then
-   unlearn the top, the bottom and a random quarter (seeds 0, 1, 2);
+4. ``instances``: rank the forget10 examples by their objective-side G-effect on the retain risk (GA, seed 0, at
+   the target's weights; the same ranking measured while unlearning beside it as the control), then unlearn the top,
+   the bottom and a random quarter (seeds 0, 1, 2);
 5. ``collect``: gather every cell whose seeds the cache holds, on ``--splits``, with those splits' references, into
    the JSON (runs nothing new: for a cache filled by several ``seeds`` invocations, or by another machine);
 6. ``report``: ``docs/figures/tofu_tiny.json`` (every number, per-seed per-step G-effect histories per term) and,
