@@ -324,7 +324,7 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
             tied = not won and best_new == best_old
             # No cell of either side keeps the rule's share of the target's utility: ordered by utility alone.
             on_mu = not best_new[0] and not best_old[0]
-            checks.append((split, form, won, tied, on_mu))
+            checks.append({"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu})
     return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped}
 
 
@@ -389,10 +389,8 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
     if t["checks"]:
         holds = t["wins"] == t["checks"]
         word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
-        lost = [f"{s} {f}" for s, f, won, tied, _ in t["detail"] if not won and not tied]
-        tied = [f"{s} {f}" for s, f, _, tie, _ in t["detail"] if tie]
-        on_mu = [f"{s} {f}" for s, f, *_, mu_only in t["detail"] if mu_only]
-        won = [f"{s} {f}" for s, f, w, *_ in t["detail"] if w]
+        won, tied, on_mu = ([c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu"))
+        lost = [c["cell"] for c in t["detail"] if not c["won"] and not c["tied"]]
         where = [f"above in: {', '.join(won)}"] if won else []
         where += [f"level with the better of them in: {', '.join(tied)}"] if tied else []
         where += [f"below it in: {', '.join(lost)}"] if lost else []
