@@ -669,7 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage != "models":
         result["selection"] = result.get("selection", {}) | stage_select(args.variants, setting, refs, args.workers)
     if args.stage in ("seeds", "all"):
-        chosen = {v: choice for v, choice in result["selection"].items() if v in args.variants}
+        # In the order --variants names them: a partial sweep runs the cells it needs most first.
+        chosen = {v: result["selection"][v] for v in args.variants}
         stage_seeds(chosen, args.splits if args.stage == "seeds" else FORGET_SPLITS, setting, args.workers)
     if args.stage in ("instances", "all"):
         result["instances"] = stage_instances(setting, args.workers)

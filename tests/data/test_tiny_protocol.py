@@ -120,14 +120,15 @@ def _run_stage(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`seeds --splits forget05 --variants WGA WTNPO` queues those cells' seed runs and nothing else (the learning-rate
-    grid of forget01 is looked up, as for every stage), though every variant's selection is on record."""
-    argv = ["seeds", "--splits", "forget05", "--variants", "WGA", "WTNPO"]
+    """`seeds --splits forget05 --variants WTNPO WGA` queues those cells' seed runs and nothing else (the learning-rate
+    grid of forget01 is looked up, as for every stage), though every variant's selection is on record; in the order
+    named, not the selection's (WGA comes first there)."""
+    argv = ["seeds", "--splits", "forget05", "--variants", "WTNPO", "WGA"]
     tofu_tiny, queued, collected = _run_stage(argv, tmp_path, monkeypatch)
     grid = {(s.variant, s.split) for s in queued if s.seed == 0 and s.split == "forget01"}
     assert grid == {(v, "forget01") for v in ("WGA", "WTNPO")}
     seeds = [(s.variant, s.split, s.seed) for s in queued if s.split != "forget01"]
-    assert seeds == [(v, "forget05", seed) for v in ("WGA", "WTNPO") for seed in tofu_tiny.SEEDS]
+    assert seeds == [(v, "forget05", seed) for v in ("WTNPO", "WGA") for seed in tofu_tiny.SEEDS]
     assert collected == ["forget01", "forget05"]
 
 
