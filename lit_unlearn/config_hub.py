@@ -120,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in copy_configs(args.copy, args.to, overwrite=args.force):
                 print(path)
             return 0
-        for name in shipped_configs():
-            print(f"{name:<34} {_summary_line(shipped_config(name))}")
+        names = shipped_configs()
+        width = max(map(len, names), default=0)  # one column for every name, the longest included
+        for name in names:
+            print(f"{name:<{width}}  {_summary_line(shipped_config(name))}")
     except (FileNotFoundError, FileExistsError) as err:
         print(f"lit-unlearn configs: error: {err}", file=sys.stderr)
         return 2

@@ -44,6 +44,15 @@ def test_shipped_configs_are_the_repository_configs() -> None:
     )
 
 
+def test_listing_starts_every_description_in_one_column(capsys: pytest.CaptureFixture[str]) -> None:
+    assert config_hub.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == CONFIG_FILES
+    longest = max(map(len, CONFIG_FILES))
+    # Each name padded to the longest, two spaces, then its header comment (none of which starts with a space).
+    assert all(line[longest : longest + 2] == "  " and line[longest + 2] != " " for line in lines)
+
+
 def test_unknown_config_lists_its_neighbours() -> None:
     with pytest.raises(FileNotFoundError, match=r"tofu_tiny/wga\.yaml"):
         config_hub.shipped_config("tofu_tiny/wgaa")
