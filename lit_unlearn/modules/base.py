@@ -14,6 +14,7 @@ row index in the forget split file and its question, carried by the batches of
 :class:`~lit_unlearn.data.TOFUUnlearnDataModule`).
 """
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -260,6 +261,8 @@ class UnlearningModule(CausalLMModule):
         self._loss_terms: dict[str, Tensor] | None = None
         # Set by the callback once it has put the unlearn term's gradient in .grad: the next backward skips that term.
         self._skip_unlearn = False
+        # Between fit start and Lightning's eval-mode check: the warning filter that spares the frozen reference.
+        self._eval_check_filter: warnings.catch_warnings | None = None
 
     # ----------------------------------------------------------------------------------------------- structure
     @property
@@ -280,6 +283,35 @@ class UnlearningModule(CausalLMModule):
         if self.reference_model is not None:
             self.reference_model.eval()
         return self
+
+    def _hide_frozen_reference_from_eval_mode_check(self) -> None:
+        """Silence Lightning's "Found N module(s) in eval mode" warning at fit start for the frozen reference alone.
+
+        The reference is in eval mode on purpose (:meth:`train`). The filter matches exactly the reference's module
+        count, so a module of the user's own left in eval mode still warns, and it lives only until the check has
+        run (:meth:`on_train_start`, or :meth:`teardown` if the fit stops before).
+        """
+        if self.reference_model is None or self._eval_check_filter is not None:
+            return
+        count = sum(1 for _ in self.reference_model.modules())
+        self._eval_check_filter = warnings.catch_warnings()
+        self._eval_check_filter.__enter__()
+        warnings.filterwarnings("ignore", message=rf"Found {count} module\(s\) in eval mode at the start of training")
+
+    def _restore_eval_mode_check(self) -> None:
+        if self._eval_check_filter is not None:
+            self._eval_check_filter.__exit__(None, None, None)
+            self._eval_check_filter = None
+
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._restore_eval_mode_check()
+
+    @override
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        self._restore_eval_mode_check()
 
     # -------------------------------------------------------------------------------------------- forward passes
     def answer_logps(self, part: Batch) -> tuple[Tensor, Tensor]:
@@ -486,6 +518,7 @@ class UnlearningModule(CausalLMModule):
     @override
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        self._hide_frozen_reference_from_eval_mode_check()
         trainer = self.trainer
         if self.backward_per_part and (
             trainer.world_size > 1 or trainer.scaler is not None or not self.automatic_optimization

@@ -128,6 +128,7 @@ class PDU(UnlearningModule):
 
     @override
     def on_train_start(self) -> None:
+        super().on_train_start()
         # An earlier fit stopped mid-step must not leak its micro-batches into this run's first dual update.
         self._retain_sum, self._retain_count = None, 0
 

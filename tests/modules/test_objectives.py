@@ -2,6 +2,7 @@
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,30 @@ def test_trains_through_cli(name, kwargs, tiny_model_dir, tmp_path) -> None:
     if module.reference_model is not None:
         for n, p in module.reference_model.named_parameters():
             assert torch.equal(p, before[n]), f"{name}: reference parameter {n} changed"
+
+
+@pytest.mark.parametrize("user_module_in_eval", [False, True])
+def test_only_the_frozen_reference_is_spared_lightnings_eval_mode_warning(
+    user_module_in_eval, tiny_model_dir, tmp_path
+) -> None:
+    """Lightning warns at fit start about modules in eval mode: not for the frozen reference (eval on purpose), still
+    for a module of the user's own; the filter is gone after the fit."""
+    cli = run_lightning_cli(_cli_args("NPO", tiny_model_dir, tmp_path, [])[1:], run=False)
+    if user_module_in_eval:
+        cli.model.model.lm_head.eval()
+    reference_modules = sum(1 for _ in cli.model.reference_model.modules())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters_before = list(warnings.filters)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        filters_after = list(warnings.filters)
+    eval_warnings = [str(w.message) for w in caught if "in eval mode at the start of training" in str(w.message)]
+    if user_module_in_eval:
+        assert len(eval_warnings) == 1
+        assert eval_warnings[0].startswith(f"Found {reference_modules + 1} module(s)")
+    else:
+        assert eval_warnings == []
+    assert filters_after == filters_before
 
 
 @pytest.fixture(scope="module")
