@@ -667,12 +667,15 @@ def coverage_line(result: Mapping[str, Any]) -> str:
     parts = []
     missing_by_split = coverage(result)
     for split, missing in missing_by_split.items():
+        present = [name for name in variant_order(result) if name not in missing]
         if not missing:
             parts.append(f"{split}: all {n} variants")
-        elif len(missing) == n:
+        elif not present:
             parts.append(f"{split}: none")
-        else:
+        elif len(missing) <= len(present):
             parts.append(f"{split}: all but {', '.join(missing)}")
+        else:
+            parts.append(f"{split}: {len(present)} of {n} ({', '.join(present)})")
     line = "Coverage of the comparison, cells with every seed: " + "; ".join(parts) + "."
     if any(missing_by_split.values()):
         line += (
@@ -704,6 +707,31 @@ def worker_seconds(result: Mapping[str, Any]) -> dict[str, float]:
         "models_recorded": sum(1 for m in models.values() if m["fit_seconds"] is not None),
         "models_total": len(models),
     }
+
+
+def run_times(result: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Per forget split, the measured seconds (training and evaluation) of each seed run of the comparison."""
+    out: dict[str, list[float]] = {split: [] for split in result["setup"]["forget_splits"]}
+    for r in result.get("runs", []):
+        out[r["spec"]["split"]].append(r["fit_s"] + r["eval_s"])
+    return out
+
+
+def time_line(result: Mapping[str, Any]) -> str:
+    """Per split, a seed run's measured time (median [min, max]), and what the comparison's missing runs would add at
+    those medians: the cost of the sweep as specified, from the runs made so far."""
+    times = run_times(result)
+    seeds = len(result["setup"]["seeds"])
+    per_split = [
+        f"{split} {statistics.median(ts):.0f} s [{min(ts):.0f}, {max(ts):.0f}]" for split, ts in times.items() if ts
+    ]
+    line = "A seed run of the comparison, training and evaluation, median [min, max]: " + ", ".join(per_split) + "."
+    missing = {split: len(names) * seeds for split, names in coverage(result).items() if names}
+    if missing and all(times[split] for split in missing):
+        extra = sum(count * statistics.median(times[split]) for split, count in missing.items())
+        counts = _and([f"{count} runs on {split}" for split, count in missing.items()])
+        line += f" Still missing: {counts}, about {extra / 3600:.1f} worker-hours more at those medians."
+    return line
 
 
 def added_note(result: Mapping[str, Any]) -> str:
@@ -850,6 +878,8 @@ def render_page(result: Mapping[str, Any]) -> str:
         + ")"
         + models_time
         + ".",
+        "",
+        time_line(result),
         "",
         coverage_line(result),
         "",

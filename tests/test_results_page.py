@@ -354,3 +354,27 @@ def test_model_records_keep_a_measured_build_time_and_never_invent_one(tmp_path:
     assert records["retain01"]["fit_seconds"] == 120.0  # measured by the invocation that built it
     assert records["retain10"] == {"name": "retain10", "model_dir": "<cache-dir>/retain10", "fit_seconds": 50.0}
     assert records["retain05"] == {"name": "retain05", "model_dir": "<cache-dir>/retain05", "fit_seconds": 99.0}
+
+
+def test_time_line_projects_the_missing_runs_at_each_splits_median() -> None:
+    # Hand count: forget01 has GA's three seed runs (600, 1200, 3600 s: median 1200); WGA's cell is missing on forget01
+    # (3 runs) and both cells on forget05, which has no run to time: no projection then.
+    runs = [
+        {"spec": {"variant": "GA", "split": "forget01", "lr": 1e-3, "seed": s}, "fit_s": t, "eval_s": 0.0}
+        for s, t in ((0, 600.0), (1, 1200.0), (2, 3600.0))
+    ]
+    result = {
+        "setup": {"forget_splits": ["forget01"], "seeds": [0, 1, 2]},
+        "variants": {"GA": {}, "WGA": {}},
+        "runs": runs,
+    }
+    line = report.time_line(result)
+    assert "forget01 1200 s [600, 3600]" in line
+    assert "Still missing: 3 runs on forget01, about 1.0 worker-hours more" in line  # 3 × 1200 s
+    result["setup"]["forget_splits"] = ["forget01", "forget05"]
+    assert "Still missing" not in report.time_line(result)
+    assert report.coverage_line(result).startswith(
+        "Coverage of the comparison, cells with every seed: forget01: all but WGA; forget05: none."
+    )
+    result["variants"]["NPO"] = {}
+    assert "forget01: 1 of 3 (GA)" in report.coverage_line(result)
