@@ -1552,8 +1552,10 @@ class GEffectCallback(Callback):
             }
             # The raw-gradient prediction shares the axis of the measured series unless their scales differ by more
             # than 10x: under Adam it can be orders of magnitude smaller than the realised change and would be a flat
-            # line at zero there, so it gets a right axis of its own (which would make any shape look alike, hence
-            # only then). Alone (neither measured), it takes the left axis.
+            # line at zero there, so it is drawn divided by the ratio and read on a right axis in its own units
+            # (which would make any shape look alike, hence only then). A right axis that is a pure rescaling of the
+            # left keeps both zeros at one height, and the legend's placement sees every curve. Alone (neither
+            # measured), it takes the left axis.
             measured = [abs(y) for key in series if key != "cumulative_predicted_change" for _, y in series[key]]
             raw = [abs(y) for _, y in series["cumulative_predicted_change"]]
             ratio = max(raw, default=0.0) / max(max(measured, default=0.0), 1e-30)
@@ -1564,17 +1566,20 @@ class GEffectCallback(Callback):
                 ("cumulative_update_change", "predicted (∇R·Δθ)", "tab:blue"),
                 (
                     "cumulative_predicted_change",
-                    "predicted (−Σ η e)" + (f", right axis; {ratio:.2g}x the left's scale" if beside else ""),
+                    "predicted (−Σ η e)" + (", right axis" if beside else ""),
                     "tab:orange",
                 ),
             ]:
                 if series[key]:
-                    axis = ax_cum
-                    if key == "cumulative_predicted_change" and beside:
-                        axis = ax_cum.twinx()
-                        axis.set_ylabel("−Σ η e (risk units)", color=color)
                     xs, ys = zip(*series[key], strict=True)
-                    handles += axis.plot(xs, ys, label=label, color=color)
+                    if key == "cumulative_predicted_change" and beside:
+                        ys = tuple(y / ratio for y in ys)
+                        # Bound now: matplotlib calls these at draw time, after this loop has moved to the next risk.
+                        to_raw, from_raw = (lambda y, k=ratio: y * k), (lambda y, k=ratio: y / k)
+                        right = ax_cum.secondary_yaxis("right", functions=(to_raw, from_raw))
+                        right.set_ylabel(f"−Σ η e (risk units; {ratio:.2g}x the left's scale)", color=color)
+                        right.tick_params(axis="y", colors=color)
+                    handles += ax_cum.plot(xs, ys, label=label, color=color)
             ax_cum.set_title(f"cumulative change of the {risk} risk")
             ax_cum.set_xlabel("optimiser step")
             ax_cum.set_ylabel("cumulative risk change" if measured else "−Σ η e (risk units)")

@@ -291,12 +291,13 @@ def test_report_without_history_has_no_g_effect_section(tmp_path: Path) -> None:
     assert len(markdown_tables(text)) == 3
 
 
-@pytest.mark.parametrize(("raw_scale", "axes"), [(1.0, 2), (1e-3, 4)])
+@pytest.mark.parametrize(("raw_scale", "right_axes"), [(1.0, 0), (1e-3, 2)])
 def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scale(
-    raw_scale: float, axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    raw_scale: float, right_axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The raw prediction shares the realised change's axis within 10x of its scale (a right axis of its own would
-    make any two shapes look alike) and gets a right axis, labelled with the factor, beyond."""
+    make any two shapes look alike) and beyond is read on a right axis, labelled with the factor, that rescales the
+    left one: zero at one height though the prediction leaves it the other way."""
     from matplotlib.figure import Figure
 
     from lit_unlearn.report.figures import plot_risk_changes
@@ -305,13 +306,23 @@ def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scal
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
     history = [
         {"risk": risk, "level": "total", "term": "total", "step": step, "cumulative_realised_change": 0.1 * step,
-         "cumulative_update_change": 0.09 * step, "cumulative_predicted_change": raw_scale * 0.08 * step}
+         "cumulative_update_change": 0.09 * step, "cumulative_predicted_change": -raw_scale * 0.08 * step}
         for risk in ("forget", "retain") for step in range(1, 4)
     ]  # fmt: skip
     plot_risk_changes(history, tmp_path / "risk_changes.png")
     (fig,) = drawn
-    assert len(fig.axes) == axes
+    fig.canvas.draw()
+    assert len(fig.axes) == 2
+    rights = [(ax, child) for ax in fig.axes for child in ax.child_axes]
+    assert len(rights) == right_axes
     labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
     raw = [label for label in labels if label.startswith("raw-gradient prediction")]
     assert len(raw) == 2
-    assert all(("right axis; 0.0008x" in label) == (raw_scale < 1) for label in raw)
+    assert all(label.endswith("(right axis)") == (raw_scale < 1) for label in raw)
+    assert all("0.0008x the left's scale" in right.get_ylabel() for _, right in rights)
+    for left, right in rights:
+        (lo, hi), (right_lo, right_hi) = left.get_ylim(), right.get_ylim()
+        assert right_hi / hi == pytest.approx(right_lo / lo)
+        assert right_hi / hi == pytest.approx(raw_scale * 0.08 / 0.1)  # the raw's largest |value| over the realised's
+        (line,) = [line for line in left.get_lines() if line.get_label().startswith("raw-gradient")]
+        assert list(line.get_ydata() * right_hi / hi) == pytest.approx([-raw_scale * 0.08 * s for s in range(1, 4)])

@@ -122,7 +122,7 @@ def plot_risk_changes(history: Sequence[GEffectRow], path: Path) -> Path | None:
     risks = list(dict.fromkeys(r["risk"] for r in history))
     if not risks:
         return None
-    fig, axes = _figure(1, len(risks), 6.0 * len(risks), 3.8)
+    fig, axes = _figure(1, len(risks), 6.0 * len(risks), 4.4)  # the legends sit below the panels
     for col, risk in enumerate(risks):
         rows = [r for r in history if r["risk"] == risk and r["level"] == "total" and r.get("term", "total") == "total"]
         steps = [r["step"] for r in rows]
@@ -141,13 +141,17 @@ def plot_risk_changes(history: Sequence[GEffectRow], path: Path) -> Path | None:
         raw_values = [r["cumulative_predicted_change"] for r in rows]
         measured = [abs(y) for line in ax.get_lines() for y in line.get_ydata()]
         scale = max(map(abs, raw_values), default=0.0) / max(max(measured, default=0.0), 1e-30)
-        label, raw = "raw-gradient prediction Σ −η·e", ax
+        label, drawn = "raw-gradient prediction Σ −η·e", raw_values
         if measured and not 0.1 <= scale <= 10.0:
-            label += f" (right axis; {scale:.2g}x the left's scale)"
-            raw = ax.twinx()
-            raw.set_ylabel("Σ −η·e (nats, right axis)", color="tab:orange")
-            raw.tick_params(axis="y", colors="tab:orange")
-        handles += raw.plot(steps, raw_values, label=label, color="tab:orange", linestyle="--", linewidth=1.4)
+            # Drawn divided by the scale and read on a right axis in its own units: a pure rescaling keeps both
+            # zeros at one height, and the legend's placement sees every curve (a twin axis hides its own).
+            label += " (right axis)"
+            drawn = [y / scale for y in raw_values]
+            right = ax.secondary_yaxis("right", functions=(lambda y, k=scale: y * k, lambda y, k=scale: y / k))
+            right.set_ylabel(f"Σ −η·e (nats; {scale:.2g}x the left's scale)", color="tab:orange")
+            right.tick_params(axis="y", colors="tab:orange")
+        handles += ax.plot(steps, drawn, label=label, color="tab:orange", linestyle="--", linewidth=1.4)
         ax.set_title(f"{risk} risk: realised vs first-order predictions")
-        ax.legend(handles=handles, fontsize=7, loc="best")
+        # Below the panel: the three curves fill it, and a legend inside would cover some of one wherever it went.
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17))
     return _save(fig, path)

@@ -1011,13 +1011,17 @@ def test_rows_saved_before_terms_and_sides_load_as_total_and_risk() -> None:
     assert cb.instance_history == [{**instance_row, "side": "risk", "example": None}]
 
 
-@pytest.mark.parametrize(("measure_update", "raw_scale", "axes"), [(False, 1.0, 4), (True, 1.0, 4), (True, 1e-3, 6)])
+@pytest.mark.parametrize(
+    ("measure_update", "raw_scale", "right_axes"), [(False, 1.0, 0), (True, 1.0, 0), (True, -1e-3, 2)]
+)
 def test_plot_leaves_no_axis_empty(
-    measure_update: bool, raw_scale: float, axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    measure_update: bool, raw_scale: float, right_axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The cumulative panel: the raw prediction −Σηe takes the left axis when it is the only series (no empty left
-    axis beside it), shares it with the update-aware prediction of a similar scale (SGD: they agree), and gets a
-    right axis of its own only when the scales differ by more than 10x (as under Adam)."""
+    axis beside it), shares it with the update-aware prediction of a similar scale (SGD: they agree), and is read on
+    a right axis in its own units only when the scales differ by more than 10x (as under Adam): drawn divided by the
+    ratio, so the right axis is the left one rescaled and both put zero at one height (here the flipped prediction
+    leaves zero the other way from the realised change)."""
     from matplotlib.figure import Figure
 
     drawn: list[Figure] = []
@@ -1030,8 +1034,21 @@ def test_plot_leaves_no_axis_empty(
     monkeypatch.setattr("os.replace", lambda *a: None)
     cb._write_plot(tmp_path / "g_effect.png")
     (fig,) = drawn
-    assert len(fig.axes) == axes  # 2 risks x 2 panels (+ a right axis per risk)
+    fig.canvas.draw()
+    assert len(fig.axes) == 4  # 2 risks x 2 panels
+    rights = [(ax, child) for ax in fig.axes for child in ax.child_axes]
+    assert len(rights) == right_axes
     labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
-    assert any("right axis; 0.001x the left's scale" in label for label in labels) is (axes == 6)
+    assert any(label.endswith("right axis") for label in labels) is bool(right_axes)
+    assert all("0.001x the left's scale" in right.get_ylabel() for _, right in rights)
+    for left, right in rights:
+        (lo, hi), (right_lo, right_hi) = left.get_ylim(), right.get_ylim()
+        ratio = right_hi / hi
+        assert ratio == pytest.approx(right_lo / lo)  # one factor: zero at one height
+        assert abs(ratio) == pytest.approx(1e-3, rel=0.5)
+        (raw_line,) = [line for line in left.get_lines() if "right axis" in line.get_label()]
+        risk = "forget" if "forget" in left.get_title() else "retain"
+        raw = [r["cumulative_predicted_change"] for r in cb.history if r["risk"] == risk and r["level"] == "total"]
+        assert [y * ratio for y in raw_line.get_ydata()] == pytest.approx(raw)  # read on the right: −Σηe itself
     for ax in fig.axes:
         assert ax.get_lines(), ax.get_title() or ax.get_ylabel()
