@@ -41,6 +41,16 @@ class LitUnlearnCLI(LightningCLI):
         parser.link_arguments("model.init_args.evaluation.init_args.max_items", "data.init_args.eval_max_items")
 
     @override
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: object) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # The TOFU metrics are logged at epoch end, so Lightning's results table repeats all of them once per
+            # evaluation split's dataloader (five identical tables). The evaluation names its folder and headline
+            # numbers in one line instead; `--verbose true` brings the tables back.
+            parser.set_defaults(verbose=False)
+        return parser
+
+    @override
     def before_instantiate_classes(self) -> None:
         # A fit that would replace a saved model is refused before the model loads or a log folder is made.
         if self.subcommand != "fit":

@@ -184,3 +184,34 @@ def test_a_ranking_of_another_split_under_fit_is_one_error_line(
     err = capsys.readouterr().err
     assert f"lit-unlearn: error: RankingError: {ranking}" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("verbose", [None, "true"])
+def test_test_prints_one_line_of_headline_numbers_unless_asked_for_tables(
+    verbose: str | None,
+    tofu_dir: Path,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The TOFU metrics are logged at epoch end, so Lightning's results table would repeat them once per evaluation
+    # split's dataloader: `test` prints the folder and the headline numbers instead, `--verbose true` the tables.
+    import logging
+
+    from lit_unlearn.lightning_cli import run_lightning_cli
+
+    args = ["test", "--config", str(TINY_CONFIG), f"--model.model_name_or_path={tiny_model_dir}"]
+    args += [f"--data.data_dir={tofu_dir}", f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}"]
+    args += ["--model.evaluation.max_items=2", "--model.evaluation.max_new_tokens=2"]
+    args += ["--model.evaluation.retain_eval_path=null", "--trainer.enable_progress_bar=false"]
+    args += [f"--verbose={verbose}"] if verbose else []
+    with caplog.at_level(logging.INFO):
+        cli = run_lightning_cli(args)
+    out = capsys.readouterr().out
+    mu = cli.model.tofu_eval_summary["model_utility"]
+    assert f"forget quality none (set evaluation.retain_eval_path to the retain model's), model utility {mu:.4g}" in (
+        caplog.text
+    )
+    # Lightning's tables (how many depends on the terminal's width: several loaders can share one).
+    assert ("test/model_utility" in out) is (verbose is not None)

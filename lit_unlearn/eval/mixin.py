@@ -23,6 +23,14 @@ from lit_unlearn.eval.settings import EvalSettings
 _LOGGED_SKIP = ("num_items/", "privleak_reference_auc")
 
 
+def _headline(summary: Mapping[str, Any]) -> str:
+    """Forget quality and model utility in one phrase; says why forget quality is missing (no retain evaluation)."""
+    fq, mu = summary.get("forget_quality"), summary.get("model_utility")
+    fq_text = f"{fq:.4g}" if fq is not None else "none (set evaluation.retain_eval_path to the retain model's)"
+    mu_text = f"{mu:.4g}" if mu is not None else "none (a utility split was not evaluated)"
+    return f"forget quality {fq_text}, model utility {mu_text}"
+
+
 def _fresh_dir(path: Path) -> Path:
     """``path``, or ``path-v1``, ``path-v2``, ... when taken: a second evaluation at the same step (``validate`` run
     twice into one ``output_dir``) must not overwrite the first one's files."""
@@ -117,7 +125,7 @@ class TOFUEvalMixin:
                 "settings": asdict(settings),
             }
             paths = write_outputs(out_dir, records, summary, metadata)
-            rank_zero_info(f"TOFU evaluation written to {paths['items'].parent}")
+            rank_zero_info(f"TOFU evaluation written to {paths['items'].parent}: {_headline(summary)}")
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
