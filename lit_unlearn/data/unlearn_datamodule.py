@@ -6,6 +6,7 @@ from importlib import resources
 from typing import Literal, NamedTuple
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 from transformers import PreTrainedTokenizerBase
 
@@ -193,6 +194,13 @@ class TOFUUnlearnDataModule(LightningDataModule):
                 ranking_column=hp.ranking_column,
                 seed=hp.subset_seed,
             )
+            # Which rows a subset run unlearns is the experiment: say it where the run's log shows it.
+            chosen = (
+                f"a random draw (seed {hp.subset_seed})"
+                if hp.subset == "random"
+                else f"the {hp.subset} by {hp.ranking_column} of {hp.ranking_file}"
+            )
+            rank_zero_info(f"Unlearning {len(keep)} of the {len(rows)} {hp.forget_split} rows: {chosen}.")
         return SplitRows([rows[i] for i in keep], [f"{hp.forget_split}[{i}]" for i in keep], keep)
 
     def retain_rows(self) -> SplitRows:

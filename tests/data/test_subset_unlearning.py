@@ -2,6 +2,7 @@
 validation of ranking files."""
 
 import csv
+import logging
 import random
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def test_top_and_bottom_select_exactly_the_ranked_rows(tmp_path: Path) -> None:
     assert rows.names == [f"forget01[{i}]" for i in TOP_10]
     assert [r["question"] for r in rows.rows] == [QUESTIONS[i] for i in TOP_10]
     assert len(_selected(ranking_file=ranking, subset="top", subset_fraction=1.0)) == 40
+
+
+def test_a_subset_run_says_which_rows_it_unlearns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ranking = _ranking(tmp_path / "r.csv", [float(k) for k in KEY])
+    with caplog.at_level(logging.INFO):
+        _selected(ranking_file=ranking, subset="bottom", subset_fraction=0.25)
+        _selected(ranking_file=ranking, subset="random", subset_fraction=0.5, subset_seed=3)
+    assert f"Unlearning 10 of the 40 forget01 rows: the bottom by g_effect_retain of {ranking}." in caplog.text
+    assert "Unlearning 20 of the 40 forget01 rows: a random draw (seed 3)." in caplog.text
 
 
 def test_a_tie_at_the_cut_goes_to_the_smaller_row(tmp_path: Path) -> None:
