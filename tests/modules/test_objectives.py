@@ -319,6 +319,7 @@ def memorised_model_dir(tiny_model_dir, tofu_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # the memorised model's fixture is the default suite's costliest setup (about half a minute)
 @pytest.mark.parametrize("name", RISES)
 def test_forget_nll_rises(name, memorised_model_dir, batch, tmp_path) -> None:
     """The forget objective alone (no retain term) raises the forget-set NLL of a model that knows the answers."""
