@@ -308,13 +308,18 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
     WGA/WTNPO rank above both GA and NPO by the selection rule's ordering?"""
     groups = cells(result["runs"])
     keep = result["setup"]["mu_keep"]
-    checks, wins, skipped = [], 0, []
+    checks, wins, skipped, wrecked = [], 0, [], []
     for split in run_splits(result):
         target_mu = result["references"][split]["target"]["model_utility"]
         for form, suffix in (("paper", ""), ("GD", "+GD"), ("KL", "+KL")):
             keys = {f: groups.get((f + suffix, split)) for f in ("GA", "NPO", "WGA", "WTNPO")}
             if not all(keys.values()):
                 skipped.append(f"{split} {form}")
+                continue
+            if all(collapsed(result, metric(runs, "model_utility"), split) for runs in keys.values()):
+                # Every side collapsed: the rule would order them by utilities near zero, which says nothing of
+                # how well any of them trades removal against retention.
+                wrecked.append(f"{split} {form}")
                 continue
             ranked = {f: _rank_key(runs, target_mu, keep) for f, runs in keys.items()}
             best_new, best_old = max(ranked["WGA"], ranked["WTNPO"]), max(ranked["GA"], ranked["NPO"])
@@ -325,7 +330,7 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
             # No cell of either side keeps the rule's share of the target's utility: ordered by utility alone.
             on_mu = not best_new[0] and not best_old[0]
             checks.append({"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu})
-    return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped}
+    return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped, "collapsed": wrecked}
 
 
 def _top_depth(run: Mapping[str, Any]) -> str | None:
@@ -386,9 +391,10 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
     and what would overturn it. Every number comes from ``result``; every verdict follows its sign."""
     lines = []
     t = claim_trade_off(result)
-    if t["checks"]:
-        holds = t["wins"] == t["checks"]
+    if t["checks"] or t["collapsed"]:
+        holds = t["checks"] and t["wins"] == t["checks"]
         word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
+        word = word if t["checks"] else "not testable here"
         won, tied, on_mu = ([c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu"))
         lost = [c["cell"] for c in t["detail"] if not c["won"] and not c["tied"]]
         where = [f"above in: {', '.join(won)}"] if won else []
@@ -404,6 +410,13 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
                 f" In {_and(on_mu)} no cell of either side keeps {keep:.0%} of the target's model utility, so the "
                 "ordering there is by model utility alone and forget quality plays no part."
                 if on_mu
+                else ""
+            )
+            + (
+                f" Not ordered: {_and(t['collapsed'])}, where GA, NPO, WGA and WTNPO all end below half of the "
+                "target's model utility (collapsed models: their order by utilities near zero says nothing of the "
+                "trade-off)."
+                if t["collapsed"]
                 else ""
             )
             + (f" Not checked (a cell not run yet): {', '.join(t['skipped'])}." if t["skipped"] else "")

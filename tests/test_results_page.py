@@ -329,11 +329,31 @@ def test_trade_off_verdict_names_cells_ordered_by_utility_alone_and_cells_not_ch
     result["runs"] = [r for r in result["runs"] if r["spec"]["variant"] != "WTNPO+KL"]
     for run in result["runs"]:
         if run["spec"]["variant"] in ("GA+GD", "NPO+GD", "WGA+GD", "WTNPO+GD"):
-            run["summary"]["model_utility"] = 0.1  # below 90% of the target's 0.9: no GD cell is kept
+            run["summary"]["model_utility"] = 0.5  # below 90% of the target's 0.9 (no GD cell is kept), above half
     line = _verdict(result, "best trade-off")
-    assert "In 1 of 2 (split, form) cells" in line  # paper form won; GD level: all four at MU 0.1
+    assert "In 1 of 2 (split, form) cells" in line  # paper form won; GD level: all four at MU 0.5
     assert "In forget01 GD no cell of either side keeps 90% of the target's model utility" in line
     assert "Not checked (a cell not run yet): forget01 KL." in line
+    assert "Not ordered" not in line
+
+
+def test_trade_off_verdict_leaves_out_cells_where_every_method_collapsed() -> None:
+    result = _result(True, True, True)
+    for run in result["runs"]:
+        if run["spec"]["variant"] in ("GA+GD", "NPO+GD", "WGA+GD"):
+            run["summary"]["model_utility"] = 0.1  # below half of the target's 0.9
+        if run["spec"]["variant"] == "WTNPO+GD":
+            run["summary"]["model_utility"] = 0.3
+    line = _verdict(result, "best trade-off")
+    # Out of the count though WTNPO+GD has the most utility: 0.3 vs 0.1 would have ranked it above the rest.
+    assert "In 2 of 2 (split, form) cells" in line
+    assert "Not ordered: forget01 GD, where GA, NPO, WGA and WTNPO all end below half" in line
+    for run in result["runs"]:
+        if run["spec"]["variant"] == "NPO+GD":
+            run["summary"]["model_utility"] = 0.5  # NPO+GD keeps more than half: the cell is ordered again
+    line = _verdict(result, "best trade-off")
+    assert "In 2 of 3 (split, form) cells" in line
+    assert "below it in: forget01 GD" in line
 
 
 def test_model_records_keep_a_measured_build_time_and_never_invent_one(tmp_path: Path) -> None:
