@@ -221,7 +221,8 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
     utility while GD forgets more (higher forget quality), or the reverse. Each side runs at its own selected rate."""
     groups = cells(result["runs"])
     kinds = ("KL dominates", "GD dominates", "KL more MU, GD more FQ", "GD more MU, KL more FQ", "equal")
-    counts = dict.fromkeys(kinds, 0)
+    wrecked = "both collapsed"  # counted across the kinds: pairs of two runs below half of the target's utility
+    counts = dict.fromkeys((*kinds, wrecked), 0)
     rows = []
     families = sorted({v["family"] for v in result["variants"].values()})
     for family in families:
@@ -231,10 +232,11 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
             pairs = [
                 (g, by_seed[g["spec"]["seed"]]) for g in groups.get((gd, split), []) if g["spec"]["seed"] in by_seed
             ]
-            tally = dict.fromkeys(kinds, 0)
+            tally = dict.fromkeys((*kinds, wrecked), 0)
             for g, k in pairs:
                 a = (k["summary"]["forget_quality"], k["summary"]["model_utility"])
                 b = (g["summary"]["forget_quality"], g["summary"]["model_utility"])
+                tally[wrecked] += collapsed(result, [a[1]], split) and collapsed(result, [b[1]], split)
                 if dominates(a, b):
                     tally["KL dominates"] += 1
                 elif dominates(b, a):
@@ -247,9 +249,9 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
                     tally["equal"] += 1
             if pairs:
                 rates = f"{result['selection'][gd]['lr']:g} / {result['selection'][kl]['lr']:g}"
-                rows.append([family, split, rates, *(tally[k] for k in kinds if k != "equal")])
-                counts = {k: counts[k] + tally[k] for k in kinds}
-    header = ["family", "split", "lr GD / KL", *(k for k in kinds if k != "equal")]
+                rows.append([family, split, rates, *(tally[k] for k in (*kinds, wrecked) if k != "equal")])
+                counts = {k: counts[k] + tally[k] for k in counts}
+    header = ["family", "split", "lr GD / KL", *(k for k in (*kinds, wrecked) if k != "equal")]
     return table(header, rows), counts
 
 
@@ -425,7 +427,7 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         )
     _, kl = kl_vs_gd_table(result)
     decisive = kl["KL dominates"] + kl["GD dominates"]
-    neither = sum(kl.values()) - decisive
+    neither = sum(v for k, v in kl.items() if k != "both collapsed") - decisive
     if decisive + neither:
         p = binomial_two_sided(kl["KL dominates"], decisive) if decisive else None
         if decisive == 0 or p >= 0.05:
@@ -438,9 +440,10 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {neither} ({test}). A pair where neither "
             f"dominates is a trade-off, not a tie: in {kl['KL more MU, GD more FQ']} KL keeps more model utility and "
             f"GD reaches higher forget quality, in {kl['GD more MU, KL more FQ']} the reverse (per family in the "
-            "table). Each side runs at its own selected rate (the table's lr column), so a trade-off can be the "
-            "rates' as much as the regularisers'. More seeds, or pairs at one shared rate where one side dominates "
-            "consistently, would change this."
+            f"table); in {kl['both collapsed']} of the {decisive + neither} pairs both runs end below half of the "
+            "target's model utility. Each side runs at its own selected rate (the table's lr column), so a trade-off "
+            "can be the rates' as much as the regularisers'. More seeds, or pairs at one shared rate where one side "
+            "dominates consistently, would change this."
         )
     sh = claim_shallow(result)
     if sh["runs"]:
@@ -930,6 +933,9 @@ def render_page(result: Mapping[str, Any]) -> str:
         "### KL vs GD, paired by family, split and seed",
         "",
         *kl_vs_gd_table(result)[0],
+        "",
+        "Pairs counted by outcome (the four middle columns add up to the pairs); the last column counts, among them,"
+        " the pairs whose two runs both keep under half of the target's model utility.",
         "",
         "## G-effects",
         "",

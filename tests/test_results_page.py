@@ -265,6 +265,11 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
             run["summary"] = {"forget_quality": 1e-9, "model_utility": 0.1}  # GD dominates this pair only
         if run["spec"]["variant"] == "WGA+KL" and run["spec"]["seed"] == 2:
             run["summary"] = {"forget_quality": 1e-9, "model_utility": 0.99}  # KL keeps more MU, GD forgets more
+        # Seed 2 of GA: KL still dominates, but both runs keep under half of the target's 0.9.
+        if run["spec"]["variant"] == "GA+KL" and run["spec"]["seed"] == 2:
+            run["summary"] = {"forget_quality": 0.1, "model_utility": 0.2}
+        if run["spec"]["variant"] == "GA+GD" and run["spec"]["seed"] == 2:
+            run["summary"] = {"forget_quality": 0.05, "model_utility": 0.1}
     rows, counts = report.kl_vs_gd_table(result)
     assert counts == {
         "KL dominates": 9,
@@ -272,12 +277,13 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
         "KL more MU, GD more FQ": 1,
         "GD more MU, KL more FQ": 0,
         "equal": 0,
+        "both collapsed": 1,
     }
-    assert "| GA | forget01 | 0.001 / 0.001 | 1 | 1 | 0 | 0 |" in rows
-    assert "| WGA | forget01 | 0.001 / 0.001 | 2 | 0 | 1 | 0 |" in rows
-    assert "in 1 KL keeps more model utility and GD reaches higher forget quality, in 0 the reverse" in _verdict(
-        result, "KL is a better regulariser"
-    )
+    assert "| GA | forget01 | 0.001 / 0.001 | 1 | 1 | 0 | 0 | 1 |" in rows
+    assert "| WGA | forget01 | 0.001 / 0.001 | 2 | 0 | 1 | 0 | 0 |" in rows
+    line = _verdict(result, "KL is a better regulariser")
+    assert "in 1 KL keeps more model utility and GD reaches higher forget quality, in 0 the reverse" in line
+    assert "in 1 of the 11 pairs both runs end below half of the target's model utility" in line
 
 
 def test_worker_seconds_counts_each_distinct_run_once() -> None:
