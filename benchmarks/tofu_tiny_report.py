@@ -934,7 +934,7 @@ def render_page(result: Mapping[str, Any]) -> str:
         "",
         *kl_vs_gd_table(result)[0],
         "",
-        "Pairs counted by outcome (the four middle columns add up to the pairs); the last column counts, among them,"
+        "Pairs counted by outcome (a pair whose two runs tie exactly falls in none); the last column counts, among them,"
         " the pairs whose two runs both keep under half of the target's model utility.",
         "",
         "## G-effects",
