@@ -934,8 +934,8 @@ def render_page(result: Mapping[str, Any]) -> str:
         "",
         *kl_vs_gd_table(result)[0],
         "",
-        "Pairs counted by outcome (a pair whose two runs tie exactly falls in none); the last column counts, among them,"
-        " the pairs whose two runs both keep under half of the target's model utility.",
+        "Pairs counted by outcome (a pair whose two runs tie exactly falls in none); the last column counts, among"
+        " them, the pairs whose two runs both keep under half of the target's model utility.",
         "",
         "## G-effects",
         "",
