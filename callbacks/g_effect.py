@@ -1559,7 +1559,8 @@ class GEffectCallback(Callback):
             measured = [abs(y) for key in series if key != "cumulative_predicted_change" for _, y in series[key]]
             raw = [abs(y) for _, y in series["cumulative_predicted_change"]]
             ratio = max(raw, default=0.0) / max(max(measured, default=0.0), 1e-30)
-            beside = bool(measured) and bool(raw) and not 0.1 <= ratio <= 10.0
+            # An all-zero prediction (rate 0) has no scale of its own: it shares the left axis.
+            beside = bool(measured) and max(raw, default=0.0) > 0 and not 0.1 <= ratio <= 10.0
             handles = []
             for key, label, color in [
                 ("cumulative_realised_change", "realised", "black"),

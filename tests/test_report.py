@@ -291,9 +291,12 @@ def test_report_without_history_has_no_g_effect_section(tmp_path: Path) -> None:
     assert len(markdown_tables(text)) == 3
 
 
-@pytest.mark.parametrize(("raw_scale", "right_axes"), [(1.0, 0), (1e-3, 2)])
+@pytest.mark.parametrize(
+    ("raw_scale", "measured", "right_axes"),
+    [(1.0, True, 0), (1e-3, True, 2), (0.0, True, 0), (1e-3, False, 0)],  # 0: rate 0; unmeasured: raw alone, left
+)
 def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scale(
-    raw_scale: float, right_axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    raw_scale: float, measured: bool, right_axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The raw prediction shares the realised change's axis within 10x of its scale (a right axis of its own would
     make any two shapes look alike) and beyond is read on a right axis, labelled with the factor, that rescales the
@@ -305,8 +308,10 @@ def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scal
     drawn: list[Figure] = []
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
     history = [
-        {"risk": risk, "level": "total", "term": "total", "step": step, "cumulative_realised_change": 0.1 * step,
-         "cumulative_update_change": 0.09 * step, "cumulative_predicted_change": -raw_scale * 0.08 * step}
+        {"risk": risk, "level": "total", "term": "total", "step": step,
+         "cumulative_realised_change": 0.1 * step if measured else None,
+         "cumulative_update_change": 0.09 * step if measured else None,
+         "cumulative_predicted_change": -raw_scale * 0.08 * step}
         for risk in ("forget", "retain") for step in range(1, 4)
     ]  # fmt: skip
     plot_risk_changes(history, tmp_path / "risk_changes.png")
@@ -318,7 +323,10 @@ def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scal
     labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
     raw = [label for label in labels if label.startswith("raw-gradient prediction")]
     assert len(raw) == 2
-    assert all(label.endswith("(right axis)") == (raw_scale < 1) for label in raw)
+    assert all(label.endswith("(right axis)") == bool(right_axes) for label in raw)
+    if not right_axes:  # on the left axis as it is
+        drawn = [line for ax in fig.axes for line in ax.get_lines() if line.get_label().startswith("raw-gradient")]
+        assert list(drawn[0].get_ydata()) == pytest.approx([-raw_scale * 0.08 * s for s in range(1, 4)])
     assert all("0.0008x the left's scale" in right.get_ylabel() for _, right in rights)
     for left, right in rights:
         (lo, hi), (right_lo, right_hi) = left.get_ylim(), right.get_ylim()

@@ -139,10 +139,13 @@ def plot_risk_changes(history: Sequence[GEffectRow], path: Path) -> Path | None:
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(f"cumulative change of the {risk} risk (nats)")
         raw_values = [r["cumulative_predicted_change"] for r in rows]
-        measured = [abs(y) for line in ax.get_lines() for y in line.get_ydata()]
-        scale = max(map(abs, raw_values), default=0.0) / max(max(measured, default=0.0), 1e-30)
+        # The measured curves only (the zero line is no data): with none, the prediction takes the left axis.
+        measured = [abs(y) for line in handles for y in line.get_ydata()]
+        raw_size = max(map(abs, raw_values), default=0.0)
+        scale = raw_size / max(max(measured, default=0.0), 1e-30)
         label, drawn = "raw-gradient prediction Σ −η·e", raw_values
-        if measured and not 0.1 <= scale <= 10.0:
+        # An all-zero prediction (rate 0) has no scale of its own: it shares the left axis.
+        if measured and raw_size > 0 and not 0.1 <= scale <= 10.0:
             # Drawn divided by the scale and read on a right axis in its own units: a pure rescaling keeps both
             # zeros at one height, and the legend's placement sees every curve (a twin axis hides its own).
             label += " (right axis)"

@@ -1012,7 +1012,8 @@ def test_rows_saved_before_terms_and_sides_load_as_total_and_risk() -> None:
 
 
 @pytest.mark.parametrize(
-    ("measure_update", "raw_scale", "right_axes"), [(False, 1.0, 0), (True, 1.0, 0), (True, -1e-3, 2)]
+    ("measure_update", "raw_scale", "right_axes"),
+    [(False, 1.0, 0), (True, 1.0, 0), (True, -1e-3, 2), (True, 0.0, 0)],  # 0: a rate-0 run predicts no change
 )
 def test_plot_leaves_no_axis_empty(
     measure_update: bool, raw_scale: float, right_axes: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
