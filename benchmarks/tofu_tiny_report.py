@@ -288,13 +288,14 @@ def runaway_table(result: Mapping[str, Any]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------- verdicts
-def _rank_key(runs: Sequence[Mapping[str, Any]], target_mu: float, keep: float) -> tuple[bool, float]:
+def _rank_key(runs: Sequence[Mapping[str, Any]], target_mu: float, keep: float) -> tuple[bool, float, float]:
     """The selection rule as an ordering of cells: keeping ≥ ``keep`` of the target's utility (mean over seeds) first,
-    then the median forget quality if kept, else the mean utility."""
+    then the median forget quality if kept (at equal forget quality, the higher mean utility), else the mean
+    utility."""
     mu = statistics.fmean(metric(runs, "model_utility"))
     fq = statistics.median(metric(runs, "forget_quality"))
     kept = mu >= keep * target_mu
-    return kept, fq if kept else mu
+    return kept, fq if kept else mu, mu
 
 
 def binomial_two_sided(k: int, n: int) -> float:
@@ -327,11 +328,13 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
             best_new, best_old = max(ranked["WGA"], ranked["WTNPO"]), max(ranked["GA"], ranked["NPO"])
             won = best_new > ranked["GA"] and best_new > ranked["NPO"]
             wins += won
-            # Not won, but level with the better baseline (e.g. the same forget-quality rung): a tie, not a loss.
+            # Not won, but level with the better baseline (same rung and utility): a tie, not a loss.
             tied = not won and best_new == best_old
             # No cell of either side keeps the rule's share of the target's utility: ordered by utility alone.
             on_mu = not best_new[0] and not best_old[0]
-            checks.append({"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu})
+            # Both sides kept and on one forget-quality rung: the rule's utility tie-break decided.
+            tie_break = best_new[0] and best_old[0] and best_new[1] == best_old[1] and not tied
+            checks.append({"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu, "tie_break": tie_break})
     return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped, "collapsed": wrecked}
 
 
@@ -397,7 +400,9 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         holds = t["checks"] and t["wins"] == t["checks"]
         word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
         word = word if t["checks"] else "not testable here"
-        won, tied, on_mu = ([c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu"))
+        won, tied, on_mu, tie_break = (
+            [c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu", "tie_break")
+        )
         lost = [c["cell"] for c in t["detail"] if not c["won"] and not c["tied"]]
         where = [f"above in: {', '.join(won)}"] if won else []
         where += [f"level with the better of them in: {', '.join(tied)}"] if tied else []
@@ -412,6 +417,12 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
                 f" In {_and(on_mu)} no cell of either side keeps {keep:.0%} of the target's model utility, so the "
                 "ordering there is by model utility alone and forget quality plays no part."
                 if on_mu
+                else ""
+            )
+            + (
+                f" In {_and(tie_break)} both sides reach the same forget-quality rung, so the rule's tie-break, the "
+                "higher model utility, decides."
+                if tie_break
                 else ""
             )
             + (
@@ -725,29 +736,58 @@ def worker_seconds(result: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def run_times(result: Mapping[str, Any]) -> dict[str, list[float]]:
-    """Per forget split, the measured seconds (training and evaluation) of each seed run of the comparison."""
-    out: dict[str, list[float]] = {split: [] for split in result["setup"]["forget_splits"]}
+def run_times(result: Mapping[str, Any]) -> dict[tuple[str, str], list[float]]:
+    """Per (forget split, form), the measured seconds (training and evaluation) of each seed run of the comparison."""
+    out: dict[tuple[str, str], list[float]] = {}
     for r in result.get("runs", []):
-        out[r["spec"]["split"]].append(r["fit_s"] + r["eval_s"])
+        form = result["variants"][r["spec"]["variant"]]["form"]
+        out.setdefault((r["spec"]["split"], form), []).append(r["fit_s"] + r["eval_s"])
     return out
 
 
 def time_line(result: Mapping[str, Any]) -> str:
-    """Per split, a seed run's measured time (median [min, max]), and what the comparison's missing runs would add at
-    those medians: the cost of the sweep as specified, from the runs made so far."""
+    """Per split, a seed run's measured time (median [min, max]), and what the comparison's missing runs would add:
+    each at the median of its split's runs of its form (paper, GD, KL), or of all its split's runs where that form
+    has none yet (said, with how much longer that form ran on the other splits)."""
     times = run_times(result)
-    seeds = len(result["setup"]["seeds"])
+    splits = result["setup"]["forget_splits"]
+    by_split = {split: [t for (s, _), ts in times.items() if s == split for t in ts] for split in splits}
     per_split = [
-        f"{split} {statistics.median(ts):.0f} s [{min(ts):.0f}, {max(ts):.0f}]" for split, ts in times.items() if ts
+        f"{split} {statistics.median(ts):.0f} s [{min(ts):.0f}, {max(ts):.0f}]" for split, ts in by_split.items() if ts
     ]
     line = "A seed run of the comparison, training and evaluation, median [min, max]: " + ", ".join(per_split) + "."
-    missing = {split: len(names) * seeds for split, names in coverage(result).items() if names}
-    if missing and all(times[split] for split in missing):
-        extra = sum(count * statistics.median(times[split]) for split, count in missing.items())
-        counts = _and([f"{count} runs on {split}" for split, count in missing.items()])
-        line += f" Still missing: {counts}, about {extra / 3600:.1f} worker-hours more at those medians."
-    return line
+    seeds = len(result["setup"]["seeds"])
+    missing: dict[tuple[str, str], int] = {}
+    for split, names in coverage(result).items():
+        for name in names:
+            key = (split, result["variants"][name]["form"])
+            missing[key] = missing.get(key, 0) + seeds
+    if not missing or not all(by_split[split] for split, _ in missing):
+        return line
+    extra, fallback = 0.0, []
+    for (split, form), count in missing.items():
+        if times.get((split, form)):
+            extra += count * statistics.median(times[(split, form)])
+        else:
+            extra += count * statistics.median(by_split[split])
+            fallback.append((split, form))
+    counts = _and([f"{sum(c for (s, _), c in missing.items() if s == split)} runs on {split}" for split in splits
+                   if any(s == split for s, _ in missing)])  # fmt: skip
+    line += (
+        f" Still missing: {counts}, about {extra / 3600:.1f} worker-hours more at the median of their split and form"
+    )
+    if fallback:
+        ratios = []
+        for form in sorted({f for _, f in fallback}):
+            # How much longer that form's median run was than the split's median run, on the splits that have both.
+            seen = [statistics.median(times[(s, form)]) / statistics.median(by_split[s]) for s in splits
+                    if times.get((s, form))]  # fmt: skip
+            if seen:
+                ratios.append(f"{form} {min(seen):.2f}-{max(seen):.2f}x")
+        cells_text = _and([f"{form} on {split}" for split, form in fallback])
+        line += f" ({cells_text}: no run yet, counted at the split's median"
+        line += f"; elsewhere that form's median run took {', '.join(ratios)} the split's median)" if ratios else ")"
+    return line + "."
 
 
 def added_note(result: Mapping[str, Any]) -> str:

@@ -157,6 +157,18 @@ def test_trade_off_verdict_reports_a_level_cell_as_a_tie() -> None:
     assert "(above in: forget01 GD, forget01 KL; level with the better of them in: forget01 paper)" in line
 
 
+def test_trade_off_verdict_breaks_a_forget_quality_tie_by_utility_as_the_rule_does() -> None:
+    # The selection rule: at equal forget quality, the higher model utility. WGA on GA's and NPO's rung (0.05) with
+    # more utility (0.86 against 0.85) ranks above both.
+    result = _result(True, True, True)
+    for run in result["runs"]:
+        if run["spec"]["variant"] in ("WGA", "WTNPO"):
+            run["summary"] = {"forget_quality": 0.05, "model_utility": 0.86}
+    line = _verdict(result, "best trade-off")
+    assert "In 3 of 3 (split, form) cells" in line
+    assert "In forget01 paper both sides reach the same forget-quality rung, so the rule's tie-break" in line
+
+
 def test_shallow_verdict_counts_cells_as_well_as_runs() -> None:
     claim = report.claim_shallow(_result(True, True, True))
     assert (claim["cells"], claim["shallow_cells"]) == (12, 12)
@@ -382,25 +394,30 @@ def test_model_records_keep_a_measured_build_time_and_never_invent_one(tmp_path:
     assert records["retain05"] == {"name": "retain05", "model_dir": "<cache-dir>/retain05", "fit_seconds": 99.0}
 
 
-def test_time_line_projects_the_missing_runs_at_each_splits_median() -> None:
-    # Hand count: forget01 has GA's three seed runs (600, 1200, 3600 s: median 1200); WGA's cell is missing on forget01
-    # (3 runs) and both cells on forget05, which has no run to time: no projection then.
-    runs = [
-        {"spec": {"variant": "GA", "split": "forget01", "lr": 1e-3, "seed": s}, "fit_s": t, "eval_s": 0.0}
-        for s, t in ((0, 600.0), (1, 1200.0), (2, 3600.0))
-    ]
+def test_time_line_projects_the_missing_runs_at_each_splits_and_forms_median() -> None:
+    # Hand count. forget01: GA (paper) 600, 1200, 3600 s (median 1200); GA+GD 1800 s each. forget05: GA 2400 s each.
+    # Missing: WGA (paper) on both splits, 3 runs each at 1200 and 2400 s; GA+GD on forget05, 3 runs with no GD run
+    # there, so at forget05's median (2400 s) and said so, with GD's ratio on forget01 (1800 / median of all
+    # forget01 runs, 1800) = 1.00x. Total 3 × 1200 + 3 × 2400 + 3 × 2400 = 18000 s = 5.0 worker-hours.
+    def run(variant: str, split: str, seed: int, seconds: float) -> dict[str, Any]:
+        return {"spec": {"variant": variant, "split": split, "lr": 1e-3, "seed": seed}, "fit_s": seconds, "eval_s": 0}
+
+    runs = [run("GA", "forget01", s, t) for s, t in ((0, 600.0), (1, 1200.0), (2, 3600.0))]
+    runs += [run("GA+GD", "forget01", s, 1800.0) for s in range(3)]
+    runs += [run("GA", "forget05", s, 2400.0) for s in range(3)]
     result = {
-        "setup": {"forget_splits": ["forget01"], "seeds": [0, 1, 2]},
-        "variants": {"GA": {}, "WGA": {}},
+        "setup": {"forget_splits": ["forget01", "forget05"], "seeds": [0, 1, 2]},
+        "variants": {"GA": {"form": "paper"}, "GA+GD": {"form": "GD"}, "WGA": {"form": "paper"}},
         "runs": runs,
     }
     line = report.time_line(result)
-    assert "forget01 1200 s [600, 3600]" in line
-    assert "Still missing: 3 runs on forget01, about 1.0 worker-hours more" in line  # 3 × 1200 s
-    result["setup"]["forget_splits"] = ["forget01", "forget05"]
-    assert "Still missing" not in report.time_line(result)
-    assert report.coverage_line(result).startswith(
-        "Coverage of the comparison, cells with every seed: forget01: all but WGA; forget05: none."
+    assert "forget01 1800 s [600, 3600], forget05 2400 s [2400, 2400]" in line
+    assert "Still missing: 3 runs on forget01 and 6 runs on forget05, about 5.0 worker-hours more" in line
+    assert (
+        "(GD on forget05: no run yet, counted at the split's median; elsewhere that form's median run took GD" in line
     )
-    result["variants"]["NPO"] = {}
-    assert "forget01: 1 of 3 (GA)" in report.coverage_line(result)
+    assert "GD 1.00-1.00x the split's median)" in line
+    result["setup"]["forget_splits"] = ["forget01", "forget05", "forget10"]
+    assert "Still missing" not in report.time_line(result)  # forget10 has no run to time
+    coverage = report.coverage_line(result)
+    assert "forget01: all but WGA; forget05: 1 of 3 (GA); forget10: none." in coverage
