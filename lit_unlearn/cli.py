@@ -5,9 +5,11 @@ The extra commands are dispatched here and only here; each one is a ``main(argv)
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from lit_unlearn.attacks.cli import main as attack_main
 from lit_unlearn.config_hub import main as configs_main
+from lit_unlearn.config_hub import shipped_configs
 from lit_unlearn.data.ranking import RankingError
 from lit_unlearn.data.tofu import TOFUDataError
 from lit_unlearn.eval.summarize import main as summarize_main
@@ -41,6 +43,10 @@ def main(args: Sequence[str] | None = None) -> int:
         for name, (_, text) in EXTRA_COMMANDS.items():
             print(f"  {name:<11} {text}")
         print()
+    missing = _missing_config_file(argv)
+    if missing is not None:
+        print(f"lit-unlearn: error: {missing}", file=sys.stderr)
+        return 2
     try:
         run_lightning_cli(None if args is None else argv)
     except (TOFUDataError, RankingError) as err:
@@ -49,3 +55,23 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"lit-unlearn: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _missing_config_file(argv: Sequence[str]) -> str | None:
+    """What to say of a ``--config`` YAML/JSON file that does not exist (jsonargparse names it, but not the fix):
+    where the name is a shipped config, how to get it; else where to find the shipped ones. (A ``--config`` given
+    as inline YAML is left to jsonargparse.)"""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value is None or not value.endswith((".yaml", ".yml", ".json")) or Path(value).is_file():
+            continue
+        name = value.removeprefix("configs/")
+        if name in shipped_configs():
+            return (
+                f"config file {value} does not exist here; it is a shipped config: `lit-unlearn configs --copy {name} "
+                f"--to configs` copies it (then `--config configs/{name}`)."
+            )
+        return f"config file {value} does not exist; `lit-unlearn configs` lists the shipped ones."
+    return None

@@ -61,7 +61,7 @@ class LitUnlearnCLI(LightningCLI):
             name = str(model.get("class_path")).rsplit(".", 1)[-1]
             check_output_dir(init.get("output_dir"), bool(init.get("overwrite_output_dir")), name)
         except FileExistsError as err:
-            self.parser.error(f"FileExistsError: {err}")
+            self._error(f"FileExistsError: {err}")
 
     @override
     def instantiate_classes(self) -> None:
@@ -74,7 +74,17 @@ class LitUnlearnCLI(LightningCLI):
             cause = _first_cause_outside_jsonargparse(err)
             if cause is err:
                 raise
-            self.parser.error(f"{type(cause).__name__}: {cause}")
+            self._error(f"{type(cause).__name__}: {cause}")
+
+    def _error(self, message: str) -> None:
+        """An error found after parsing, under the main parser's one-line usage. (Set only now: given at construction,
+        argparse would build every subcommand's program name from it, and jsonargparse's "tip: ... run: <prog> fit
+        --help" would paste the usage into the command it suggests.)"""
+        self.parser.usage = MAIN_USAGE
+        self.parser.error(message)
+
+
+MAIN_USAGE = "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]"
 
 
 def _first_cause_outside_jsonargparse(err: BaseException) -> BaseException:
@@ -118,10 +128,10 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             # argparse's generated usage lists every Trainer option: 45 lines above a one-line error. --help still
-            # lists them all.
+            # lists them all. The main parser's errors after parsing (a class that fails to build) take MAIN_USAGE.
             parser_kwargs={
-                # The main parser's too: errors found after parsing (a class that fails to build) are its own.
-                "usage": "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]",
+                # Named, not taken from sys.argv[0] (`__main__.py` under `python -m`, a script's name from Python).
+                "prog": "lit-unlearn",
                 **{
                     command: {"usage": f"lit-unlearn {command} --config CONFIG [--section.key=value ...]"}
                     for command in LightningCLI.subcommands()

@@ -160,6 +160,8 @@ def test_a_bad_option_is_reported_under_a_short_usage(
     assert err.startswith("usage: lit-unlearn fit --config CONFIG [--section.key=value ...]\n")
     assert message in err
     assert len(err.splitlines()) < 15
+    # The tip is a command one can run (a usage string pasted into it was not).
+    assert "tip: For details of accepted options run: lit-unlearn fit --help\n" in err
 
 
 def test_a_ranking_of_another_split_under_fit_is_one_error_line(
@@ -215,3 +217,24 @@ def test_test_prints_one_line_of_headline_numbers_unless_asked_for_tables(
     )
     # Lightning's tables (how many depends on the terminal's width: several loaders can share one).
     assert ("test/model_utility" in out) is (verbose is not None)
+
+
+@pytest.mark.parametrize(
+    ("config", "advice"),
+    [
+        ("tofu_tiny/wga.yaml", "it is a shipped config: `lit-unlearn configs --copy tofu_tiny/wga.yaml --to configs`"),
+        ("configs/tofu_tiny/wgaa.yaml", "`lit-unlearn configs` lists the shipped ones"),
+    ],
+)
+def test_a_missing_config_file_names_the_fix(
+    config: str, advice: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Outside a checkout, a shipped config's name is not a file: say how to get it.
+    from lit_unlearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lit-unlearn: error: config file {config} does not exist")
+    assert advice in err
+    assert len(err.splitlines()) == 1
