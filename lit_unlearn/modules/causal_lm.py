@@ -285,6 +285,8 @@ class CausalLMModule(TOFUEvalMixin, LightningModule):
     @override
     def on_fit_end(self) -> None:
         if not self.output_dir:
+            # Say so: a user who meant to keep the model learns it now, not when looking for it.
+            rank_zero_info("No output_dir: the trained model was not saved (--model.output_dir DIR keeps it).")
             return
         if isinstance(self.model, FSDPModule):
             # Every rank takes part in gathering the shards; rank 0 alone receives the full tensors and saves them.

@@ -332,8 +332,10 @@ def test_forget_nll_rises(name, memorised_model_dir, batch, tmp_path) -> None:
     assert _forget_nll(cli.model.model, batch["forget"]) > before + 1e-3
 
 
-def test_checkpoint_round_trip_without_reference(tiny_model_dir, tmp_path) -> None:
-    cli = run_lightning_cli(_cli_args("NPO", tiny_model_dir, tmp_path, ["--trainer.enable_checkpointing=true"]))
+def test_checkpoint_round_trip_without_reference(tiny_model_dir, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        cli = run_lightning_cli(_cli_args("NPO", tiny_model_dir, tmp_path, ["--trainer.enable_checkpointing=true"]))
+    assert "No output_dir: the trained model was not saved" in caplog.text  # said, not left to be found out
     ckpt_path = next(Path(tmp_path).rglob("*.ckpt"))
     checkpoint = torch.load(ckpt_path, weights_only=False)
     assert not any(k.startswith("reference_model.") for k in checkpoint["state_dict"])
@@ -350,6 +352,7 @@ def test_saves_hf_directory_at_fit_end(tiny_model_dir, tmp_path, caplog) -> None
     with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
         cli = run_lightning_cli(_cli_args("GradAscent", tiny_model_dir, tmp_path, [f"--model.output_dir={out}"]))
     assert f"Model and tokenizer saved to {out} " in caplog.text  # the user is told where the model is
+    assert "No output_dir" not in caplog.text
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     for (n, p), (_, q) in zip(cli.model.model.named_parameters(), reloaded.named_parameters(), strict=True):
         assert torch.equal(p, q), n
