@@ -6,6 +6,7 @@ quickstart) find them from any directory.
 """
 
 import argparse
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -95,11 +96,11 @@ def copy_configs(names: Sequence[str], dest: str | Path, overwrite: bool = False
     return targets
 
 
-def _summary_line(path: Path, width: int = 90) -> str:
-    """A config's first header comment (what it reproduces), cut to ``width`` characters."""
+def _summary_line(path: Path, width: int | None = None) -> str:
+    """A config's first header comment (what it reproduces), cut to ``width`` characters (None: whole)."""
     first = path.read_text(encoding="utf-8").splitlines()[:1]
     line = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+    return line if width is None or len(line) <= width else line[: width - 1].rstrip() + "…"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,8 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         names = shipped_configs()
         width = max(map(len, names), default=0)  # one column for every name, the longest included
+        # On a terminal each line fits its width (COLUMNS overrides); piped or redirected, the whole header.
+        room = max(shutil.get_terminal_size().columns - width - 2, 20) if sys.stdout.isatty() else None
         for name in names:
-            print(f"{name:<{width}}  {_summary_line(shipped_config(name))}")
+            print(f"{name:<{width}}  {_summary_line(shipped_config(name), room)}")
+    except BrokenPipeError:
+        # The reader closed the pipe (`| head`): stop quietly, and keep Python's exit flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (FileNotFoundError, FileExistsError) as err:
         print(f"lit-unlearn configs: error: {err}", file=sys.stderr)
         return 2

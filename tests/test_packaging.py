@@ -51,6 +51,10 @@ def test_listing_starts_every_description_in_one_column(capsys: pytest.CaptureFi
     longest = max(map(len, CONFIG_FILES))
     # Each name padded to the longest, two spaces, then its header comment (none of which starts with a space).
     assert all(line[longest : longest + 2] == "  " and line[longest + 2] != " " for line in lines)
+    # Not on a terminal (piped, as here): each header whole, however long.
+    for name, line in zip(CONFIG_FILES, lines, strict=True):
+        header = (REPO_ROOT / "configs" / name).read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+        assert line[longest + 2 :] == header
 
 
 def test_unknown_config_lists_its_neighbours() -> None:
