@@ -17,6 +17,9 @@ import lit_unlearn  # noqa: F401
 from lit_unlearn.models.hub import tokenizer_source
 from lit_unlearn.modules.causal_lm import check_output_dir
 
+MAIN_USAGE = "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]"
+"""The one-line usage above an error of the main parser (argparse's own lists every Trainer option)."""
+
 
 class LitUnlearnCLI(LightningCLI):
     """LightningCLI whose data module tokenizes with the model's own tokenizer and builds its evaluation loaders with
@@ -82,9 +85,6 @@ class LitUnlearnCLI(LightningCLI):
         --help" would paste the usage into the command it suggests.)"""
         self.parser.usage = MAIN_USAGE
         self.parser.error(message)
-
-
-MAIN_USAGE = "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]"
 
 
 def _first_cause_outside_jsonargparse(err: BaseException) -> BaseException:
