@@ -334,7 +334,10 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
             on_mu = not best_new[0] and not best_old[0]
             # Both sides kept and on one forget-quality rung: the rule's utility tie-break decided.
             tie_break = best_new[0] and best_old[0] and best_new[1] == best_old[1] and not tied
-            checks.append({"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu, "tie_break": tie_break})
+            checks.append(
+                {"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu, "tie_break": tie_break,
+                 "mu": (best_new[2], best_old[2])}
+            )  # fmt: skip
     return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped, "collapsed": wrecked}
 
 
@@ -403,6 +406,7 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         won, tied, on_mu, tie_break = (
             [c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu", "tie_break")
         )
+        tie_margins = [f"{fmt(c['mu'][0])} against {fmt(c['mu'][1])}" for c in t["detail"] if c["tie_break"]]
         lost = [c["cell"] for c in t["detail"] if not c["won"] and not c["tied"]]
         where = [f"above in: {', '.join(won)}"] if won else []
         where += [f"level with the better of them in: {', '.join(tied)}"] if tied else []
@@ -421,7 +425,8 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             )
             + (
                 f" In {_and(tie_break)} both sides reach the same forget-quality rung, so the rule's tie-break, the "
-                "higher model utility, decides."
+                f"higher model utility, decides ({'; '.join(tie_margins)}: the better of WGA and WTNPO against the "
+                "better of GA and NPO, means over seeds)."
                 if tie_break
                 else ""
             )

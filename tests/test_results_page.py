@@ -167,6 +167,7 @@ def test_trade_off_verdict_breaks_a_forget_quality_tie_by_utility_as_the_rule_do
     line = _verdict(result, "best trade-off")
     assert "In 3 of 3 (split, form) cells" in line
     assert "In forget01 paper both sides reach the same forget-quality rung, so the rule's tie-break" in line
+    assert "decides (0.86 against 0.85: the better of WGA and WTNPO against the better of GA and NPO" in line
 
 
 def test_shallow_verdict_counts_cells_as_well_as_runs() -> None:
