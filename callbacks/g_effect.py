@@ -1550,17 +1550,9 @@ class GEffectCallback(Callback):
                 key: [(r["step"], r[key]) for r in totals if r[key] is not None]
                 for key in ("cumulative_realised_change", "cumulative_update_change", "cumulative_predicted_change")
             }
-            # The raw-gradient prediction shares the axis of the measured series unless their scales differ by more
-            # than 10x: under Adam it can be orders of magnitude smaller than the realised change and would be a flat
-            # line at zero there, so it is drawn divided by the ratio and read on a right axis in its own units
-            # (which would make any shape look alike, hence only then). A right axis that is a pure rescaling of the
-            # left keeps both zeros at one height, and the legend's placement sees every curve. Alone (neither
-            # measured), it takes the left axis.
-            measured = [abs(y) for key in series if key != "cumulative_predicted_change" for _, y in series[key]]
-            raw = [abs(y) for _, y in series["cumulative_predicted_change"]]
-            ratio = max(raw, default=0.0) / max(max(measured, default=0.0), 1e-30)
-            # An all-zero prediction (rate 0) has no scale of its own: it shares the left axis.
-            beside = bool(measured) and max(raw, default=0.0) > 0 and not 0.1 <= ratio <= 10.0
+            measured = [y for key in series if key != "cumulative_predicted_change" for _, y in series[key]]
+            ratio = raw_prediction_ratio(measured, [y for _, y in series["cumulative_predicted_change"]])
+            beside = ratio is not None
             handles = []
             for key, label, color in [
                 ("cumulative_realised_change", "realised", "black"),
@@ -1573,13 +1565,9 @@ class GEffectCallback(Callback):
             ]:
                 if series[key]:
                     xs, ys = zip(*series[key], strict=True)
-                    if key == "cumulative_predicted_change" and beside:
+                    if key == "cumulative_predicted_change" and ratio is not None:
                         ys = tuple(y / ratio for y in ys)
-                        # Bound now: matplotlib calls these at draw time, after this loop has moved to the next risk.
-                        to_raw, from_raw = (lambda y, k=ratio: y * k), (lambda y, k=ratio: y / k)
-                        right = ax_cum.secondary_yaxis("right", functions=(to_raw, from_raw))
-                        right.set_ylabel(f"−Σ η e (risk units; {ratio:.2g}x the left's scale)", color=color)
-                        right.tick_params(axis="y", colors=color)
+                        rescaled_right_axis(ax_cum, ratio, "−Σ η e", "risk units", color)
                     handles += ax_cum.plot(xs, ys, label=label, color=color)
             ax_cum.set_title(f"cumulative change of the {risk} risk")
             ax_cum.set_xlabel("optimiser step")
@@ -1887,6 +1875,32 @@ def _thirds(items: list[int]) -> list[list[int]]:
         out.append(items[start : start + size])
         start += size
     return out
+
+
+def raw_prediction_ratio(measured: Sequence[float], raw: Sequence[float]) -> float | None:
+    """How many times larger the raw-gradient prediction ``−Σ η e`` is than the measured risk changes beside it, when
+    it needs an axis of its own; None when it shares theirs.
+
+    It shares their axis unless the scales differ by more than 10x: under Adam it can be orders of magnitude smaller
+    than the realised change and would be a flat line at zero there, so it is drawn divided by the ratio and read on a
+    right axis in its own units (:func:`rescaled_right_axis`; that makes any two shapes look alike, hence only then).
+    Alone (nothing measured), or all zero (a rate-0 run: no scale of its own), it takes the left axis.
+    """
+    raw_size = max(map(abs, raw), default=0.0)
+    if not measured or raw_size == 0:
+        return None
+    ratio = raw_size / max(max(map(abs, measured)), 1e-30)
+    return None if 0.1 <= ratio <= 10.0 else ratio
+
+
+def rescaled_right_axis(ax: Any, ratio: float, name: str, unit: str, color: str) -> None:
+    """A right axis that reads a curve drawn divided by ``ratio`` in its own units, labelled ``name (unit; <ratio>x
+    the left's scale)``. A pure rescaling of the left axis (not a twin): both zeros sit at one height, and the
+    legend's placement sees every curve."""
+    # Bound now: matplotlib calls these at draw time, after the caller may have moved on to another ratio.
+    right = ax.secondary_yaxis("right", functions=(lambda y, k=ratio: y * k, lambda y, k=ratio: y / k))
+    right.set_ylabel(f"{name} ({unit}; {ratio:.2g}x the left's scale)", color=color)
+    right.tick_params(axis="y", colors=color)
 
 
 def _smoothed(values: Sequence[float], weight: float) -> list[float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from callbacks import GEffectRow
+from callbacks.g_effect import raw_prediction_ratio, rescaled_right_axis
 
 FQ_THRESHOLD = 0.05
 """The usual significance level read off forget quality (a KS p-value): above it, the unlearned model's forget-set
@@ -139,20 +140,13 @@ def plot_risk_changes(history: Sequence[GEffectRow], path: Path) -> Path | None:
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(f"cumulative change of the {risk} risk (nats)")
         raw_values = [r["cumulative_predicted_change"] for r in rows]
-        # The measured curves only (the zero line is no data): with none, the prediction takes the left axis.
-        measured = [abs(y) for line in handles for y in line.get_ydata()]
-        raw_size = max(map(abs, raw_values), default=0.0)
-        scale = raw_size / max(max(measured, default=0.0), 1e-30)
+        # The measured curves only (the zero line is no data).
+        scale = raw_prediction_ratio([y for line in handles for y in line.get_ydata()], raw_values)
         label, drawn = "raw-gradient prediction Σ −η·e", raw_values
-        # An all-zero prediction (rate 0) has no scale of its own: it shares the left axis.
-        if measured and raw_size > 0 and not 0.1 <= scale <= 10.0:
-            # Drawn divided by the scale and read on a right axis in its own units: a pure rescaling keeps both
-            # zeros at one height, and the legend's placement sees every curve (a twin axis hides its own).
+        if scale is not None:
             label += " (right axis)"
             drawn = [y / scale for y in raw_values]
-            right = ax.secondary_yaxis("right", functions=(lambda y, k=scale: y * k, lambda y, k=scale: y / k))
-            right.set_ylabel(f"Σ −η·e (nats; {scale:.2g}x the left's scale)", color="tab:orange")
-            right.tick_params(axis="y", colors="tab:orange")
+            rescaled_right_axis(ax, scale, "Σ −η·e", "nats", "tab:orange")
         handles += ax.plot(steps, drawn, label=label, color="tab:orange", linestyle="--", linewidth=1.4)
         ax.set_title(f"{risk} risk: realised vs first-order predictions")
         # Below the panel: the three curves fill it, and a legend inside would cover some of one wherever it went.
