@@ -222,6 +222,7 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
     groups = cells(result["runs"])
     kinds = ("KL dominates", "GD dominates", "KL more MU, GD more FQ", "GD more MU, KL more FQ", "equal")
     wrecked = "both collapsed"  # counted across the kinds: pairs of two runs below half of the target's utility
+    columns = [k for k in (*kinds, wrecked) if k != "equal"]
     counts = dict.fromkeys((*kinds, wrecked), 0)
     rows = []
     families = sorted({v["family"] for v in result["variants"].values()})
@@ -249,9 +250,9 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
                     tally["equal"] += 1
             if pairs:
                 rates = f"{result['selection'][gd]['lr']:g} / {result['selection'][kl]['lr']:g}"
-                rows.append([family, split, rates, *(tally[k] for k in (*kinds, wrecked) if k != "equal")])
+                rows.append([family, split, rates, *(tally[k] for k in columns)])
                 counts = {k: counts[k] + tally[k] for k in counts}
-    header = ["family", "split", "lr GD / KL", *(k for k in (*kinds, wrecked) if k != "equal")]
+    header = ["family", "split", "lr GD / KL", *columns]
     return table(header, rows), counts
 
 
@@ -762,8 +763,9 @@ def time_line(result: Mapping[str, Any]) -> str:
     ]
     line = "A seed run of the comparison, training and evaluation, median [min, max]: " + ", ".join(per_split) + "."
     seeds = len(result["setup"]["seeds"])
+    gaps = coverage(result)
     missing: dict[tuple[str, str], int] = {}
-    for split, names in coverage(result).items():
+    for split, names in gaps.items():
         for name in names:
             key = (split, result["variants"][name]["form"])
             missing[key] = missing.get(key, 0) + seeds
@@ -776,8 +778,7 @@ def time_line(result: Mapping[str, Any]) -> str:
         else:
             extra += count * statistics.median(by_split[split])
             fallback.append((split, form))
-    counts = _and([f"{sum(c for (s, _), c in missing.items() if s == split)} runs on {split}" for split in splits
-                   if any(s == split for s, _ in missing)])  # fmt: skip
+    counts = _and([f"{len(names) * seeds} runs on {split}" for split, names in gaps.items() if names])
     line += (
         f" Still missing: {counts}, about {extra / 3600:.1f} worker-hours more at the median of their split and form"
     )
