@@ -4,24 +4,29 @@ The extra commands are dispatched here and only here; each one is a ``main(argv)
 """
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 
-from lit_unlearn.attacks.cli import main as attack_main
-from lit_unlearn.config_hub import main as configs_main
 from lit_unlearn.config_hub import shipped_configs
-from lit_unlearn.data.ranking import RankingError
-from lit_unlearn.data.tofu import TOFUDataError
-from lit_unlearn.eval.summarize import main as summarize_main
-from lit_unlearn.lightning_cli import run_lightning_cli
-from lit_unlearn.quickstart import main as quickstart_main
 
-EXTRA_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "quickstart": (quickstart_main, "build the tiny TOFU models, unlearn under the G-effect callback, write a report"),
-    "summarize": (summarize_main, "print forget quality, model utility and its components of an evaluation as JSON"),
-    "configs": (configs_main, "list the shipped configs, or copy them into a folder to edit"),
-    "attack": (attack_main, "robustness attacks on an unlearned model: relearn | quantize (docs/attacks.md)"),
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": (
+        "lit_unlearn.quickstart",
+        "build the tiny TOFU models, unlearn under the G-effect callback, write a report",
+    ),
+    "summarize": (
+        "lit_unlearn.eval.summarize",
+        "print forget quality, model utility and its components of an evaluation as JSON",
+    ),
+    "configs": ("lit_unlearn.config_hub", "list the shipped configs, or copy them into a folder to edit"),
+    "attack": (
+        "lit_unlearn.attacks.cli",
+        "robustness attacks on an unlearned model: relearn | quantize (docs/attacks.md)",
+    ),
 }
+"""Each extra command: the module whose ``main(argv) -> int`` runs it (imported only when it runs: importing Lightning
+takes seconds that ``lit-unlearn configs`` should not pay), and its line in ``--help``."""
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -36,8 +41,8 @@ def main(args: Sequence[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] in EXTRA_COMMANDS:
-        command, _ = EXTRA_COMMANDS[argv[0]]
-        return command(argv[1:])
+        module, _ = EXTRA_COMMANDS[argv[0]]
+        return import_module(module).main(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print("Extra commands (besides the LightningCLI ones below):")
         for name, (_, text) in EXTRA_COMMANDS.items():
@@ -47,6 +52,10 @@ def main(args: Sequence[str] | None = None) -> int:
     if missing is not None:
         print(f"lit-unlearn: error: {missing}", file=sys.stderr)
         return 2
+    from lit_unlearn.data.ranking import RankingError
+    from lit_unlearn.data.tofu import TOFUDataError
+    from lit_unlearn.lightning_cli import run_lightning_cli
+
     try:
         run_lightning_cli(None if args is None else argv)
     except (TOFUDataError, RankingError) as err:

@@ -12,8 +12,10 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-# Importing the package registers every module and data class, so `--model=NPO` shorthands resolve.
-import lit_unlearn  # noqa: F401
+# Importing these registers every module and data class, so `--model=NPO` shorthands resolve (the package itself
+# imports them lazily).
+import lit_unlearn.data  # noqa: F401
+import lit_unlearn.modules  # noqa: F401
 from lit_unlearn.models.hub import tokenizer_source
 from lit_unlearn.modules.causal_lm import check_output_dir
 
