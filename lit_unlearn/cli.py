@@ -53,14 +53,15 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"lit-unlearn: error: {missing}", file=sys.stderr)
         return 2
     from lit_unlearn.data.ranking import RankingError
-    from lit_unlearn.data.tofu import TOFUDataError
+    from lit_unlearn.data.tofu import TOFUDataError, TOFUFileNotFoundError
     from lit_unlearn.lightning_cli import run_lightning_cli
 
     try:
         run_lightning_cli(None if args is None else argv)
-    except (TOFUDataError, RankingError) as err:
-        # A bad data or ranking file surfaces when `fit` reads it, under Lightning's frames: its message names the
-        # file, the line and the fix, which a traceback would bury. Python callers of run_lightning_cli still get it.
+    except (TOFUDataError, TOFUFileNotFoundError, RankingError) as err:
+        # A bad or missing data file, or a bad ranking file, surfaces when `fit` reads it, under Lightning's frames
+        # (offline with no TOFU folder set, in prepare_data): its message names the file and the fix, which a
+        # traceback would bury. Python callers of run_lightning_cli still get it.
         print(f"lit-unlearn: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0

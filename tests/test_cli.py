@@ -87,11 +87,18 @@ def test_fit_with_model_parallel_strategy_and_g_effect(tiny_model_dir: Path, tof
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("--model.model_name_or_path=/no/model", "FileNotFoundError: Tokenizer directory '/no/model'"),
+        # The data module loads the tokenizer first: the message leads with the path the user gave, not "tokenizer".
+        (
+            "--model.model_name_or_path=/no/model",
+            "FileNotFoundError: '/no/model' does not exist (the tokenizer loads from model_name_or_path",
+        ),
         ("--model.lr=-1", "ValueError: lr must be positive and finite, got -1.0."),
         ("--model.lr=.inf", "ValueError: lr must be positive and finite, got inf."),  # not a non-finite loss later
         # A wrong data folder is reported when the data module is built, before any training.
-        ("--data.data_dir=/no/tofu", "FileNotFoundError: TOFU split 'forget01': /no/tofu/forget01.json does not exist"),
+        (
+            "--data.data_dir=/no/tofu",
+            "TOFUFileNotFoundError: TOFU split 'forget01': /no/tofu/forget01.json does not exist",
+        ),
         # Offline, a Hub id that is not cached: the loader's message (the id and the fix), not the innermost
         # huggingface_hub error below it, which names neither.
         (
@@ -140,6 +147,28 @@ def test_a_malformed_data_line_under_fit_is_one_error_line(
     assert (
         f"lit-unlearn: error: TOFUDataError: TOFU split 'forget01': {data / 'forget01.json'}, line 3: malformed" in err
     )
+    assert "Traceback" not in err
+
+
+def test_offline_without_a_tofu_folder_fit_is_one_error_line(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # No folder configured: the split is looked up in the Hub cache in prepare_data, under Lightning's frames.
+    import huggingface_hub
+
+    from lit_unlearn.cli import main
+
+    monkeypatch.delenv("LIT_UNLEARN_TOFU_DIR", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    args = ["fit", "--config", str(TINY_CONFIG), f"--model.model_name_or_path={tiny_model_dir}"]
+    args += [f"--trainer.default_root_dir={tmp_path}", "--model.output_dir=null"]
+    args += [f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.max_steps=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "lit-unlearn: error: TOFUFileNotFoundError: TOFU split 'forget01' (forget01.json of the Hub dataset" in err
+    assert "is not cached and offline mode is on" in err
+    assert "LIT_UNLEARN_TOFU_DIR=/path/to/tofu" in err
     assert "Traceback" not in err
 
 

@@ -19,7 +19,7 @@ from lit_unlearn.data.finetune_datamodule import TOFUFinetuneDataModule
 from lit_unlearn.data.formatting import PromptFormat, encode_answer, encode_pair, encode_prompt
 from lit_unlearn.data.loaders import PartsCombinedLoader
 from lit_unlearn.data.subsets import FORGET_AUTHORS, RETAIN_OF_FORGET, forget_authors
-from lit_unlearn.data.tofu import TOFU_SPLITS, TOFUDataError, load_tofu, resolve_tofu_file
+from lit_unlearn.data.tofu import TOFU_SPLITS, TOFUDataError, TOFUFileNotFoundError, load_tofu, resolve_tofu_file
 from lit_unlearn.data.unlearn_datamodule import TOFUUnlearnDataModule, idk_answers
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "TOFUDataError",
     "TOFUEvalCollator",
     "TOFUEvalDataset",
+    "TOFUFileNotFoundError",
     "TOFUFinetuneDataModule",
     "TOFUUnlearnDataModule",
     "ZippedDataset",

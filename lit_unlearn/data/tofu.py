@@ -60,6 +60,10 @@ class TOFUDataError(ValueError):
     """A TOFU file exists but its content is unusable (malformed JSON, missing or mistyped field, no rows)."""
 
 
+class TOFUFileNotFoundError(FileNotFoundError):
+    """A TOFU split file is not in the configured folder, or not in the Hub cache with no way to download it."""
+
+
 def _check_split(split: str) -> None:
     if split not in TOFU_SCHEMAS:
         raise ValueError(f"Unknown TOFU split {split!r}. Valid splits: {', '.join(TOFU_SPLITS)}.")
@@ -72,7 +76,7 @@ def resolve_tofu_file(split: str, data_dir: str | Path | None = None) -> Path:
 
     Raises:
         ValueError: ``split`` is not a TOFU split.
-        FileNotFoundError: the file is missing from the local folder, or the Hub cannot be reached and the
+        TOFUFileNotFoundError: the file is missing from the local folder, or the Hub cannot be reached and the
             file is not cached yet.
     """
     _check_split(split)
@@ -82,7 +86,7 @@ def resolve_tofu_file(split: str, data_dir: str | Path | None = None) -> Path:
         folder = Path(data_dir if data_dir is not None else os.environ[TOFU_DIR_ENV]).expanduser()
         path = folder / filename
         if not path.is_file():
-            raise FileNotFoundError(
+            raise TOFUFileNotFoundError(
                 f"TOFU split {split!r}: {path} does not exist (folder from {source}). Point it at a folder "
                 f"holding TOFU's split files ({filename}, full.json, ...: the files of the Hub dataset "
                 f"{TOFU_REPO_ID}), or unset it to download from the Hub."
@@ -102,14 +106,14 @@ def resolve_tofu_file(split: str, data_dir: str | Path | None = None) -> Path:
     unreachable = "offline mode is on (HF_HUB_OFFLINE)" if hub_constants.HF_HUB_OFFLINE else _unreachable_hub()
     if unreachable:
         # Fail now: huggingface_hub would retry five times with back-off (about 25 s per file) before giving up.
-        raise FileNotFoundError(
+        raise TOFUFileNotFoundError(
             f"TOFU split {split!r} ({filename} of the Hub dataset {TOFU_REPO_ID}) is not cached and "
             f"{unreachable}; {fix}"
         )
     try:
         return Path(hf_hub_download(repo_id=TOFU_REPO_ID, filename=filename, repo_type="dataset"))
     except Exception as err:  # file missing on the Hub, network lost mid-way: all need the same fix
-        raise FileNotFoundError(
+        raise TOFUFileNotFoundError(
             f"TOFU split {split!r}: could not download {filename} from the Hub dataset {TOFU_REPO_ID} "
             f"({type(err).__name__}: {err}). Without network, {fix}"
         ) from err
@@ -121,7 +125,7 @@ def check_local_tofu_files(splits: Iterable[str], data_dir: str | Path | None = 
     trains (the Hub case downloads in ``prepare_data``, on one process).
 
     Raises:
-        FileNotFoundError: the first missing file, with the folder it was looked up in and the fix.
+        TOFUFileNotFoundError: the first missing file, with the folder it was looked up in and the fix.
     """
     if data_dir is None and not os.environ.get(TOFU_DIR_ENV):
         return
@@ -212,7 +216,7 @@ def load_tofu(split: str, data_dir: str | Path | None = None) -> list[dict]:
 
     Raises:
         ValueError: unknown split.
-        FileNotFoundError: the file cannot be found or downloaded.
+        TOFUFileNotFoundError: the file cannot be found or downloaded.
         TOFUDataError: the file is empty, holds malformed JSON, or a row misses a field or has a wrongly typed one.
     """
     path = resolve_tofu_file(split, data_dir)
