@@ -148,11 +148,14 @@ def _data_dir(given: str | None) -> tuple[str, str]:
     if folder is not None and not folder.is_dir():
         flag = "--data-dir" if given else f"${TOFU_DIR_ENV}"
         raise QuickstartError(f"{flag} {folder} is not a folder; point it at the TOFU files (full.json, ...).")
+    # Only a --data-dir folder is passed on: resolve_tofu_file reads $LIT_UNLEARN_TOFU_DIR itself, and then its
+    # errors name the variable rather than a data_dir argument.
+    argument = folder if given else None
     path = None
     for split in NEEDED_SPLITS:
         try:
-            path = resolve_tofu_file(split, folder)
-            load_tofu(split, folder)  # parses and validates every row: a bad line fails now, not in 5 minutes
+            path = resolve_tofu_file(split, argument)
+            load_tofu(split, argument)  # parses and validates every row: a bad line fails now, not in 5 minutes
         except (FileNotFoundError, ValueError) as err:
             raise QuickstartError(str(err)) from None
     # The Hub's files of one revision share a snapshot folder, which then serves as the data folder.

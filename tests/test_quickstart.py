@@ -86,6 +86,17 @@ def test_offline_without_data_folder_fails_at_once(
     assert "LIT_UNLEARN_TOFU_DIR" in err
 
 
+def test_a_tofu_folder_from_the_variable_is_named_as_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The folder exists but lacks the splits: the error names where the folder came from and how to change it.
+    monkeypatch.setenv("LIT_UNLEARN_TOFU_DIR", str(tmp_path))
+    code, err = _run(["--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")], capsys)
+    assert code == 2
+    assert "does not exist (folder from $LIT_UNLEARN_TOFU_DIR)" in err
+    assert "data_dir argument" not in err
+
+
 # ------------------------------------------------------------------------------------------------------ outputs
 def test_previous_results_are_moved_not_overwritten(tmp_path: Path) -> None:
     assert quickstart.archive_previous(tmp_path) is None  # nothing to keep yet
