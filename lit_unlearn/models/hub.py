@@ -62,7 +62,8 @@ def _check_local(name_or_path: str, required: tuple[str, ...], what: str) -> Non
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"{what} directory {str(path)!r} does not exist (model_name_or_path, or tokenizer_name when given). Pass "
+            f"{str(path)!r} does not exist (the {what.lower()} loads from model_name_or_path, or from tokenizer_name "
+            "when given). Pass "
             "an existing directory written by save_pretrained (the tiny TOFU models under outputs/tofu_tiny/: run "
             "`lit-unlearn quickstart` first), or a Hugging Face Hub id."
         )
