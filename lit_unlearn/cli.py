@@ -78,6 +78,8 @@ def _missing_config_file(argv: Sequence[str]) -> str | None:
         if value is None or not value.endswith((".yaml", ".yml", ".json")) or Path(value).is_file():
             continue
         name = value.removeprefix("configs/")
+        if Path("configs", name).is_file():  # in a checkout, or after `configs --copy`: only the folder was left out
+            return f"config file {value} does not exist; did you mean --config configs/{name}?"
         if name in shipped_configs():
             return (
                 f"config file {value} does not exist here; it is a shipped config: `lit-unlearn configs --copy {name} "

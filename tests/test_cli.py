@@ -269,6 +269,23 @@ def test_a_missing_config_file_names_the_fix(
     assert len(err.splitlines()) == 1
 
 
+def test_a_config_name_without_its_folder_points_at_the_copy_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # In a checkout the shipped configs are already under configs/: copying them again would refuse to overwrite.
+    from lit_unlearn.cli import main
+
+    (tmp_path / "configs" / "tofu_tiny").mkdir(parents=True)
+    (tmp_path / "configs" / "tofu_tiny" / "wga.yaml").write_text("model: null\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", "tofu_tiny/wga.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "lit-unlearn: error: config file tofu_tiny/wga.yaml does not exist; did you mean --config "
+        "configs/tofu_tiny/wga.yaml?\n"
+    )
+
+
 def test_commands_that_need_no_lightning_do_not_import_it() -> None:
     # `lit-unlearn configs` answered after importing Lightning (about 13 s on two cores) through the package's
     # eager imports; a fresh interpreter shows which modules the command really loads.
