@@ -218,7 +218,8 @@ class UnlearningRun:
 
 
 def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
-    """Unlearn ``target`` under the G-effect callback (raw gradient, real update and realised risk change)."""
+    """Unlearn ``target`` under the G-effect callback (raw gradient, real update and realised risk change); the
+    config it ran with is left in ``unlearn_config.yaml``."""
     out = inputs.output_dir
     config = out / "unlearn_config.yaml"
     config.write_text(inputs.unlearn_config, encoding="utf-8")
@@ -247,6 +248,9 @@ def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
     start = time.perf_counter()
     cli = run_lightning_cli(args)
     seconds = time.perf_counter() - start
+    # Keep what ran, not the template it started from: Lightning's resolved config (lr, paths, seed, the G-effect
+    # callback), which `lit-unlearn fit --config` reruns.
+    shutil.copyfile(Path(cli.trainer.log_dir) / "config.yaml", config)
     callback = next(cb for cb in cli.trainer.callbacks if isinstance(cb, GEffectCallback))
     # The objective's own settings (β, α, weights, lr, ...); paths, dtype and jsonargparse's bookkeeping are shown
     # elsewhere or say nothing about the method.

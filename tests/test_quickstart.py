@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lit_unlearn import quickstart
 
@@ -130,6 +131,11 @@ def test_quickstart_pipeline_on_a_short_recipe(
     assert summary["retain"]["forget_quality"] == 1.0
     assert summary["what_ran"]["optimiser steps"] == 3
     assert summary["what_ran"]["torch threads"] == 1
+    # The saved config is the one that ran (the template said lr 3e-4 and another output folder).
+    ran = yaml.safe_load((out / "unlearn_config.yaml").read_text())
+    assert ran["model"]["init_args"]["lr"] == summary["what_ran"]["lr"] == quickstart.DEFAULT_LR
+    assert ran["model"]["init_args"]["output_dir"] == str(out / "unlearned")
+    assert any(c["class_path"] == "callbacks.GEffectCallback" for c in ran["trainer"]["callbacks"])
     report = (out / "report.md").read_text()
     for risk, reading in summary["g_effect"].items():
         word = "ROSE" if reading["realised"] > 0 else "FELL"
