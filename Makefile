@@ -38,4 +38,4 @@ lint: install
 	$(VENV)/bin/ruff check lit_unlearn callbacks tests benchmarks
 
 clean:
-	rm -rf $(VENV) outputs runs .pytest_cache
+	rm -rf $(VENV) outputs runs .pytest_cache build lit_unlearn.egg-info
