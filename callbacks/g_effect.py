@@ -1512,8 +1512,11 @@ class GEffectCallback(Callback):
         fine = list(dict.fromkeys(r["group"] for r in history if r["level"] == "group"))
         coarse = list(dict.fromkeys(r["group"] for r in history if r["level"] == "coarse"))
         # The coarse depth groups (shallow/middle/deep, plus the non-block groups) when measured: they are what the
-        # paper plots, and many fine groups make an unreadable figure.
-        shown = [g for g in fine if not g.startswith("layer_")] + coarse if coarse else fine[:12]
+        # paper plots, and many fine groups make an unreadable figure. In network order, so that a group keeps its
+        # colour from figure to figure.
+        outside = [g for g in fine if not g.startswith("layer_")]
+        first = [g for g in outside if g == "embedding"]
+        shown = [*first, *coarse, *(g for g in outside if g not in first)] if coarse else fine[:12]
         weight = self.plot_smoothing
 
         def curve(ax: Any, pts: list[tuple[int, float]], **style: Any) -> None:
@@ -1526,7 +1529,7 @@ class GEffectCallback(Callback):
             (line,) = ax.plot(xs, _smoothed(list(ys), weight), **style)
             ax.plot(xs, ys, color=line.get_color(), linestyle=line.get_linestyle(), linewidth=0.6, alpha=0.3)
 
-        fig = Figure(figsize=(11, 3.2 * len(risks)), layout="constrained")
+        fig = Figure(figsize=(11, 3.7 * len(risks)), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(risks), 2, squeeze=False)
         for row, risk in enumerate(risks):
@@ -1544,7 +1547,8 @@ class GEffectCallback(Callback):
             ax.set_title(f"G-effect on the {risk} risk{smoothing}")
             ax.set_xlabel("optimiser step")
             ax.set_ylabel("G-effect e = ∇R·∇L")
-            ax.legend(fontsize=7, ncol=2)
+            # Legends below the panels: the curves' spikes can reach any corner, and a legend inside covered one.
+            ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
             totals = [r for r in mine if r["level"] == "total" and r["term"] == "total"]
             series = {
                 key: [(r["step"], r[key]) for r in totals if r[key] is not None]
@@ -1573,7 +1577,7 @@ class GEffectCallback(Callback):
             ax_cum.set_xlabel("optimiser step")
             ax_cum.set_ylabel("cumulative risk change" if measured else "−Σ η e (risk units)")
             if handles:
-                ax_cum.legend(handles=handles, fontsize=7)
+                ax_cum.legend(handles=handles, fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
         tmp = path.with_name(f".{path.name}.tmp")
         fig.savefig(tmp, format="png", dpi=110)
         os.replace(tmp, path)
@@ -1894,12 +1898,12 @@ def raw_prediction_ratio(measured: Sequence[float], raw: Sequence[float]) -> flo
 
 
 def rescaled_right_axis(ax: Any, ratio: float, name: str, unit: str, color: str) -> None:
-    """A right axis that reads a curve drawn divided by ``ratio`` in its own units, labelled ``name (unit; <ratio>x
-    the left's scale)``. A pure rescaling of the left axis (not a twin): both zeros sit at one height, and the
+    """A right axis that reads a curve drawn divided by ``ratio`` in its own units, labelled ``name (unit; = left
+    axis × <ratio>)``. A pure rescaling of the left axis (not a twin): both zeros sit at one height, and the
     legend's placement sees every curve."""
     # Bound now: matplotlib calls these at draw time, after the caller may have moved on to another ratio.
     right = ax.secondary_yaxis("right", functions=(lambda y, k=ratio: y * k, lambda y, k=ratio: y / k))
-    right.set_ylabel(f"{name} ({unit}; {ratio:.2g}x the left's scale)", color=color)
+    right.set_ylabel(f"{name} ({unit}; = left axis × {ratio:.2g})", color=color)
     right.tick_params(axis="y", colors=color)
 
 

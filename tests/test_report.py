@@ -327,7 +327,7 @@ def test_risk_changes_gives_the_raw_prediction_its_own_axis_only_at_another_scal
     if not right_axes:  # on the left axis as it is
         drawn = [line for ax in fig.axes for line in ax.get_lines() if line.get_label().startswith("raw-gradient")]
         assert list(drawn[0].get_ydata()) == pytest.approx([-raw_scale * 0.08 * s for s in range(1, 4)])
-    assert all("0.0008x the left's scale" in right.get_ylabel() for _, right in rights)
+    assert all("= left axis × 0.0008" in right.get_ylabel() for _, right in rights)
     for left, right in rights:
         (lo, hi), (right_lo, right_hi) = left.get_ylim(), right.get_ylim()
         assert right_hi / hi == pytest.approx(right_lo / lo)

@@ -1041,7 +1041,7 @@ def test_plot_leaves_no_axis_empty(
     assert len(rights) == right_axes
     labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
     assert any(label.endswith("right axis") for label in labels) is bool(right_axes)
-    assert all("0.001x the left's scale" in right.get_ylabel() for _, right in rights)
+    assert all("= left axis × 0.001" in right.get_ylabel() for _, right in rights)
     for left, right in rights:
         (lo, hi), (right_lo, right_hi) = left.get_ylim(), right.get_ylim()
         ratio = right_hi / hi
@@ -1053,3 +1053,33 @@ def test_plot_leaves_no_axis_empty(
         assert [y * ratio for y in raw_line.get_ydata()] == pytest.approx(raw)  # read on the right: −Σηe itself
     for ax in fig.axes:
         assert ax.get_lines(), ax.get_title() or ax.get_ylabel()
+
+
+def test_plot_draws_groups_in_network_order_with_legends_below(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In history order the figure drew final_norm and lm_head between embedding and the depth groups, so a group's
+    # colour differed from the report's figures; legends inside the panels covered a curve's spike.
+    from matplotlib.figure import Figure
+
+    drawn: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    monkeypatch.setattr("os.replace", lambda *a: None)
+    levels = {"embedding": "group", "layer_00": "group", "layer_01": "group", "final_norm": "group"}
+    levels |= {"lm_head": "group", "shallow": "coarse", "deep": "coarse", "total": "total"}
+    none = dict.fromkeys(typing.get_type_hints(GEffectRow))
+    rows = [
+        {**none, "step": step, "risk": "forget", "term": "total", "group": group, "level": level, "g_effect": 1.0}
+        | {"cumulative_predicted_change": 0.1 * step}
+        for step in (0, 1)
+        for group, level in levels.items()
+    ]
+    cb = GEffectCallback(plot_smoothing=None)
+    cb.history = rows
+    cb._write_plot(tmp_path / "g_effect.png")
+    (fig,) = drawn
+    fig.canvas.draw()
+    curves, cumulative = fig.axes
+    labels = [text.get_text() for text in curves.get_legend().get_texts()]
+    assert labels == ["embedding", "shallow", "deep", "final_norm", "lm_head", "total"]
+    for ax in (curves, cumulative):
+        legend, panel = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.y1 < panel.y0  # below the plotting area
