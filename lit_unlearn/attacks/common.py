@@ -328,6 +328,7 @@ def fmt_number(value: float | None) -> str:
     """A number for a markdown table: 3 significant digits, scientific below 1e-3, "–" when missing."""
     if value is None or not math.isfinite(value):
         return "–"
+    value += 0.0  # -0.0 (a zero change over a negative gap) prints as 0
     return f"{value:.3g}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
 
 

@@ -411,14 +411,15 @@ class RelearnReport:
         """A short report: the setting, then one table row per arm and budget."""
         s = self.settings
         n_rel, n_eval = len(self.halves.relearn_rows), len(self.halves.eval_rows)
+        k = self.unlearned.num_forget_items  # fewer than the half under an evaluation item cap
+        evaluated = f"the {n_eval} rows" if k == n_eval else f"{k} of the {n_eval} rows"
         lines = [
             f"# Relearning attack on {self.forget_split}",
             "",
             f"Seed {self.seed}; budgets {', '.join(map(str, self.budgets))} optimiser steps; AdamW lr {s.lr:g} "
             f"(constant), weight decay {s.weight_decay:g}, batch {s.batch_size}, gradient clip {s.max_grad_norm}. "
-            f"Relearn half: {n_rel} rows; every model is evaluated on {self.unlearned.num_forget_items} rows of the "
-            f"other half ({n_eval} rows; forget quality against the retain model on the same rows) and on the "
-            "utility splits. Retain control: "
+            f"Relearn half: {n_rel} rows; every model is evaluated on {evaluated} of the other half "
+            "(forget quality against the retain model on the same rows) and on the utility splits. Retain control: "
             f"{len(self.control_rows)} rows of {self.control_split}.",
             "",
             "| arm | steps | forget prob. | forget ROUGE-L | forget truth ratio | forget quality | model utility | "

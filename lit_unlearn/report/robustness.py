@@ -24,6 +24,7 @@ _COLUMNS = (
 def _fmt(value: float | None) -> str:
     if value is None:
         return "–"
+    value += 0.0  # -0.0 (a zero change over a negative gap) prints as 0
     return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 

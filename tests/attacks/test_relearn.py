@@ -20,7 +20,14 @@ from lit_unlearn.attacks import (
     retain_control_rows,
     split_forget_set,
 )
-from lit_unlearn.attacks.common import FORGET_METRICS, eval_plan, evaluate_model, load_model, stored_evaluation
+from lit_unlearn.attacks.common import (
+    FORGET_METRICS,
+    eval_plan,
+    evaluate_model,
+    fmt_number,
+    load_model,
+    stored_evaluation,
+)
 from lit_unlearn.data import QADataset, encode_pair, load_tofu
 from lit_unlearn.data.subsets import FORGET_AUTHORS, author_of, full_indices
 from lit_unlearn.eval.summarize import summarize
@@ -71,6 +78,15 @@ def test_recovery_ratio_by_hand() -> None:
     assert recovery_ratio(float("nan"), 0.2, 0.8, min_gap=1e-3) is None
     with pytest.raises(ValueError, match="min_gap"):
         recovery_ratio(0.5, 0.2, 0.8, min_gap=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(-0.0, "0"), (0.0, "0"), (0.98, "0.98"), (-4.79e-4, "-4.79e-04"), (None, "–"), (float("nan"), "–")],
+)
+def test_table_numbers(value: float | None, text: str) -> None:
+    # A zero recovery over a negative gap is -0.0, which printed as "-0" in relearn.md.
+    assert fmt_number(value) == text
 
 
 def test_settings_validation() -> None:
@@ -261,6 +277,9 @@ def test_relearn_attack_end_to_end(
     assert saved["settings"]["lr"] == 1e-3
     markdown = (out / "relearn.md").read_text()
     assert "Seed 6; budgets 0, 5 optimiser steps" in markdown
+    # The evaluation cap keeps 2 of the held-out half's rows: the report says so once.
+    assert report.unlearned.num_forget_items == 2
+    assert f"evaluated on 2 of the {len(halves.eval_rows)} rows of the other half (forget quality" in markdown
     # A second run into the same folder is refused before any model is loaded.
     before = len(loads)
     with pytest.raises(FileExistsError, match="--output-dir"):
