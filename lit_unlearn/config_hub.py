@@ -7,6 +7,7 @@ quickstart) find them from any directory.
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -97,9 +98,18 @@ def copy_configs(names: Sequence[str], dest: str | Path, overwrite: bool = False
 
 
 def _summary_line(path: Path, width: int | None = None) -> str:
-    """A config's first header comment (what it reproduces), cut to ``width`` characters (None: whole)."""
-    first = path.read_text(encoding="utf-8").splitlines()[:1]
-    line = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+    """The first sentence of a config's header comment (what it reproduces), cut to ``width`` characters (None:
+    whole). The header wraps its sentences over lines and ends with the command that runs the config."""
+    header = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        text = raw.lstrip("# ").strip()
+        if not raw.startswith("#") or text.startswith("lit-unlearn "):
+            break
+        header.append(text)
+    joined = " ".join(header)
+    # A period before a word or at the end closes a sentence; "et al. 2024" and "Llama-3.2" do not.
+    end = re.search(r"\.(?=\s+[^\d\s]|$)", joined)
+    line = joined[: end.end()] if end else joined
     return line if width is None or len(line) <= width else line[: width - 1].rstrip() + "…"
 
 
