@@ -491,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     _say(f"report: {report}")
     _say(f"summary: {out / 'summary.json'} ({total:.0f} s in all)")
-    print(json.dumps({k: after.get(k) for k in ("forget_quality", "model_utility")}), flush=True)
+    # The last line, for scripts: the headline numbers, named for the model they describe.
+    print(json.dumps({"unlearned": {k: after.get(k) for k in ("forget_quality", "model_utility")}}), flush=True)
     return 0
 
 

@@ -113,7 +113,7 @@ def test_previous_results_are_moved_not_overwritten(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow  # about 100 s on a quiet 2-core machine: two spawned builds, five evaluations, both attacks
 def test_quickstart_pipeline_on_a_short_recipe(
-    tmp_path: Path, tofu_dir: Path, short_config: Callable[..., str]
+    tmp_path: Path, tofu_dir: Path, short_config: Callable[..., str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The whole job, wired as the README runs it, on recipes cut to a few steps: every file is written and the
     report states each risk's direction as the sign of its realised change."""
@@ -126,6 +126,8 @@ def test_quickstart_pipeline_on_a_short_recipe(
     ]  # fmt: skip
     assert quickstart.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last == {"unlearned": {k: summary["unlearned"][k] for k in ("forget_quality", "model_utility")}}
     for model in ("target", "retain", "unlearned"):
         assert {"forget_quality", "model_utility"} <= summary[model].keys()
     assert summary["retain"]["forget_quality"] == 1.0
