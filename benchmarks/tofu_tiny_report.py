@@ -170,6 +170,12 @@ def rate_note(result: Mapping[str, Any]) -> list[str]:
             f": {', '.join(damaged)}; there the trade-off compares models damaged far beyond the forget split."
             if damaged
             else "."
+        )
+        + "".join(
+            f" On {s} the retain model itself keeps {fmt(result['references'][s]['retain']['model_utility'])}, below "
+            "that bar, so there it also flags cells near the oracle's own utility."
+            for s in splits
+            if collapsed(result, [result["references"][s]["retain"]["model_utility"]], s)
         ),
         "",
     ]
@@ -218,12 +224,14 @@ def layer_table(result: Mapping[str, Any], split: str) -> list[str]:
 def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]]:
     """Paired KL-vs-GD comparison: for each family, split and seed, which regulariser's run dominates in
     (forget quality, model utility), and when neither does, which way the trade-off goes: KL keeping more model
-    utility while GD forgets more (higher forget quality), or the reverse. Each side runs at its own selected rate."""
+    utility while GD forgets more (higher forget quality), or the reverse. Each side runs at its own selected rate.
+    The counts also hold the pairs whose two runs both collapsed, among all and among the decisive ones."""
     groups = cells(result["runs"])
     kinds = ("KL dominates", "GD dominates", "KL more MU, GD more FQ", "GD more MU, KL more FQ", "equal")
     wrecked = "both collapsed"  # counted across the kinds: pairs of two runs below half of the target's utility
     columns = [k for k in (*kinds, wrecked) if k != "equal"]
     counts = dict.fromkeys((*kinds, wrecked), 0)
+    decisive_wrecked = 0  # of the pairs one side dominates, those between two collapsed runs
     rows = []
     families = sorted({v["family"] for v in result["variants"].values()})
     for family in families:
@@ -237,11 +245,14 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
             for g, k in pairs:
                 a = (k["summary"]["forget_quality"], k["summary"]["model_utility"])
                 b = (g["summary"]["forget_quality"], g["summary"]["model_utility"])
-                tally[wrecked] += collapsed(result, [a[1]], split) and collapsed(result, [b[1]], split)
+                both = collapsed(result, [a[1]], split) and collapsed(result, [b[1]], split)
+                tally[wrecked] += both
                 if dominates(a, b):
                     tally["KL dominates"] += 1
+                    decisive_wrecked += both
                 elif dominates(b, a):
                     tally["GD dominates"] += 1
+                    decisive_wrecked += both
                 elif a[1] > b[1]:
                     tally["KL more MU, GD more FQ"] += 1
                 elif b[1] > a[1]:
@@ -253,7 +264,7 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
                 rows.append([family, split, rates, *(tally[k] for k in columns)])
                 counts = {k: counts[k] + tally[k] for k in counts}
     header = ["family", "split", "lr GD / KL", *columns]
-    return table(header, rows), counts
+    return table(header, rows), {**counts, "decisive, both collapsed": decisive_wrecked}
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -326,7 +337,8 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
                 wrecked.append(f"{split} {form}")
                 continue
             ranked = {f: _rank_key(runs, target_mu, keep) for f, runs in keys.items()}
-            best_new, best_old = max(ranked["WGA"], ranked["WTNPO"]), max(ranked["GA"], ranked["NPO"])
+            new_f, old_f = max(("WGA", "WTNPO"), key=ranked.__getitem__), max(("GA", "NPO"), key=ranked.__getitem__)
+            best_new, best_old = ranked[new_f], ranked[old_f]
             won = best_new > ranked["GA"] and best_new > ranked["NPO"]
             wins += won
             # Not won, but level with the better baseline (same rung and utility): a tie, not a loss.
@@ -335,9 +347,12 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
             on_mu = not best_new[0] and not best_old[0]
             # Both sides kept and on one forget-quality rung: the rule's utility tie-break decided.
             tie_break = best_new[0] and best_old[0] and best_new[1] == best_old[1] and not tied
+            # Only one side keeps the rule's share: the bar decides, whatever the forget qualities.
+            by_bar = best_new[0] != best_old[0]
+            fq = tuple(statistics.median(metric(keys[f], "forget_quality")) for f in (new_f, old_f))
             checks.append(
                 {"cell": f"{split} {form}", "won": won, "tied": tied, "on_mu": on_mu, "tie_break": tie_break,
-                 "mu": (best_new[2], best_old[2])}
+                 "by_bar": by_bar, "mu": (best_new[2], best_old[2]), "fq": fq}
             )  # fmt: skip
     return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped, "collapsed": wrecked}
 
@@ -395,19 +410,28 @@ def seeds_phrase(result: Mapping[str, Any]) -> str:
     return count_phrase(len(runs) for runs in cells(result["runs"]).values())
 
 
+def _trade_off_word(wins: int, checks: int) -> str:
+    """The trade-off verdict's word: every checked cell won, more than half, or not."""
+    if not checks:
+        return "not testable here"
+    return "holds" if wins == checks else ("holds in part" if wins * 2 > checks else "does not hold")
+
+
 def verdicts(result: Mapping[str, Any]) -> list[str]:
     """One paragraph per claim of the paper: the measured evidence, the verdict it supports, the statistical caveat
     and what would overturn it. Every number comes from ``result``; every verdict follows its sign."""
     lines = []
     t = claim_trade_off(result)
     if t["checks"] or t["collapsed"]:
-        holds = t["checks"] and t["wins"] == t["checks"]
-        word = "holds" if holds else ("holds in part" if t["wins"] * 2 > t["checks"] else "does not hold")
-        word = word if t["checks"] else "not testable here"
-        won, tied, on_mu, tie_break = (
-            [c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu", "tie_break")
+        word = _trade_off_word(t["wins"], t["checks"])
+        won, tied, on_mu, tie_break, by_bar = (
+            [c["cell"] for c in t["detail"] if c[key]] for key in ("won", "tied", "on_mu", "tie_break", "by_bar")
         )
         tie_margins = [f"{fmt(c['mu'][0])} against {fmt(c['mu'][1])}" for c in t["detail"] if c["tie_break"]]
+        bar_margins = [f"{fmt(c['fq'][0])} against {fmt(c['fq'][1])}" for c in t["detail"] if c["by_bar"]]
+        # The word without the cells the tie-break decided (one forget-quality rung apart would flip them).
+        untied = [c for c in t["detail"] if not c["tie_break"]]
+        word_untied = _trade_off_word(sum(c["won"] for c in untied), len(untied))
         lost = [c["cell"] for c in t["detail"] if not c["won"] and not c["tied"]]
         where = [f"above in: {', '.join(won)}"] if won else []
         where += [f"level with the better of them in: {', '.join(tied)}"] if tied else []
@@ -415,9 +439,17 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         keep = result["setup"]["mu_keep"]
         lines.append(
             f"- **WGA/WTNPO give the best trade-off: {word}.** In {t['wins']} of {t['checks']} (split, form) cells the "
-            "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering"
-            + (f" ({'; '.join(where)})" if where else "")
-            + "."
+            "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering (the bar on a "
+            "cell's mean model utility over seeds, forget quality by its median"
+            + "".join(f"; {w}" for w in where)
+            + ")."
+            + (
+                f" In {_and(by_bar)} only one side keeps {keep:.0%} of the target's model utility, so the bar decides "
+                f"whatever the forget quality (median forget quality {'; '.join(bar_margins)}: the better of WGA and "
+                "WTNPO against the better of GA and NPO)."
+                if by_bar
+                else ""
+            )
             + (
                 f" In {_and(on_mu)} no cell of either side keeps {keep:.0%} of the target's model utility, so the "
                 "ordering there is by model utility alone and forget quality plays no part."
@@ -427,7 +459,13 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             + (
                 f" In {_and(tie_break)} both sides reach the same forget-quality rung, so the rule's tie-break, the "
                 f"higher model utility, decides ({'; '.join(tie_margins)}: the better of WGA and WTNPO against the "
-                "better of GA and NPO, means over seeds)."
+                "better of GA and NPO, means over seeds)"
+                + (
+                    f"; without {'it' if len(tie_break) == 1 else 'them'}, {sum(c['won'] for c in untied)} of "
+                    f'{len(untied)} cells, which reads "{word_untied}".'
+                    if word_untied != word
+                    else "."
+                )
                 if tie_break
                 else ""
             )
@@ -444,7 +482,8 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         )
     _, kl = kl_vs_gd_table(result)
     decisive = kl["KL dominates"] + kl["GD dominates"]
-    neither = sum(v for k, v in kl.items() if k != "both collapsed") - decisive
+    neither = kl["KL more MU, GD more FQ"] + kl["GD more MU, KL more FQ"] + kl["equal"]
+    wrecked = kl["decisive, both collapsed"]
     if decisive + neither:
         p = binomial_two_sided(kl["KL dominates"], decisive) if decisive else None
         if decisive == 0 or p >= 0.05:
@@ -454,7 +493,14 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         test = f"sign test on the decisive pairs: p = {fmt(p)}" if decisive else "no decisive pair, so no sign test"
         lines.append(
             f"- **KL is a better regulariser than GD: {word}.** Over the paired runs, KL dominates in "
-            f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {neither} ({test}). A pair where neither "
+            f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {neither} ({test})"
+            + (
+                f"; {wrecked} of the {decisive} decisive pairs {'is' if wrecked == 1 else 'are'} between two collapsed "
+                "runs, whose utilities near zero decide them"
+                if wrecked
+                else ""
+            )
+            + ". A pair where neither "
             f"dominates is a trade-off, not a tie: in {kl['KL more MU, GD more FQ']} KL keeps more model utility and "
             f"GD reaches higher forget quality, in {kl['GD more MU, KL more FQ']} the reverse (per family in the "
             f"table); in {kl['both collapsed']} of the {decisive + neither} pairs both runs end below half of the "

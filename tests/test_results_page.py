@@ -154,7 +154,7 @@ def test_trade_off_verdict_reports_a_level_cell_as_a_tie() -> None:
             run["summary"] = {"forget_quality": 0.05, "model_utility": 0.85}
     line = _verdict(result, "best trade-off")
     assert "In 2 of 3 (split, form) cells" in line
-    assert "(above in: forget01 GD, forget01 KL; level with the better of them in: forget01 paper)" in line
+    assert "median; above in: forget01 GD, forget01 KL; level with the better of them in: forget01 paper)" in line
 
 
 def test_trade_off_verdict_breaks_a_forget_quality_tie_by_utility_as_the_rule_does() -> None:
@@ -168,6 +168,42 @@ def test_trade_off_verdict_breaks_a_forget_quality_tie_by_utility_as_the_rule_do
     assert "In 3 of 3 (split, form) cells" in line
     assert "In forget01 paper both sides reach the same forget-quality rung, so the rule's tie-break" in line
     assert "decides (0.86 against 0.85: the better of WGA and WTNPO against the better of GA and NPO" in line
+    assert "without it" not in line  # 2 of 2 without the tie-break cell: the same word
+    for run in result["runs"]:  # WGA+GD and WTNPO+GD now forget nothing: the word rests on the tie-break cell
+        if run["spec"]["variant"] in ("WGA+GD", "WTNPO+GD"):
+            run["summary"]["forget_quality"] = 1e-6
+    line = _verdict(result, "best trade-off")
+    assert "best trade-off: holds in part.** In 2 of 3 (split, form) cells" in line
+    assert 'means over seeds); without it, 1 of 2 cells, which reads "does not hold".' in line
+
+
+def test_trade_off_verdict_names_cells_the_utility_bar_decides() -> None:
+    # GA+KL and NPO+KL forget more but keep under 90% of the target's utility; WGA+KL and WTNPO+KL keep it.
+    result = _result(True, True, True)
+    for run in result["runs"]:
+        if run["spec"]["variant"] in ("GA+KL", "NPO+KL"):
+            run["summary"] = {"forget_quality": 1.0, "model_utility": 0.5}
+        if run["spec"]["variant"] in ("WGA+KL", "WTNPO+KL"):
+            run["summary"] = {"forget_quality": 0.5, "model_utility": 0.86}
+    line = _verdict(result, "best trade-off")
+    assert "above in: forget01 paper, forget01 GD, forget01 KL" in line
+    assert (
+        "In forget01 KL only one side keeps 90% of the target's model utility, so the bar decides whatever the forget "
+        "quality (median forget quality 0.5 against 1: the better of WGA and WTNPO against the better of GA and NPO)."
+    ) in line
+
+
+@pytest.mark.parametrize(("retain_mu", "said"), [(0.3, True), (0.5, False)])
+def test_rate_note_says_where_the_oracle_itself_is_below_the_collapse_bar(retain_mu: float, said: bool) -> None:
+    result = _result(True, True, True)
+    result["runs"] += [{**r, "spec": {**r["spec"], "split": "forget10"}, "steps": 5} for r in result["runs"]]
+    for run in result["runs"]:
+        run.setdefault("steps", 2)
+    result["references"]["forget10"] = {"target": {"model_utility": 0.9}, "retain": {"model_utility": retain_mu}}
+    result["setup"]["forget_splits"] = ["forget01", "forget10"]
+    note = " ".join(report.rate_note(result))
+    assert "0 of the 12 cells of the larger splits keep less than half" in note
+    assert ("On forget10 the retain model itself keeps 0.3, below that bar" in note) is said
 
 
 def test_shallow_verdict_counts_cells_as_well_as_runs() -> None:
@@ -291,12 +327,14 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
         "GD more MU, KL more FQ": 0,
         "equal": 0,
         "both collapsed": 1,
+        "decisive, both collapsed": 1,  # GA's seed 2: KL dominates, between two collapsed runs
     }
     assert "| GA | forget01 | 0.001 / 0.001 | 1 | 1 | 0 | 0 | 1 |" in rows
     assert "| WGA | forget01 | 0.001 / 0.001 | 2 | 0 | 1 | 0 | 0 |" in rows
     line = _verdict(result, "KL is a better regulariser")
     assert "in 1 KL keeps more model utility and GD reaches higher forget quality, in 0 the reverse" in line
     assert "in 1 of the 11 pairs both runs end below half of the target's model utility" in line
+    assert "(sign test on the decisive pairs: p = 0.0215); 1 of the 10 decisive pairs is between two collapsed" in line
 
 
 def test_worker_seconds_counts_each_distinct_run_once() -> None:
