@@ -373,7 +373,17 @@ def claim_shallow(result: Mapping[str, Any]) -> dict[str, Any]:
     # One-sided: shallow chosen more often than the 1/3 of a uniform pick.
     p = sum(math.comb(n, i) * (1 / 3) ** i * (2 / 3) ** (n - i) for i in range(counts["shallow"], n + 1)) if n else 1.0
     shallow_cells = sum(all(t == "shallow" for t in cell) for cell in tops.values())
-    return {"counts": counts, "runs": n, "p_one_sided": p, "cells": len(groups), "shallow_cells": shallow_cells}
+    # Beside the ranking: per split, in how many runs the embedding (not ranked: it is no block) moves more than the
+    # shallow blocks, which only the forget01 per-layer table shows.
+    embedding = {}
+    for (_, split), runs in groups.items():
+        means = [m for m in (_depth_means(r, "forget", "unlearn") for r in runs) if "embedding" in m and "shallow" in m]
+        above, total = embedding.get(split, (0, 0))
+        embedding[split] = (above + sum(abs(m["embedding"]) > abs(m["shallow"]) for m in means), total + len(means))
+    return {
+        "counts": counts, "runs": n, "p_one_sided": p, "cells": len(groups), "shallow_cells": shallow_cells,
+        "embedding_above": {s: embedding[s] for s in run_splits(result) if embedding.get(s, (0, 0))[1]},
+    }  # fmt: skip
 
 
 def claim_runaway(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -522,8 +532,14 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"{sh['cells']} cells of seeds of one target, and in {sh['shallow_cells']} of the {sh['cells']} cells "
             f"every seed ranks the shallow blocks first). The {n_blocks} blocks have the same shape, so "
             "the depth groups differ in depth only (the deep group also contains the final norm, one weight per "
-            "hidden unit); the embedding and LM head are reported beside them, not ranked. A different depth split or "
-            "a larger model could change it."
+            "hidden unit); the embedding and LM head are reported beside them, not ranked"
+            + (
+                "; the embedding's magnitude exceeds the shallow blocks' in "
+                + ", ".join(f"{a} of {n} runs on {s}" for s, (a, n) in sh["embedding_above"].items())
+                if sh["embedding_above"]
+                else ""
+            )
+            + ". A different depth split or a larger model could change it."
         )
     ra = claim_runaway(result)
     if ra:

@@ -460,3 +460,14 @@ def test_time_line_projects_the_missing_runs_at_each_splits_and_forms_median() -
     assert "Still missing" not in report.time_line(result)  # forget10 has no run to time
     coverage = report.coverage_line(result)
     assert "forget01: all but WGA; forget05: 1 of 3 (GA); forget10: none." in coverage
+
+
+def test_shallow_verdict_says_where_the_embedding_moves_more_than_the_shallow_blocks() -> None:
+    result = _result(True, True, True)
+    assert "the embedding's magnitude" not in _verdict(result, "Shallow layers")  # no embedding measured
+    for i, run in enumerate(result["runs"]):  # shallow blocks at -2.0 in every run; the embedding beyond them in 4
+        run["g_effect"]["forget/unlearn/embedding"] = [-3.0 if i < 4 else -1.0] * 6
+    assert report.claim_shallow(result)["embedding_above"] == {"forget01": (4, 36)}
+    assert "the embedding's magnitude exceeds the shallow blocks' in 4 of 36 runs on forget01." in _verdict(
+        result, "Shallow layers"
+    )
