@@ -4,7 +4,8 @@ from typing import Any
 
 import pytest
 
-from lit_unlearn.report.robustness import _fmt, quantize_verdict, relearn_verdict, robustness_section
+from lit_unlearn.report.numbers import fmt_number
+from lit_unlearn.report.robustness import quantize_verdict, relearn_verdict, robustness_section
 
 
 def _metrics(probability: float, rouge: float = 0.5) -> dict[str, Any]:
@@ -111,6 +112,9 @@ def test_a_report_without_the_control_arm_is_refused() -> None:
         robustness_section(relearn, _quantize(0.1))
 
 
-@pytest.mark.parametrize(("value", "text"), [(-0.0, "0"), (0.5, "0.5"), (-1.25e-4, "-1.25e-04"), (None, "–")])
+@pytest.mark.parametrize(
+    ("value", "text"), [(-0.0, "0"), (0.5, "0.5"), (-1.25e-4, "-1.25e-04"), (None, "–"), (float("inf"), "–")]
+)
 def test_table_numbers(value: float | None, text: str) -> None:
-    assert _fmt(value) == text
+    # One formatter for the report's tables and the attack reports: the same value reads the same in each.
+    assert fmt_number(value) == text

@@ -324,14 +324,6 @@ def fresh_output_dir(path: str | Path) -> Path:
     return out
 
 
-def fmt_number(value: float | None) -> str:
-    """A number for a markdown table: 3 significant digits, scientific below 1e-3, "–" when missing."""
-    if value is None or not math.isfinite(value):
-        return "–"
-    value += 0.0  # -0.0 (a zero change over a negative gap) prints as 0
-    return f"{value:.3g}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
-
-
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write a report as JSON; NaN and infinities become null, as in the evaluation files."""
     path.write_text(json.dumps(_json_safe(dict(data)), indent=2) + "\n", encoding="utf-8")

@@ -41,7 +41,6 @@ from lit_unlearn.attacks.common import (
     check_model_source,
     eval_plan,
     evaluate_model,
-    fmt_number,
     fresh_output_dir,
     load_model,
     recoveries,
@@ -51,6 +50,7 @@ from lit_unlearn.attacks.common import (
 from lit_unlearn.eval.io import load_eval
 from lit_unlearn.eval.items import Records
 from lit_unlearn.models import DType
+from lit_unlearn.report.numbers import fmt_number
 
 REPORT_JSON = "quantize.json"
 REPORT_MD = "quantize.md"

@@ -39,7 +39,6 @@ from lit_unlearn.attacks.common import (
     check_model_source,
     eval_plan,
     evaluate_model,
-    fmt_number,
     fresh_output_dir,
     load_model,
     recoveries,
@@ -56,6 +55,7 @@ from lit_unlearn.eval.items import Records
 from lit_unlearn.eval.runner import move_to_device
 from lit_unlearn.models import DType
 from lit_unlearn.modules.causal_lm import AdamWSettings
+from lit_unlearn.report.numbers import fmt_number
 
 REPORT_JSON = "relearn.json"
 REPORT_MD = "relearn.md"

@@ -4,7 +4,6 @@ Every number in the report comes from the summaries and the G-effect history pas
 measured sign of the quantity it names (see :mod:`lit_unlearn.report.readings`).
 """
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from callbacks import GEffectRow
 from lit_unlearn.metrics.functional.aggregates import MODEL_UTILITY_COMPONENTS
 from lit_unlearn.report.figures import FQ_THRESHOLD, plot_fq_mu, plot_g_effect_steps, plot_risk_changes
+from lit_unlearn.report.numbers import fmt_number
 from lit_unlearn.report.readings import RiskReading, verdict
 
 HEADLINE = (
@@ -40,11 +40,7 @@ MEANINGS = (
 
 
 def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return str(value)
+    return fmt_number(value) if value is None or isinstance(value, float) else str(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:

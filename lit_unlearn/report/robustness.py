@@ -8,6 +8,8 @@ against the retain-data control (relearning) and against zero (quantization).
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lit_unlearn.report.numbers import fmt_number
+
 HEADLINE_METRIC = "probability"
 """The forget metric the verdicts quote: the answer probability moves continuously, where ROUGE-L of a tiny model's
 greedy answers moves in coarse steps."""
@@ -21,16 +23,9 @@ _COLUMNS = (
 )
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "–"
-    value += 0.0  # -0.0 (a zero change over a negative gap) prints as 0
-    return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-
-
 def _row(label: str, metrics: Mapping[str, Any], recovery: Mapping[str, Any] | None) -> str:
-    cells = [_fmt(metrics.get(key)) for key, _ in _COLUMNS]
-    cells.append(_fmt(recovery.get(HEADLINE_METRIC)) if recovery is not None else "")
+    cells = [fmt_number(metrics.get(key)) for key, _ in _COLUMNS]
+    cells.append(fmt_number(recovery.get(HEADLINE_METRIC)) if recovery is not None else "")
     return f"| {label} | " + " | ".join(cells) + " |"
 
 

@@ -24,7 +24,6 @@ from lit_unlearn.attacks.common import (
     FORGET_METRICS,
     eval_plan,
     evaluate_model,
-    fmt_number,
     load_model,
     stored_evaluation,
 )
@@ -32,6 +31,7 @@ from lit_unlearn.data import QADataset, encode_pair, load_tofu
 from lit_unlearn.data.subsets import FORGET_AUTHORS, author_of, full_indices
 from lit_unlearn.eval.summarize import summarize
 from lit_unlearn.models import load_tokenizer
+from lit_unlearn.report.numbers import fmt_number
 
 
 @pytest.mark.parametrize("forget_split", list(FORGET_AUTHORS))
