@@ -357,9 +357,8 @@ def claim_trade_off(result: Mapping[str, Any]) -> dict[str, Any]:
     return {"wins": wins, "checks": len(checks), "detail": checks, "skipped": skipped, "collapsed": wrecked}
 
 
-def _top_depth(run: Mapping[str, Any]) -> str | None:
-    """The depth group where the run's mean |unlearning G-effect| on the forget risk is largest (None: unmeasured)."""
-    means = _depth_means(run, "forget", "unlearn")
+def _top_depth(means: Mapping[str, float]) -> str | None:
+    """The depth group with the largest |mean G-effect| of a run's :func:`_depth_means` (None: unmeasured)."""
     return max(DEPTHS, key=lambda d: abs(means[d])) if all(d in means for d in DEPTHS) else None
 
 
@@ -367,7 +366,9 @@ def claim_shallow(result: Mapping[str, Any]) -> dict[str, Any]:
     """Claim 3: shallow layers are affected most. In how many runs is the unlearning term's mean |G-effect| on the
     forget risk largest in the shallow blocks (among shallow/middle/deep), and in how many cells in every seed?"""
     groups = cells(result["runs"])
-    tops = {key: [t for t in map(_top_depth, runs) if t is not None] for key, runs in groups.items()}
+    # The unlearning term's mean G-effect on the forget risk per depth group, once per run.
+    means = {key: [_depth_means(r, "forget", "unlearn") for r in runs] for key, runs in groups.items()}
+    tops = {key: [t for t in map(_top_depth, cell) if t is not None] for key, cell in means.items()}
     counts = {d: sum(t == d for cell in tops.values() for t in cell) for d in DEPTHS}
     n = sum(counts.values())
     # One-sided: shallow chosen more often than the 1/3 of a uniform pick.
@@ -376,10 +377,10 @@ def claim_shallow(result: Mapping[str, Any]) -> dict[str, Any]:
     # Beside the ranking: per split, in how many runs the embedding (not ranked: it is no block) moves more than the
     # shallow blocks, which only the forget01 per-layer table shows.
     embedding = {}
-    for (_, split), runs in groups.items():
-        means = [m for m in (_depth_means(r, "forget", "unlearn") for r in runs) if "embedding" in m and "shallow" in m]
+    for (_, split), cell in means.items():
+        both = [m for m in cell if "embedding" in m and "shallow" in m]
         above, total = embedding.get(split, (0, 0))
-        embedding[split] = (above + sum(abs(m["embedding"]) > abs(m["shallow"]) for m in means), total + len(means))
+        embedding[split] = (above + sum(abs(m["embedding"]) > abs(m["shallow"]) for m in both), total + len(both))
     return {
         "counts": counts, "runs": n, "p_one_sided": p, "cells": len(groups), "shallow_cells": shallow_cells,
         "embedding_above": {s: embedding[s] for s in run_splits(result) if embedding.get(s, (0, 0))[1]},
