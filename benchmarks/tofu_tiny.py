@@ -15,6 +15,8 @@ warm-up epoch, AdamW without weight decay), in stages, each with one command:
    the bottom and a random quarter (seeds 0, 1, 2);
 5. ``collect``: gather every cell whose seeds the cache holds, on ``--splits``, with those splits' references, into
    the JSON (runs nothing new: for a cache filled by several ``seeds`` invocations, or by another machine);
+   every stage keeps the runs the JSON already holds, checking first that its cache's models evaluate exactly as the
+   JSON's references say (a rebuilt cache of the same models adds to the JSON; other models are refused);
 6. ``report``: ``docs/figures/tofu_tiny.json`` (every number, per-seed per-step G-effect histories per term) and,
    from that JSON alone, the tables and figures ``docs/results.md`` shows (``benchmarks/tofu_tiny_report.py``).
 
@@ -480,11 +482,19 @@ def stage_seeds(selection: Mapping[str, Any], splits: Sequence[str], setting: Se
     run_all(seed_specs(selection, splits), setting, workers)
 
 
-def cached_runs(selection: Mapping[str, Any], setting: Setting, splits: Sequence[str]) -> list[dict[str, Any]]:
+def cached_runs(
+    selection: Mapping[str, Any],
+    setting: Setting,
+    splits: Sequence[str],
+    written: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """The seed runs on ``splits`` of every (variant, split) cell whose every seed the cache holds, in spec order: a
-    reported cell has all of :data:`SEEDS`, and the page lists the cells that do not (yet)."""
+    reported cell has all of :data:`SEEDS`, and the page lists the cells that do not (yet). A run the cache lacks is
+    taken from ``written`` (the JSON's runs by run id, :func:`written_runs`) when it holds it, so a new cache adds to
+    the JSON and never drops a run already written."""
     specs = seed_specs(selection, splits)
-    records = [_cached(spec, replace(setting, force=False)) for spec in specs]
+    written = written or {}
+    records = [_cached(spec, replace(setting, force=False)) or written.get(spec.run_id) for spec in specs]
     incomplete = {(s.variant, s.split) for s, r in zip(specs, records, strict=True) if r is None}
     keys = ("spec", "steps", "fit_s", "eval_s", "summary", "g_effect")
     return [
@@ -492,6 +502,31 @@ def cached_runs(selection: Mapping[str, Any], setting: Setting, splits: Sequence
         for s, r in zip(specs, records, strict=True)
         if r is not None and (s.variant, s.split) not in incomplete
     ]
+
+
+def written_runs(result: Mapping[str, Any], fresh_refs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The JSON's seed runs by run id, to stand in for runs this cache lacks, once this cache's models are shown to
+    be the JSON's: every reference the JSON holds and this invocation evaluated reads here exactly as written.
+
+    Models rebuilt elsewhere (another machine kind, another config) evaluate differently, and their runs must not be
+    mixed with the JSON's: that is an error naming the split and the way out, not a silent drop of written runs."""
+    runs = result.get("runs", [])
+    for split, fresh in fresh_refs.items():
+        previous = result.get("references", {}).get(split)
+        fresh = json.loads(json.dumps(fresh))  # the written floats are the exact reprs of the evaluated ones
+        if runs and previous is not None and fresh != previous:
+            differing = sorted(
+                f"{model} {key}"
+                for model in ("target", "retain")
+                for key in set(previous.get(model, {})) | set(fresh.get(model, {}))
+                if previous.get(model, {}).get(key) != fresh.get(model, {}).get(key)
+            )
+            raise SystemExit(
+                f"tofu_tiny: the models in this cache are not the ones the JSON's {len(runs)} runs were made with: "
+                f"{split}'s references differ ({', '.join(differing[:3])}{', ...' if len(differing) > 3 else ''}). "
+                "Use the cache that made them (--cache-dir), or start a new JSON (--out another folder)."
+            )
+    return {RunSpec(**run["spec"]).run_id: dict(run) for run in runs}
 
 
 def stage_instances(setting: Setting, workers: int) -> dict[str, Any]:
@@ -648,7 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         retain_eval_rows=RETAIN_EVAL_ROWS,
         force=args.force,
     )
-    refs = result.get("references", {}) | references(models, splits, setting)
+    fresh_refs = references(models, splits, setting)
+    written = written_runs(result, fresh_refs)
+    refs = result.get("references", {}) | fresh_refs
     setting = replace(setting, retain_evals=retain_evals(setting, splits))
     result["setup"] = {
         "forget_splits": list(FORGET_SPLITS), "seeds": list(SEEDS), "lr_grid": list(LR_GRID), "mu_keep": MU_KEEP,
@@ -667,7 +704,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["variant_order"] = list(result["variants"])
     result["references"] = refs
     if args.stage != "models":
-        result["selection"] = result.get("selection", {}) | stage_select(args.variants, setting, refs, args.workers)
+        # `collect` runs nothing new: a variant the JSON has selected keeps its selection (its grid may not be cached).
+        to_select = [v for v in args.variants if args.stage != "collect" or v not in result.get("selection", {})]
+        result["selection"] = result.get("selection", {}) | stage_select(to_select, setting, refs, args.workers)
     if args.stage in ("seeds", "all"):
         # In the order --variants names them: a partial sweep runs the cells it needs most first.
         chosen = {v: result["selection"][v] for v in args.variants}
@@ -677,7 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage != "models":
         # The splits whose references the JSON holds (forget quality needs them): runs of another split wait for a
         # stage that evaluates its references (`seeds` or `collect` with --splits).
-        result["runs"] = cached_runs(result["selection"], setting, [s for s in FORGET_SPLITS if s in refs])
+        splits_with_refs = [s for s in FORGET_SPLITS if s in refs]
+        result["runs"] = cached_runs(result["selection"], setting, splits_with_refs, written)
     write_result(result, args.out, args.page)
     return 0
 

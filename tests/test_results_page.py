@@ -6,6 +6,7 @@ with it.
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -431,6 +432,46 @@ def test_model_records_keep_a_measured_build_time_and_never_invent_one(tmp_path:
     assert records["retain01"]["fit_seconds"] == 120.0  # measured by the invocation that built it
     assert records["retain10"] == {"name": "retain10", "model_dir": "<cache-dir>/retain10", "fit_seconds": 50.0}
     assert records["retain05"] == {"name": "retain05", "model_dir": "<cache-dir>/retain05", "fit_seconds": 99.0}
+
+
+def _run(variant: str, seed: int, mu: float) -> dict[str, Any]:
+    spec = {"variant": variant, "split": "forget01", "lr": 1e-3, "seed": seed}
+    spec |= {"subset": None, "ranking_file": None, "rank": False}
+    return {"spec": spec, "steps": 15, "fit_s": 1.0, "eval_s": 1.0, "summary": {"model_utility": mu}, "g_effect": {}}
+
+
+def test_a_new_cache_of_the_same_models_adds_to_the_runs_the_json_holds(tmp_path: Path) -> None:
+    # The JSON holds GA's three seeds; a fresh cache (a new machine) holds WGA's three and none of GA's.
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    setting = tofu_tiny.Setting(str(tmp_path), "data", "target", {}, 32, 100)
+    refs = {"forget01": {"target": {"model_utility": 0.9}, "retain": {"model_utility": 0.8, "forget_quality": 1.0}}}
+    result = {"references": json.loads(json.dumps(refs)), "runs": [_run("GA", s, 0.5 + s) for s in range(3)]}
+    for seed in range(3):
+        record = _run("WGA", seed, 0.1 * seed)
+        run_dir = tmp_path / "runs" / tofu_tiny.RunSpec(**record["spec"]).run_id
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.json").write_text(json.dumps(record))
+    selection = {"GA": {"lr": 1e-3}, "WGA": {"lr": 1e-3}}
+
+    written = tofu_tiny.written_runs(result, refs)
+    runs = tofu_tiny.cached_runs(selection, setting, ["forget01"], written)
+    got = [(r["spec"]["variant"], r["spec"]["seed"], r["summary"]["model_utility"]) for r in runs]
+    assert got == [("GA", 0, 0.5), ("GA", 1, 1.5), ("GA", 2, 2.5), ("WGA", 0, 0.0), ("WGA", 1, 0.1), ("WGA", 2, 0.2)]
+    # Without the JSON's runs the rewrite would have dropped GA's three.
+    assert [r["spec"]["variant"] for r in tofu_tiny.cached_runs(selection, setting, ["forget01"])] == ["WGA"] * 3
+
+
+def test_runs_of_models_that_evaluate_differently_are_refused() -> None:
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    written = {"target": {"model_utility": 0.9, "forget_quality": 1e-3}, "retain": {"model_utility": 0.8}}
+    result = {"references": {"forget01": written}, "runs": [_run("GA", 0, 0.5)]}
+    rebuilt = json.loads(json.dumps(written))
+    rebuilt["target"]["forget_quality"] = math.nextafter(1e-3, 1.0)  # one ulp: another build's floats
+    with pytest.raises(SystemExit, match=r"not the ones the JSON's 1 runs .* forget01's references differ \(target "):
+        tofu_tiny.written_runs(result, {"forget01": rebuilt})
+    # A split the JSON has no reference for yet, or a JSON with no runs, has nothing to keep apart.
+    assert tofu_tiny.written_runs(result, {"forget05": rebuilt}).keys() == {"GA_forget01_lr0.001_s0"}
+    assert tofu_tiny.written_runs({"references": {"forget01": written}}, {"forget01": rebuilt}) == {}
 
 
 def test_time_line_projects_the_missing_runs_at_each_splits_and_forms_median() -> None:
