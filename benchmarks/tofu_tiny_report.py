@@ -144,10 +144,14 @@ def main_table(result: Mapping[str, Any]) -> list[str]:
     return table(header, rows)
 
 
+COLLAPSE = 0.5
+"""A cell whose mean model utility is below this fraction of the target's has collapsed (see :func:`collapsed`)."""
+
+
 def collapsed(result: Mapping[str, Any], model_utilities: Sequence[float], split: str) -> bool:
     """A cell (its runs' model utilities) whose mean model utility is below half of the target's on its split."""
     target = result["references"][split]["target"]["model_utility"]
-    return statistics.fmean(model_utilities) < 0.5 * target
+    return statistics.fmean(model_utilities) < COLLAPSE * target
 
 
 def rate_note(result: Mapping[str, Any]) -> list[str]:
@@ -1120,7 +1124,9 @@ each stays visible."""
 
 def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
     """One panel per split: each variant's median forget quality (range bars) against mean model utility (sd bars),
-    the references, and the FQ = 0.05 line."""
+    the references, the FQ = 0.05 line and the two utility bars the verdicts use (the selection rule's share of the
+    target's model utility and the collapse bar). An ε = 0 variant is a cross, drawn over its ε = 1e-5 twin so that
+    both stay visible where they coincide."""
     groups = cells(result["runs"])
     splits = run_splits(result)
     fig, axes = _figure(1, len(splits), 5.6 * len(splits), 4.6)
@@ -1134,7 +1140,8 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
             if not runs:
                 continue
             variant = result["variants"][name]
-            marker = "D" if "eps" in " ".join(variant["overrides"]) else markers[variant["form"]]
+            eps_zero = "eps" in " ".join(variant["overrides"])
+            marker = "x" if eps_zero else markers[variant["form"]]
             fq, mu = metric(runs, "forget_quality"), metric(runs, "model_utility")
             x, y = statistics.fmean(mu), statistics.median(fq)
             spread = x < MU_ZERO
@@ -1143,14 +1150,22 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
             sd = statistics.stdev(mu) if len(mu) > 1 else 0.0
             ax.errorbar(
                 x, y, xerr=sd, yerr=[[y - min(fq)], [max(fq) - y]], fmt=marker,
-                color=colors[variant["family"]], markersize=6, capsize=2, linewidth=0.8,
-                markerfacecolor="none" if spread else colors[variant["family"]],
+                color=colors[variant["family"]], markersize=8 if eps_zero else 6, capsize=2, linewidth=0.8,
+                markerfacecolor="none" if spread else colors[variant["family"]], zorder=3 if eps_zero else 2,
                 label=name if split == splits[0] else None,
             )  # fmt: skip
         for key, marker in (("target", "X"), ("retain", "*")):
             ref = result["references"][split][key]
             ax.scatter(ref["model_utility"], ref["forget_quality"], marker=marker, s=120, color="black", zorder=5)
             ax.annotate(key, (ref["model_utility"], ref["forget_quality"]), xytext=(5, 4), textcoords="offset points")
+        target_mu = result["references"][split]["target"]["model_utility"]
+        xlim = ax.get_xlim()  # a bar outside the cells' range is left out, not given room that squeezes the cells
+        for share, style in ((result["setup"]["mu_keep"], ":"), (COLLAPSE, "-.")):
+            ax.axvline(
+                share * target_mu, color="grey", linestyle=style, linewidth=1,
+                label=f"MU = {share:.0%} of the target's" if split == splits[0] else None,
+            )  # fmt: skip
+        ax.set_xlim(xlim)
         ax.axhline(
             FQ_THRESHOLD,
             color="tab:red",

@@ -434,7 +434,7 @@ def test_model_records_keep_a_measured_build_time_and_never_invent_one(tmp_path:
     assert records["retain05"] == {"name": "retain05", "model_dir": "<cache-dir>/retain05", "fit_seconds": 99.0}
 
 
-def _run(variant: str, seed: int, mu: float) -> dict[str, Any]:
+def _record(variant: str, seed: int, mu: float) -> dict[str, Any]:
     spec = {"variant": variant, "split": "forget01", "lr": 1e-3, "seed": seed}
     spec |= {"subset": None, "ranking_file": None, "rank": False}
     return {"spec": spec, "steps": 15, "fit_s": 1.0, "eval_s": 1.0, "summary": {"model_utility": mu}, "g_effect": {}}
@@ -445,9 +445,9 @@ def test_a_new_cache_of_the_same_models_adds_to_the_runs_the_json_holds(tmp_path
     tofu_tiny = benchmark_scripts.load("tofu_tiny")
     setting = tofu_tiny.Setting(str(tmp_path), "data", "target", {}, 32, 100)
     refs = {"forget01": {"target": {"model_utility": 0.9}, "retain": {"model_utility": 0.8, "forget_quality": 1.0}}}
-    result = {"references": json.loads(json.dumps(refs)), "runs": [_run("GA", s, 0.5 + s) for s in range(3)]}
+    result = {"references": json.loads(json.dumps(refs)), "runs": [_record("GA", s, 0.5 + s) for s in range(3)]}
     for seed in range(3):
-        record = _run("WGA", seed, 0.1 * seed)
+        record = _record("WGA", seed, 0.1 * seed)
         run_dir = tmp_path / "runs" / tofu_tiny.RunSpec(**record["spec"]).run_id
         run_dir.mkdir(parents=True)
         (run_dir / "run.json").write_text(json.dumps(record))
@@ -464,7 +464,7 @@ def test_a_new_cache_of_the_same_models_adds_to_the_runs_the_json_holds(tmp_path
 def test_runs_of_models_that_evaluate_differently_are_refused() -> None:
     tofu_tiny = benchmark_scripts.load("tofu_tiny")
     written = {"target": {"model_utility": 0.9, "forget_quality": 1e-3}, "retain": {"model_utility": 0.8}}
-    result = {"references": {"forget01": written}, "runs": [_run("GA", 0, 0.5)]}
+    result = {"references": {"forget01": written}, "runs": [_record("GA", 0, 0.5)]}
     rebuilt = json.loads(json.dumps(written))
     rebuilt["target"]["forget_quality"] = math.nextafter(1e-3, 1.0)  # one ulp: another build's floats
     with pytest.raises(SystemExit, match=r"not the ones the JSON's 1 runs .* forget01's references differ \(target "):
@@ -512,3 +512,33 @@ def test_shallow_verdict_says_where_the_embedding_moves_more_than_the_shallow_bl
     assert "the embedding's magnitude exceeds the shallow blocks' in 4 of 36 runs on forget01." in _verdict(
         result, "Shallow layers"
     )
+
+
+def test_fq_mu_figure_draws_the_utility_bars_in_range_and_eps_zero_over_its_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = _result(True, True, True)  # every cell at MU 0.84-0.86 on a target of 0.9
+    for model, fq in (("target", 1e-4), ("retain", 1.0)):
+        result["references"]["forget01"][model]["forget_quality"] = fq
+    result["references"]["forget01"]["retain"]["model_utility"] = 0.75  # the range is 0.75-0.9: the 90% bar inside
+    result["variants"]["WTNPO (ε=0)"] = {"family": "WTNPO", "form": "paper", "overrides": ["--model.eps=0.0"]}
+    for variant in result["variants"].values():
+        variant.setdefault("overrides", [])
+    twins = [r for r in result["runs"] if r["spec"]["variant"] == "WTNPO"]
+    result["runs"] += [r | {"spec": r["spec"] | {"variant": "WTNPO (ε=0)"}} for r in twins]
+    figures = []
+    original = report._figure
+    monkeypatch.setattr(report, "_figure", lambda *a: figures.append(original(*a)) or figures[-1])
+    report.plot_fq_mu(result, tmp_path / "fq_mu.png")
+    ((fig, axes),) = figures
+    ax = axes[0][0]
+    bars = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() in (":", "-.")]
+    assert bars == pytest.approx([0.9 * 0.9, 0.5 * 0.9])  # the selection bar (0.81) and the collapse bar (0.45)
+    low, high = ax.get_xlim()
+    assert low > 0.5 * 0.9  # the collapse bar lies left of every cell: drawn, but given no room
+    assert low <= 0.9 * 0.9 <= high
+    markers = {container.get_label(): container.lines[0] for container in ax.containers}  # errorbar data lines
+    eps_zero, twin = markers["WTNPO (ε=0)"], markers["WTNPO"]
+    assert (eps_zero.get_marker(), twin.get_marker()) == ("x", "o")
+    assert eps_zero.get_zorder() > twin.get_zorder()  # over its twin: both visible where they coincide
+    assert list(eps_zero.get_xydata()[0]) == list(twin.get_xydata()[0])
