@@ -7,6 +7,7 @@ console script's dispatcher (``lit_unlearn.cli``) builds on both, so no import e
 import os
 import traceback
 import warnings
+from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -16,11 +17,20 @@ from typing_extensions import override
 # imports them lazily).
 import lit_unlearn.data  # noqa: F401
 import lit_unlearn.modules  # noqa: F401
+from lit_unlearn.cli_errors import condense_parse_error
 from lit_unlearn.models.hub import tokenizer_source
 from lit_unlearn.modules.causal_lm import check_output_dir
 
 MAIN_USAGE = "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]"
 """The one-line usage above an error of the main parser (argparse's own lists every Trainer option)."""
+
+
+class LitUnlearnParser(LightningArgumentParser):
+    """Lightning's parser whose errors on a mistyped ``--model.*`` or ``--data.*`` option are one line."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        super().error(condense_parse_error(message), ex)
 
 
 class LitUnlearnCLI(LightningCLI):
@@ -128,6 +138,7 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
             LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            parser_class=LitUnlearnParser,
             save_config_kwargs={"overwrite": True},
             # argparse's generated usage lists every Trainer option: 45 lines above a one-line error. --help still
             # lists them all. The main parser's errors after parsing (a class that fails to build) take MAIN_USAGE.

@@ -174,7 +174,12 @@ def test_offline_without_a_tofu_folder_fit_is_one_error_line(
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("--model.lrr=1", "Option 'lrr' is not accepted"), ("--config=/no/such.yaml", "/no/such.yaml")],
+    [
+        ("--model.lrr=1", "error: --model.lrr: lit_unlearn.GradDiff has no option 'lrr' (did you mean --model.lr?)\n"),
+        ("--data.forget_split=forget5", "error: --data.forget_split=forget5: expected one of forget01, forget05, "),
+        ("--model.lr=abc", "error: --model.lr=abc: expected float or None\n"),
+        ("--config=/no/such.yaml", "/no/such.yaml"),
+    ],
 )
 def test_a_bad_option_is_reported_under_a_short_usage(
     override: str, message: str, capsys: pytest.CaptureFixture
