@@ -86,9 +86,12 @@ def test_results_benchmark_keeps_evaluated_retain_rows_outside_the_pool(tmp_path
             assert _pairs(module.forget_rows()[0]) <= target
 
 
-def _run_stage(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list, list]:
+def _run_stage(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unselected: tuple[str, ...] = ()
+) -> tuple[Any, list, list]:
     """``tofu_tiny.main(argv)`` with the models, references, runs and page patched out; an earlier selection of
-    every variant on record. Returns the module, the specs it queued and the splits it collected runs of."""
+    every variant but ``unselected`` on record. Returns the module, the specs it queued and the splits it collected
+    runs of."""
     import benchmark_scripts
 
     from lit_unlearn.model_cache import PreparedModel
@@ -111,9 +114,11 @@ def _run_stage(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(tofu_tiny, "run_all", fake_run_all)
     monkeypatch.setattr(tofu_tiny, "_brief", lambda record: {})
-    monkeypatch.setattr(tofu_tiny, "cached_runs", lambda selection, setting, splits: collected.extend(splits) or [])
+    monkeypatch.setattr(
+        tofu_tiny, "cached_runs", lambda selection, setting, splits, written=None: collected.extend(splits) or []
+    )
     (tmp_path / "figures").mkdir()
-    earlier = {"selection": {v: {"lr": 3e-4, "runs": []} for v in tofu_tiny.VARIANTS}}
+    earlier = {"selection": {v: {"lr": 3e-4, "runs": []} for v in tofu_tiny.VARIANTS if v not in unselected}}
     (tmp_path / "figures" / "tofu_tiny.json").write_text(json.dumps(earlier))
     tofu_tiny.main([*argv, "--data-dir", "unused", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "figures")])
     return tofu_tiny, queued, collected
@@ -136,9 +141,11 @@ def test_collect_stage_runs_nothing_new_and_gathers_the_named_splits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, queued, collected = _run_stage(["collect", "--splits", "forget05", "forget10"], tmp_path, monkeypatch)
-    assert {s.split for s in queued} == {"forget01"}  # the cached grid only
-    assert all(s.seed == 0 for s in queued)
+    assert queued == []  # every variant's selection is in the JSON: its grid (maybe no longer cached) is not run
     assert collected == ["forget01", "forget05", "forget10"]
+    (tmp_path / "again").mkdir()
+    _, queued, _ = _run_stage(["collect"], tmp_path / "again", monkeypatch, unselected=("WGA",))
+    assert {(s.variant, s.split, s.seed) for s in queued} == {("WGA", "forget01", 0)}  # the one not selected yet
 
 
 def test_select_stage_gathers_only_splits_with_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
