@@ -13,9 +13,10 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-# Importing these registers every module and data class, so `--model=NPO` shorthands resolve (the package itself
-# imports them lazily).
-import lit_unlearn.data  # noqa: F401
+# Importing these registers every module and data class, so `--model=NPO` and `--data=TOFUUnlearnDataModule`
+# shorthands resolve (the packages themselves import them lazily).
+import lit_unlearn.data.finetune_datamodule  # noqa: F401
+import lit_unlearn.data.unlearn_datamodule  # noqa: F401
 import lit_unlearn.modules  # noqa: F401
 from lit_unlearn.cli_errors import condense_parse_error
 from lit_unlearn.models.hub import tokenizer_source
