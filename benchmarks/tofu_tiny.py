@@ -606,6 +606,19 @@ def model_records(
     return records
 
 
+def machine_kind() -> str:
+    """The CPU model and the kernels torch picks on it: the runs' floats reproduce on this kind of machine only."""
+    import platform
+
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere platform's coarser name
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    cpu = names[0] if names else (platform.processor() or platform.machine())
+    return f"{cpu}, torch {torch.__version__} with {torch.backends.cpu.get_cpu_capability()} kernels"
+
+
 def describe_model(model_dir: str) -> dict[str, Any]:
     """The target's architecture in one line, and its number of blocks, from its folder."""
     from safetensors import safe_open
@@ -693,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": BATCH, "accumulate": ACCUMULATE, "epochs": EPOCHS, "block_boundaries": list(BLOCK_BOUNDARIES),
         "g_effect_every": G_EFFECT_EVERY, "max_new_tokens": setting.max_new_tokens,
         "retain_eval_rows": setting.retain_eval_rows, "pool_authors": POOL_AUTHORS, "workers": args.workers,
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(), "machine": machine_kind(),
         "models": built, **describe_model(models["target"].model_dir),
     }  # fmt: skip
     result["variants"] = {

@@ -908,6 +908,7 @@ def setup_table(result: Mapping[str, Any]) -> list[str]:
         ["evaluation", f"every row of the forget split, real authors, world facts and holdout; the first "
          f"{s['retain_eval_rows']} rows of retain_perturbed (model utility's retain part; never in the regulariser's "
          f"pool); greedy, {s['max_new_tokens']} new tokens; the same for the references and every unlearned model"],
+        ["machine", s.get("machine") or "not recorded (the JSON's runs predate the record)"],
     ]  # fmt: skip
     return table(["", ""], rows)
 
@@ -1023,6 +1024,11 @@ def render_page(result: Mapping[str, Any]) -> str:
         "python benchmarks/tofu_tiny.py collect             # every cached cell into the JSON (no new run)",
         "python benchmarks/tofu_tiny.py report              # this page and its figures, from the JSON only",
         "```",
+        "",
+        "The numbers reproduce on the machine kind that made them: the models train and unlearn in float32 on the "
+        "CPU's own kernels, and another CPU kind sums in another order. A stage whose cache's models evaluate "
+        "differently from the references in the JSON refuses to add its runs to the JSON's (`--out` another folder "
+        "starts a new one).",
         "",
         "### References",
         "",

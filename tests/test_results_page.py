@@ -542,3 +542,16 @@ def test_fq_mu_figure_draws_the_utility_bars_in_range_and_eps_zero_over_its_twin
     assert (eps_zero.get_marker(), twin.get_marker()) == ("x", "o")
     assert eps_zero.get_zorder() > twin.get_zorder()  # over its twin: both visible where they coincide
     assert list(eps_zero.get_xydata()[0]) == list(twin.get_xydata()[0])
+
+
+def test_the_protocol_names_the_machine_kind_or_says_it_was_not_recorded() -> None:
+    tofu_tiny = benchmark_scripts.load("tofu_tiny")
+    import torch
+
+    kind = tofu_tiny.machine_kind()
+    assert f"torch {torch.__version__} with {torch.backends.cpu.get_cpu_capability()} kernels" in kind
+    result = json.loads((REPO / "docs" / "figures" / "tofu_tiny.json").read_text())
+    result["setup"].pop("machine", None)
+    assert "| machine | not recorded (the JSON's runs predate the record) |" in report.setup_table(result)
+    result["setup"]["machine"] = kind
+    assert f"| machine | {kind} |" in report.setup_table(result)
