@@ -860,8 +860,8 @@ class GEffectCallback(Callback):
         if not consistent:
             raise RuntimeError(
                 f"GEffectCallback(terms=True): the terms {owner}.loss_terms() recorded sum to {float(total):.6g} "
-                f"(after Lightning's scaling) but the loss training_step returned is {float(loss):.6g} at step "
-                f"{step}. Record the terms of the very loss training_step returns, once per training_step."
+                f"(after Lightning's scaling) but the loss training_step returned is {float(loss.detach()):.6g} at "
+                f"step {step}. Record the terms of the very loss training_step returns, once per training_step."
             )
         params = [p for p in pl_module.parameters() if p.requires_grad]
         unlearn = terms["unlearn"] / trainer.accumulate_grad_batches
