@@ -236,6 +236,10 @@ def unlearn(inputs: Inputs, target: Path, retain_eval: Path) -> UnlearningRun:
         f"--data.data_dir={inputs.data_dir}",
         "--trainer.limit_val_batches=0",
         "--trainer.enable_model_summary=false",
+        # One line per epoch, as the model builds print: a progress bar redirected to a log is a wall of updates.
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=lit_unlearn.progress.EpochProgress",
+        "--trainer.callbacks.prefix=unlearn",
         f"--trainer.logger.init_args.save_dir={out / 'tensorboard'}",
         "--trainer.callbacks+=callbacks.GEffectCallback",
         f"--trainer.callbacks.every_n_steps={inputs.g_effect_every}",
