@@ -59,7 +59,8 @@ def evaluate(
         splits: evaluation splits (default: forget, retain, real_authors, world_facts, holdout).
         dataloaders: ready-made loaders keyed by split (e.g. from ``lit_unlearn.data.tofu_eval_dataloaders``), built
             with ``settings.max_items``; overrides the data args.
-        progress: show a progress bar per split.
+        progress: show a progress bar per split on a terminal (tqdm's ``disable=None``: none when the output is
+            redirected, where the bar's updates would fill the log).
         log: called with one line per finished split (items, seconds), for output shared with other processes,
             where progress bars would overwrite each other.
 
@@ -81,7 +82,7 @@ def evaluate(
     try:
         for split, loader in dataloaders.items():
             start = time.perf_counter()
-            for batch in tqdm(loader, desc=f"TOFU eval [{split}]", disable=not progress, leave=False):
+            for batch in tqdm(loader, desc=f"TOFU eval [{split}]", disable=None if progress else True, leave=False):
                 evaluator.update(model, move_to_device(batch, device))
             seconds[split] = time.perf_counter() - start
             if log is not None:

@@ -36,7 +36,9 @@ def _trainer(root: Path) -> Trainer:
     )
 
 
-def test_validate_and_test_through_the_mixin(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
+def test_validate_and_test_through_the_mixin(
+    tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = EvalSettings(max_new_tokens=5)
     module = TinyEvalModule(tiny_model_dir, settings)
     trainer = _trainer(tmp_path)
@@ -77,8 +79,9 @@ def test_validate_and_test_through_the_mixin(tiny_model_dir: Path, tofu_dir: Pat
         module.tokenizer,
         settings=settings,
         dataloaders=small_loaders(tofu_dir, module.tokenizer, 4, 2),
-        progress=False,
     )
+    # Progress bars are for a terminal: output captured or redirected to a log gets none.
+    assert "TOFU eval [" not in capsys.readouterr().err
     for key, value in summary.items():
         assert plain["summary"][key] == (value if value is None else pytest.approx(value, rel=1e-5, abs=1e-9)), key
 
