@@ -19,6 +19,7 @@ _SINGLE = re.compile(r"Expected a (?P<what>.+?)\. Got value: (?P<value>.*)")
 _LITERAL = re.compile(r"typing\.Literal\[(?P<choices>[^\]]*)\]")
 _EXPECTED = re.compile(r"^\s+- Expected a <class '(?P<type>[\w.]+)'>", re.MULTILINE)
 _GIVEN = re.compile(r"^\s+Given value: (?P<value>.*)$", re.MULTILINE)
+_NEXT_ALTERNATIVE = re.compile(r"\n    - ")
 
 
 def condense_parse_error(message: str) -> str:
@@ -27,33 +28,42 @@ def condense_parse_error(message: str) -> str:
     >>> condense_parse_error("unrecognized arguments: --foo=1")
     'unrecognized arguments: --foo=1'
     """
-    section, klass = _SECTION.match(message), _CLASS.search(message)
-    if section is None or klass is None:
+    section = _SECTION.match(message)
+    if section is None:
         return message
-    option, class_path = f"--{section['section']}", klass["class_path"]
-    detail = message[klass.end() :]
+    option = f"--{section['section']}"
+    klass = _CLASS.search(message)
+    if klass is None:  # a plain option such as --trainer.max_epochs: a value of the wrong type
+        return _wrong_value(option, message[section.end() :]) or message
+    # The given class's own alternative only: the next bullet is another subtype's (a callback list also tries
+    # lightning.Callback, which accepts no option at all).
+    rest = message[klass.end() :]
+    bullet = _NEXT_ALTERNATIVE.search(rest)
+    detail = rest[: bullet.start()] if bullet else rest
+    class_path = klass["class_path"]
     if unknown := _UNKNOWN.search(detail):
         key = unknown["key"]
         return f"{option}.{key}: {class_path} has no option '{key}'{_did_you_mean(key, _options(class_path), option)}"
     inner = _INNER_KEY.search(detail)
     if inner is None:
         return message
-    key = inner["key"]
-    if single := _SINGLE.search(detail):  # one expected type or set of values
+    return _wrong_value(f"{option}.{inner['key']}", detail[inner.end() :]) or message
+
+
+def _wrong_value(option: str, block: str) -> str | None:
+    """``--option=value: expected ...`` from the lines under a ``Parser key`` (None when they are of another shape)."""
+    if single := _SINGLE.search(block):  # one expected type or set of values
         value = single["value"].strip()
         if literal := _LITERAL.fullmatch(single["what"]):
             choices = [c.strip().strip("'\"") for c in literal["choices"].split(",")]
-            hint = _did_you_mean(value, choices, f"{option}.{key}", "=")
-            return f"{option}.{key}={value}: expected one of {', '.join(choices)}{hint}"
-        return f"{option}.{key}={value}: expected {_type_name(single['what'])}"
-    # A value of the wrong type: the alternatives before the outer Union's own NoneType line, and the value given.
-    inner_block = detail[inner.end() : detail.find("\n    - Expected a <class 'NoneType'>")]
-    types = [m["type"] for m in _EXPECTED.finditer(inner_block)]
-    given = _GIVEN.search(inner_block)
+            return f"{option}={value}: expected one of {', '.join(choices)}{_did_you_mean(value, choices, option, '=')}"
+        return f"{option}={value}: expected {_type_name(single['what'])}"
+    types = [m["type"] for m in _EXPECTED.finditer(block)]  # a Union of types, e.g. float | None
+    given = _GIVEN.search(block)
     if not types or given is None:
-        return message
-    names = " or ".join(_type_name(f"<class '{t}'>") for t in types)
-    return f"{option}.{key}={given['value'].strip()}: expected {names}"
+        return None
+    names = " or ".join("None" if t == "NoneType" else t for t in types)
+    return f"{option}={given['value'].strip()}: expected {names}"
 
 
 def _type_name(expected: str) -> str:

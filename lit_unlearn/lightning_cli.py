@@ -31,7 +31,9 @@ class LitUnlearnParser(LightningArgumentParser):
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        super().error(condense_parse_error(message), ex)
+        # Only the message that is printed: a nested parser's error (a class's own options) raises into its parent,
+        # which quotes it inside the Union error that condense_parse_error reads.
+        super().error(condense_parse_error(message) if self.exit_on_error else message, ex)
 
 
 class LitUnlearnCLI(LightningCLI):

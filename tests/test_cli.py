@@ -178,6 +178,7 @@ def test_offline_without_a_tofu_folder_fit_is_one_error_line(
         ("--model.lrr=1", "error: --model.lrr: lit_unlearn.GradDiff has no option 'lrr' (did you mean --model.lr?)\n"),
         ("--data.forget_split=forget5", "error: --data.forget_split=forget5: expected one of forget01, forget05, "),
         ("--model.lr=abc", "error: --model.lr=abc: expected float or None\n"),
+        ("--trainer.max_epochs=two", "error: --trainer.max_epochs=two: expected int or None\n"),
         ("--config=/no/such.yaml", "/no/such.yaml"),
     ],
 )

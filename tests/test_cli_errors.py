@@ -79,6 +79,41 @@ def test_a_union_error_becomes_the_culprit_in_one_line(message: str, expected: s
     assert condense_parse_error(message) == expected
 
 
+def test_only_the_given_class_alternative_is_read() -> None:
+    # A callback list also tries lightning.Callback, which accepts no option: its "not accepted" line is not the
+    # culprit of a bad value for GEffectCallback's real option.
+    message = (
+        'Parser key "trainer.callbacks":\n'
+        "  Does not validate against any of the Union subtypes\n"
+        "  Subtypes: [list[lightning.pytorch.callbacks.callback.Callback], <class "
+        "'lightning.pytorch.callbacks.callback.Callback'>, <class 'NoneType'>]\n"
+        "  Errors:\n"
+        "    - Problem with given class_path 'callbacks.GEffectCallback':\n"
+        '        Parser key "every_n_steps":\n'
+        "          Expected a <class 'int'>. Got value: x\n"
+        "    - Problem with given class_path 'lightning.Callback':\n"
+        "        Option 'every_n_steps' is not accepted\n"
+        "    - Expected a <class 'NoneType'>\n"
+        "  Given value type: <class 'jsonargparse._util.NestedArg'>\n"
+        "  Given value: NestedArg(key='every_n_steps', val='x')"
+    )
+    assert condense_parse_error(message) == "--trainer.callbacks.every_n_steps=x: expected int"
+
+
+def test_a_plain_option_of_the_wrong_type() -> None:
+    message = (
+        'Parser key "trainer.max_epochs":\n'
+        "  Does not validate against any of the Union subtypes\n"
+        "  Subtypes: [<class 'int'>, <class 'NoneType'>]\n"
+        "  Errors:\n"
+        "    - Expected a <class 'int'>\n"
+        "    - Expected a <class 'NoneType'>\n"
+        "  Given value type: <class 'str'>\n"
+        "  Given value: two"
+    )
+    assert condense_parse_error(message) == "--trainer.max_epochs=two: expected int or None"
+
+
 def test_no_suggestion_when_nothing_is_close() -> None:
     message = _union("model", MODULE, "lit_unlearn.WGA", "        Option 'qqqqqq' is not accepted\n", "qqqqqq", "1")
     assert condense_parse_error(message) == "--model.qqqqqq: lit_unlearn.WGA has no option 'qqqqqq'"
