@@ -361,6 +361,7 @@ def run_one(spec: RunSpec, setting: Setting) -> dict[str, Any]:
         "summary": summary,
         "g_effect": compact_history(callback.history),
         "ranking_file": ranking,
+        "machine": machine_kind(),
     }
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record) + "\n")
@@ -496,9 +497,9 @@ def cached_runs(
     written = written or {}
     records = [_cached(spec, replace(setting, force=False)) or written.get(spec.run_id) for spec in specs]
     incomplete = {(s.variant, s.split) for s, r in zip(specs, records, strict=True) if r is None}
-    keys = ("spec", "steps", "fit_s", "eval_s", "summary", "g_effect")
+    keys = ("spec", "steps", "fit_s", "eval_s", "summary", "g_effect", "machine")  # no machine: made before it was kept
     return [
-        {k: r[k] for k in keys}
+        {k: r[k] for k in keys if k in r}
         for s, r in zip(specs, records, strict=True)
         if r is not None and (s.variant, s.split) not in incomplete
     ]
@@ -506,7 +507,9 @@ def cached_runs(
 
 def written_runs(result: Mapping[str, Any], fresh_refs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The JSON's seed runs by run id, to stand in for runs this cache lacks, once this cache's models are shown to
-    be the JSON's: every reference the JSON holds and this invocation evaluated reads here exactly as written.
+    be the JSON's: every reference the JSON holds and this invocation evaluated reads here exactly as written. (A
+    reference the cache already holds is read back, not evaluated again, so a cache copied to another machine kind
+    passes: each run records the machine kind it ran on, and the page counts them.)
 
     Models rebuilt elsewhere (another machine kind, another config) evaluate differently, and their runs must not be
     mixed with the JSON's: that is an error naming the split and the way out, not a silent drop of written runs."""
@@ -514,7 +517,8 @@ def written_runs(result: Mapping[str, Any], fresh_refs: Mapping[str, Any]) -> di
     for split, fresh in fresh_refs.items():
         previous = result.get("references", {}).get(split)
         fresh = json.loads(json.dumps(fresh))  # the written floats are the exact reprs of the evaluated ones
-        if runs and previous is not None and fresh != previous:
+        # A selection alone is results too: its grid runs were made with the JSON's models.
+        if (runs or result.get("selection")) and previous is not None and fresh != previous:
             differing = sorted(
                 f"{model} {key}"
                 for model in ("target", "retain")
@@ -522,9 +526,10 @@ def written_runs(result: Mapping[str, Any], fresh_refs: Mapping[str, Any]) -> di
                 if previous.get(model, {}).get(key) != fresh.get(model, {}).get(key)
             )
             raise SystemExit(
-                f"tofu_tiny: the models in this cache are not the ones the JSON's {len(runs)} runs were made with: "
+                f"tofu_tiny: the models in this cache are not the ones the JSON's runs were made with: "
                 f"{split}'s references differ ({', '.join(differing[:3])}{', ...' if len(differing) > 3 else ''}). "
-                "Use the cache that made them (--cache-dir), or start a new JSON (--out another folder)."
+                "Use the cache that made them (--cache-dir), or start a new JSON and page elsewhere (--out and "
+                "--page)."
             )
     return {RunSpec(**run["spec"]).run_id: dict(run) for run in runs}
 
@@ -706,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": BATCH, "accumulate": ACCUMULATE, "epochs": EPOCHS, "block_boundaries": list(BLOCK_BOUNDARIES),
         "g_effect_every": G_EFFECT_EVERY, "max_new_tokens": setting.max_new_tokens,
         "retain_eval_rows": setting.retain_eval_rows, "pool_authors": POOL_AUTHORS, "workers": args.workers,
-        "cpu_count": os.cpu_count(), "machine": machine_kind(),
+        "cpu_count": os.cpu_count(),
         "models": built, **describe_model(models["target"].model_dir),
     }  # fmt: skip
     result["variants"] = {

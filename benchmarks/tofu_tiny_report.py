@@ -9,7 +9,7 @@ a p-value spread over orders of magnitude, as the median with the range [min, ma
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -908,9 +908,17 @@ def setup_table(result: Mapping[str, Any]) -> list[str]:
         ["evaluation", f"every row of the forget split, real authors, world facts and holdout; the first "
          f"{s['retain_eval_rows']} rows of retain_perturbed (model utility's retain part; never in the regulariser's "
          f"pool); greedy, {s['max_new_tokens']} new tokens; the same for the references and every unlearned model"],
-        ["machine", s.get("machine") or "not recorded (the JSON's runs predate the record)"],
+        ["machine", machines(result)],
     ]  # fmt: skip
     return table(["", ""], rows)
+
+
+def machines(result: Mapping[str, Any]) -> str:
+    """The machine kinds the seed runs ran on, with their counts (a run made before runs recorded it: not
+    recorded)."""
+    counts = Counter(run.get("machine") for run in result["runs"])
+    kinds = sorted(counts, key=lambda kind: (kind is None, str(kind)))  # the unrecorded last
+    return "; ".join(f"{kind or 'not recorded'} ({counts[kind]} seed runs)" for kind in kinds)
 
 
 def variants_table(result: Mapping[str, Any]) -> list[str]:
@@ -1025,10 +1033,12 @@ def render_page(result: Mapping[str, Any]) -> str:
         "python benchmarks/tofu_tiny.py report              # this page and its figures, from the JSON only",
         "```",
         "",
-        "The numbers reproduce on the machine kind that made them: the models train and unlearn in float32 on the "
-        "CPU's own kernels, and another CPU kind sums in another order. A stage whose cache's models evaluate "
-        "differently from the references in the JSON refuses to add its runs to the JSON's (`--out` another folder "
-        "starts a new one).",
+        "The numbers reproduce on the machine kind that made them (the Protocol table's machine row): the models "
+        "train and unlearn in float32 on the CPU's own kernels, and another CPU kind sums in another order. Before "
+        "adding runs, a stage checks that the references it evaluates read exactly as the JSON's and refuses "
+        "otherwise (models rebuilt elsewhere do not); references a cache already holds are read back, not evaluated "
+        "again, so each run also records the machine kind it ran on. `--out` and `--page` elsewhere start a new JSON "
+        "and page.",
         "",
         "### References",
         "",

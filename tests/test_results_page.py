@@ -467,9 +467,12 @@ def test_runs_of_models_that_evaluate_differently_are_refused() -> None:
     result = {"references": {"forget01": written}, "runs": [_record("GA", 0, 0.5)]}
     rebuilt = json.loads(json.dumps(written))
     rebuilt["target"]["forget_quality"] = math.nextafter(1e-3, 1.0)  # one ulp: another build's floats
-    with pytest.raises(SystemExit, match=r"not the ones the JSON's 1 runs .* forget01's references differ \(target "):
+    with pytest.raises(SystemExit, match=r"not the ones the JSON's runs .* forget01's references differ \(target "):
         tofu_tiny.written_runs(result, {"forget01": rebuilt})
-    # A split the JSON has no reference for yet, or a JSON with no runs, has nothing to keep apart.
+    # A selection alone was made with the JSON's models too.
+    with pytest.raises(SystemExit, match="forget01's references differ"):
+        tofu_tiny.written_runs({"references": {"forget01": written}, "selection": {"GA": {}}}, {"forget01": rebuilt})
+    # A split the JSON has no reference for yet, or a JSON with no results, has nothing to keep apart.
     assert tofu_tiny.written_runs(result, {"forget05": rebuilt}).keys() == {"GA_forget01_lr0.001_s0"}
     assert tofu_tiny.written_runs({"references": {"forget01": written}}, {"forget01": rebuilt}) == {}
 
@@ -544,14 +547,15 @@ def test_fq_mu_figure_draws_the_utility_bars_in_range_and_eps_zero_over_its_twin
     assert list(eps_zero.get_xydata()[0]) == list(twin.get_xydata()[0])
 
 
-def test_the_protocol_names_the_machine_kind_or_says_it_was_not_recorded() -> None:
+def test_the_protocol_counts_the_machine_kinds_the_runs_ran_on() -> None:
     tofu_tiny = benchmark_scripts.load("tofu_tiny")
     import torch
 
     kind = tofu_tiny.machine_kind()
     assert f"torch {torch.__version__} with {torch.backends.cpu.get_cpu_capability()} kernels" in kind
     result = json.loads((REPO / "docs" / "figures" / "tofu_tiny.json").read_text())
-    result["setup"].pop("machine", None)
-    assert "| machine | not recorded (the JSON's runs predate the record) |" in report.setup_table(result)
-    result["setup"]["machine"] = kind
-    assert f"| machine | {kind} |" in report.setup_table(result)
+    n = len(result["runs"])
+    assert f"| machine | not recorded ({n} seed runs) |" in report.setup_table(result)
+    for run in result["runs"][:2]:
+        run["machine"] = kind
+    assert f"| machine | {kind} (2 seed runs); not recorded ({n - 2} seed runs) |" in report.setup_table(result)
