@@ -452,10 +452,19 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
         where += [f"level with the better of them in: {', '.join(tied)}"] if tied else []
         where += [f"below it in: {', '.join(lost)}"] if lost else []
         keep = result["setup"]["mu_keep"]
+        # The headline carries how the cells were won: on forget quality, or by the bar, utility or the tie-break.
+        on_fq = sum(c["won"] and not (c["tie_break"] or c["on_mu"] or c["by_bar"]) for c in t["detail"])
+        headline = f"{word}, {t['wins']} of {t['checks']} cells" if t["checks"] else word
+        headline += f" ({on_fq} of them on forget quality above the utility bar)" if t["wins"] else ""
+        headline += (
+            f'; "{word_untied}" without the tie-break cell{"s" if len(tie_break) > 1 else ""}'
+            if tie_break and word_untied != word
+            else ""
+        )
         lines.append(
-            f"- **WGA/WTNPO give the best trade-off: {word}.** In {t['wins']} of {t['checks']} (split, form) cells the "
-            "better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering (the bar on a "
-            "cell's mean model utility over seeds, forget quality by its median"
+            f"- **WGA/WTNPO give the best trade-off: {headline}.** In {t['wins']} of {t['checks']} (split, form) "
+            "cells the better of WGA and WTNPO ranks above both GA and NPO by the selection rule's ordering (the bar "
+            "on a cell's mean model utility over seeds, forget quality by its median"
             + "".join(f"; {w}" for w in where)
             + ")."
             + (

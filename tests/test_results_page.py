@@ -166,7 +166,9 @@ def test_trade_off_verdict_breaks_a_forget_quality_tie_by_utility_as_the_rule_do
         if run["spec"]["variant"] in ("WGA", "WTNPO"):
             run["summary"] = {"forget_quality": 0.05, "model_utility": 0.86}
     line = _verdict(result, "best trade-off")
-    assert "In 3 of 3 (split, form) cells" in line
+    assert (
+        "best trade-off: holds, 3 of 3 cells (2 of them on forget quality above the utility bar).** In 3 of 3" in line
+    )
     assert "In forget01 paper both sides reach the same forget-quality rung, so the rule's tie-break" in line
     assert "decides (0.86 against 0.85: the better of WGA and WTNPO against the better of GA and NPO" in line
     assert "without it" not in line  # 2 of 2 without the tie-break cell: the same word
@@ -174,7 +176,10 @@ def test_trade_off_verdict_breaks_a_forget_quality_tie_by_utility_as_the_rule_do
         if run["spec"]["variant"] in ("WGA+GD", "WTNPO+GD"):
             run["summary"]["forget_quality"] = 1e-6
     line = _verdict(result, "best trade-off")
-    assert "best trade-off: holds in part.** In 2 of 3 (split, form) cells" in line
+    headline = (
+        'holds in part, 2 of 3 cells (1 of them on forget quality above the utility bar); "does not hold" without'
+    )
+    assert f"best trade-off: {headline} the tie-break cell.** In 2 of 3 (split, form) cells" in line
     assert 'means over seeds); without it, 1 of 2 cells, which reads "does not hold".' in line
 
 
