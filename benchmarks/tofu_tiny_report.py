@@ -743,6 +743,10 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
         word = "in direction only"
     else:
         word = "no"
+    # The bottom quarter damages retain most, but if it also unlearns most and costs less retain per unit of
+    # forgetting, the ranking tracks how far unlearning went: the headline says so, not the body alone.
+    if word != "no" and f["bottom"] > f["top"] and m["bottom"] / f["bottom"] < m["top"] / f["top"]:
+        word += " on the measure fixed beforehand, but per unit of forgetting (retain / forget NLL) the order reverses"
     return [
         f"- **Does the ranking predict collateral damage? {word}.** Mean retain answer NLL after unlearning the "
         f"bottom quarter (most negative retaining G-effect) {fmt(m['bottom'])}, a random quarter {fmt(m['random'])}, "

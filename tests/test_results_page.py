@@ -275,6 +275,15 @@ def test_instance_verdict_follows_the_quarters(predicts: bool, tmp_path: Path) -
     # how far unlearning moved the model, not in its trade-off; the ratio is 0.5 (+ 0.05 s / 2 nll) in each quarter.
     moved = "Forget10 answer NLL falls in the same order" if predicts else "Forget10 answer NLL does not fall"
     assert moved in line
+    # Per unit of forgetting, (nll + 0.1) / (2 nll): bottom 0.517 below top 0.55, so the headline says the order
+    # reverses; with the bottom quarter's forget NLL equal to its retain NLL (ratio 1) it does not.
+    reverses = "on the measure fixed beforehand, but per unit of forgetting (retain / forget NLL) the order reverses"
+    assert (reverses in line.split("**")[1]) == predicts
+    if predicts:
+        for run in runs["bottom"]:
+            run["forget_answer_loss"] = run["retain_answer_loss"]
+        (line,) = report.instance_verdict(result)
+        assert line.startswith("- **Does the ranking predict collateral damage? yes.**")
     target["model_utility"] = 0.8  # half is 0.4: only the quarter of NLL 3 (MU 1/3 + 0.01 s) ends below it
     (line,) = report.instance_verdict(result)
     assert f"The {'bottom' if predicts else 'top'} quarter ends below half of the target's model utility" in line
