@@ -399,15 +399,10 @@ def run_all(specs: Sequence[RunSpec], setting: Setting, workers: int) -> list[di
 
 # ------------------------------------------------------------------------------------------------------ stages
 def select_lr(runs: Sequence[Mapping[str, Any]], target_mu: float) -> float:
-    """The selection rule of :data:`MU_KEEP`, applied to one variant's grid runs."""
-    ok = [r for r in runs if (r["summary"].get("model_utility") or 0.0) >= MU_KEEP * target_mu]
-    pool = ok or runs
-    key = (
-        (lambda r: (r["summary"]["forget_quality"], r["summary"]["model_utility"]))
-        if ok
-        else (lambda r: r["summary"]["model_utility"])
-    )
-    return max(pool, key=key)["spec"]["lr"]
+    """The selection rule of :data:`MU_KEEP` (``tofu_tiny_report.selection_rule``), applied to one variant's grid
+    runs."""
+    grid = [(r["spec"]["lr"], r["summary"]["forget_quality"], r["summary"].get("model_utility")) for r in runs]
+    return tofu_tiny_report.selection_rule(grid, target_mu, MU_KEEP)
 
 
 def _say(message: str) -> None:

@@ -876,6 +876,14 @@ def time_line(result: Mapping[str, Any]) -> str:
     return line + "."
 
 
+def selection_rule(grid: Sequence[tuple[float, float, float | None]], target_mu: float, keep: float) -> float:
+    """The learning rate the rule fixed before any run picks from ``grid`` (lr, forget quality, model utility): the
+    highest forget quality among the rates keeping ``keep`` of the target's model utility (at equal forget quality,
+    the higher model utility); if none does, the highest model utility."""
+    ok = [g for g in grid if (g[2] or 0.0) >= keep * target_mu]
+    return max(ok, key=lambda g: (g[1], g[2]))[0] if ok else max(grid, key=lambda g: g[2] or 0.0)[0]
+
+
 def added_note(result: Mapping[str, Any]) -> str:
     """The declared deviation from the grid fixed before the first run, if any, with what the first pass showed."""
     setup = result["setup"]
@@ -887,11 +895,19 @@ def added_note(result: Mapping[str, Any]) -> str:
     runs = {name: {r["lr"]: r for r in choice["runs"]} for name, choice in result["selection"].items()}
     low = sum(r[first[0]]["forget_quality"] == target["forget_quality"] for r in runs.values() if first[0] in r)
     high = sum(r[first[-1]]["model_utility"] < 0.5 * target["model_utility"] for r in runs.values() if first[-1] in r)
+    # What the added rate changed: each variant's selection on the first-pass grid alone, against the one it has.
+    changed = [
+        f"{name} ({selection_rule(grid, target['model_utility'], setup['mu_keep']):g} without it)"
+        for name, choice in result["selection"].items()
+        for grid in [[(r["lr"], r["forget_quality"], r["model_utility"]) for r in choice["runs"] if r["lr"] in first]]
+        if grid and selection_rule(grid, target["model_utility"], setup["mu_keep"]) != choice["lr"]
+    ]
     return (
         f". Deviation, declared: the grid fixed before any run was {', '.join(f'{lr:g}' for lr in first)}; "
         f"{', '.join(f'{lr:g}' for lr in added)} was added for every variant after that first pass, before any "
         f"other seed ran: at {first[0]:g}, {low} of {len(runs)} variants left forget quality at the target's; at "
-        f"{first[-1]:g}, {high} of {len(runs)} kept less than half of the target's model utility"
+        f"{first[-1]:g}, {high} of {len(runs)} kept less than half of the target's model utility. It changed "
+        f"{len(changed)} of {len(runs)} selections" + (f": {', '.join(changed)}" if changed else "")
     )
 
 

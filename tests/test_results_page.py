@@ -573,3 +573,23 @@ def test_the_protocol_counts_the_machine_kinds_the_runs_ran_on() -> None:
     for run in result["runs"][:2]:
         run["machine"] = kind
     assert f"| machine | {kind} (2 seed runs); not recorded ({n - 2} seed runs) |" in report.setup_table(result)
+
+
+def test_the_declared_deviation_says_which_selections_the_added_rate_changed() -> None:
+    # Target MU 0.9, bar 0.81. A: 5e-4 keeps the bar with more forget quality than 3e-4, so the added rate moved A's
+    # selection from 3e-4. B: 5e-4 keeps the bar but forgets less than 3e-4: B stays at 3e-4.
+    def grid(fq_mu: dict[float, tuple[float, float]]) -> list[dict[str, float]]:
+        return [{"lr": lr, "forget_quality": fq, "model_utility": mu} for lr, (fq, mu) in fq_mu.items()]
+
+    a = grid({1e-4: (0.01, 0.9), 3e-4: (0.1, 0.85), 5e-4: (0.3, 0.82), 1e-3: (0.9, 0.2)})
+    b = grid({1e-4: (0.01, 0.9), 3e-4: (0.1, 0.85), 5e-4: (0.05, 0.84), 1e-3: (0.9, 0.2)})
+    result = {
+        "setup": {"lr_grid": [1e-4, 3e-4, 5e-4, 1e-3], "lr_added_after_first_pass": [5e-4], "mu_keep": 0.9},
+        "references": {"forget01": {"target": {"forget_quality": 0.001, "model_utility": 0.9}}},
+        "selection": {"A": {"lr": 5e-4, "runs": a}, "B": {"lr": 3e-4, "runs": b}},
+    }
+    note = report.added_note(result)
+    assert note.endswith("It changed 1 of 2 selections: A (0.0003 without it)")
+    assert report.selection_rule([(r["lr"], r["forget_quality"], r["model_utility"]) for r in b], 0.9, 0.9) == 3e-4
+    # None keeps the bar: the highest model utility.
+    assert report.selection_rule([(1e-4, 0.5, 0.3), (3e-4, 0.9, 0.2)], 0.9, 0.9) == 1e-4
