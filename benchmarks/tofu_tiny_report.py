@@ -1171,7 +1171,7 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
     """One panel per split: each variant's median forget quality (range bars) against mean model utility (sd bars),
     the references, the FQ = 0.05 line and the two utility bars the verdicts use (the selection rule's share of the
     target's model utility and the collapse bar). An ε = 0 variant is a cross, drawn over its ε = 1e-5 twin so that
-    both stay visible where they coincide."""
+    both stay visible where they coincide (a cell at zero utility takes its own slot left of 0 instead)."""
     groups = cells(result["runs"])
     splits = run_splits(result)
     fig, axes = _figure(1, len(splits), 5.6 * len(splits), 4.6)
@@ -1220,7 +1220,7 @@ def plot_fq_mu(result: Mapping[str, Any], path: Path) -> Path:
         )
         ax.set_yscale("log")
         ax.set_title(f"{split}: removal vs retention")
-        zeros = f"\nhollow: the {at_zero} cells at 0, spread leftwards" if at_zero > 1 else ""
+        zeros = f"\nhollow: the {at_zero} cells below {MU_ZERO:g}, spread leftwards from 0" if at_zero > 1 else ""
         ax.set_xlabel(f"model utility (mean ± sd over seeds){zeros}")
         ax.set_ylabel("forget quality (median, range over seeds)")
         ax.grid(alpha=0.3)
