@@ -454,14 +454,20 @@ def _brief(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def stage_select(variants: Sequence[str], setting: Setting, refs: Mapping[str, Any], workers: int) -> dict[str, Any]:
-    """The learning-rate grid on forget01, seed 0, and each variant's selected learning rate."""
+def stage_select(
+    variants: Sequence[str], setting: Setting, refs: Mapping[str, Any], workers: int, cached_only: bool = False
+) -> dict[str, Any]:
+    """The learning-rate grid on forget01, seed 0, and each variant's selected learning rate (``cached_only``: from
+    the cache alone, leaving out a variant whose grid it does not hold whole)."""
     specs = [RunSpec(v, "forget01", lr, 0) for v in variants for lr in LR_GRID]
-    records = run_all(specs, setting, workers)
+    records = [_cached(s, setting) for s in specs] if cached_only else run_all(specs, setting, workers)
     target_mu = refs["forget01"]["target"]["model_utility"]
     out = {}
     for v in variants:
-        runs = [r for r in records if r["spec"]["variant"] == v]
+        runs = [r for s, r in zip(specs, records, strict=True) if s.variant == v]
+        if any(r is None for r in runs):
+            _say(f"{v}: its learning-rate grid is not all cached, so it is not selected (`select --variants` runs it)")
+            continue
         out[v] = {"lr": select_lr(runs, target_mu), "runs": [_brief(r) for r in runs]}
     return out
 
@@ -717,9 +723,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["variant_order"] = list(result["variants"])
     result["references"] = refs
     if args.stage != "models":
-        # `collect` runs nothing new: a variant the JSON has selected keeps its selection (its grid may not be cached).
-        to_select = [v for v in args.variants if args.stage != "collect" or v not in result.get("selection", {})]
-        result["selection"] = result.get("selection", {}) | stage_select(to_select, setting, refs, args.workers)
+        # `collect` runs nothing new: a variant the JSON has selected keeps its selection (its grid may not be
+        # cached), and another is selected only from a grid the cache holds whole.
+        collect = args.stage == "collect"
+        to_select = [v for v in args.variants if not collect or v not in result.get("selection", {})]
+        selected = stage_select(to_select, setting, refs, args.workers, cached_only=collect)
+        result["selection"] = result.get("selection", {}) | selected
     if args.stage in ("seeds", "all"):
         # In the order --variants names them: a partial sweep runs the cells it needs most first.
         chosen = {v: result["selection"][v] for v in args.variants}

@@ -103,7 +103,9 @@ def _run_stage(
         tofu_tiny, "references", lambda models, splits, setting: {s: {"target": {"model_utility": 1.0}} for s in splits}
     )
     monkeypatch.setattr(tofu_tiny, "describe_model", lambda model_dir: {})
-    monkeypatch.setattr(tofu_tiny, "write_result", lambda result, out, page: out)
+    monkeypatch.setattr(
+        tofu_tiny, "write_result", lambda result, out, page: (out / "written.json").write_text(json.dumps(result))
+    )
     queued: list = []
     collected: list = []
 
@@ -140,12 +142,20 @@ def test_seeds_stage_runs_only_the_named_variants_and_splits(tmp_path: Path, mon
 def test_collect_stage_runs_nothing_new_and_gathers_the_named_splits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, queued, collected = _run_stage(["collect", "--splits", "forget05", "forget10"], tmp_path, monkeypatch)
+    tofu_tiny, queued, collected = _run_stage(["collect", "--splits", "forget05", "forget10"], tmp_path, monkeypatch)
     assert queued == []  # every variant's selection is in the JSON: its grid (maybe no longer cached) is not run
     assert collected == ["forget01", "forget05", "forget10"]
-    (tmp_path / "again").mkdir()
-    _, queued, _ = _run_stage(["collect"], tmp_path / "again", monkeypatch, unselected=("WGA",))
-    assert {(s.variant, s.split, s.seed) for s in queued} == {("WGA", "forget01", 0)}  # the one not selected yet
+    # A variant the JSON has not selected is selected from a grid the cache holds whole, and never run.
+    for folder, rates in (("part", tofu_tiny.LR_GRID[:-1]), ("whole", tofu_tiny.LR_GRID)):
+        for lr in rates:
+            record = {"spec": {"lr": lr, "variant": "WGA"}, "summary": {"model_utility": 1.0, "forget_quality": lr}}
+            run_dir = tmp_path / folder / "runs" / tofu_tiny.RunSpec("WGA", "forget01", lr, 0).run_id
+            run_dir.mkdir(parents=True)
+            (run_dir / "run.json").write_text(json.dumps(record))
+        _, queued, _ = _run_stage(["collect"], tmp_path / folder, monkeypatch, unselected=("WGA",))
+        assert queued == []
+        selection = json.loads((tmp_path / folder / "figures" / "written.json").read_text())["selection"]
+        assert selection.get("WGA", {}).get("lr") == (max(rates) if folder == "whole" else None)
 
 
 def test_select_stage_gathers_only_splits_with_references(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
