@@ -225,7 +225,7 @@ def layer_table(result: Mapping[str, Any], split: str) -> list[str]:
     return table(header, rows)
 
 
-def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]]:
+def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """Paired KL-vs-GD comparison: for each family, split and seed, which regulariser's run dominates in
     (forget quality, model utility), and when neither does, which way the trade-off goes: KL keeping more model
     utility while GD forgets more (higher forget quality), or the reverse. Each side runs at its own selected rate.
@@ -236,6 +236,7 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
     columns = [k for k in (*kinds, wrecked) if k != "equal"]
     counts = dict.fromkeys((*kinds, wrecked), 0)
     decisive_wrecked = 0  # of the pairs one side dominates, those between two collapsed runs
+    decisive_working: list[str] = []  # the others, named: they carry the comparison
     rows = []
     families = sorted({v["family"] for v in result["variants"].values()})
     for family in families:
@@ -251,12 +252,12 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
                 b = (g["summary"]["forget_quality"], g["summary"]["model_utility"])
                 both = collapsed(result, [a[1]], split) and collapsed(result, [b[1]], split)
                 tally[wrecked] += both
-                if dominates(a, b):
-                    tally["KL dominates"] += 1
+                winner = "KL" if dominates(a, b) else ("GD" if dominates(b, a) else None)
+                if winner:
+                    tally[f"{winner} dominates"] += 1
                     decisive_wrecked += both
-                elif dominates(b, a):
-                    tally["GD dominates"] += 1
-                    decisive_wrecked += both
+                    if not both:
+                        decisive_working.append(f"{winner} in {family} {split} seed {g['spec']['seed']}")
                 elif a[1] > b[1]:
                     tally["KL more MU, GD more FQ"] += 1
                 elif b[1] > a[1]:
@@ -268,7 +269,21 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, int]
                 rows.append([family, split, rates, *(tally[k] for k in columns)])
                 counts = {k: counts[k] + tally[k] for k in counts}
     header = ["family", "split", "lr GD / KL", *columns]
-    return table(header, rows), {**counts, "decisive, both collapsed": decisive_wrecked}
+    return table(header, rows), {
+        **counts,
+        "decisive, both collapsed": decisive_wrecked,
+        "decisive, working": decisive_working,
+    }
+
+
+def _working_pairs(pairs: Sequence[str]) -> str:
+    """The decisive KL-vs-GD pairs between runs that did not collapse: named when few, else counted by winner."""
+    if not pairs:
+        return ""
+    if len(pairs) <= 3:
+        return f", which leaves {_and(pairs)}"
+    wins = Counter(pair.split(" ", 1)[0] for pair in pairs)
+    return f", which leaves {len(pairs)} between working runs (KL {wins['KL']}, GD {wins['GD']})"
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -520,7 +535,7 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {neither} ({test})"
             + (
                 f"; {wrecked} of the {decisive} decisive pairs {'is' if wrecked == 1 else 'are'} between two collapsed "
-                "runs, whose utilities near zero decide them"
+                "runs, whose utilities near zero decide them" + _working_pairs(kl["decisive, working"])
                 if wrecked
                 else ""
             )

@@ -335,6 +335,10 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
         if run["spec"]["variant"] == "GA+GD" and run["spec"]["seed"] == 2:
             run["summary"] = {"forget_quality": 0.05, "model_utility": 0.1}
     rows, counts = report.kl_vs_gd_table(result)
+    working = counts.pop("decisive, working")
+    assert sorted(working)[0] == "GD in GA forget01 seed 1"
+    assert len(working) == 9
+    assert sum(w.startswith("KL in ") for w in working) == 8
     assert counts == {
         "KL dominates": 9,
         "GD dominates": 1,
@@ -350,6 +354,7 @@ def test_kl_vs_gd_pairs_runs_by_seed() -> None:
     assert "in 1 KL keeps more model utility and GD reaches higher forget quality, in 0 the reverse" in line
     assert "in 1 of the 11 pairs both runs end below half of the target's model utility" in line
     assert "(sign test on the decisive pairs: p = 0.0215); 1 of the 10 decisive pairs is between two collapsed" in line
+    assert "decide them, which leaves 9 between working runs (KL 8, GD 1)." in line
 
 
 def test_worker_seconds_counts_each_distinct_run_once() -> None:
