@@ -3,6 +3,7 @@
 The extra commands are dispatched here and only here; each one is a ``main(argv) -> int`` of its own module.
 """
 
+import difflib
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -43,6 +44,10 @@ def main(args: Sequence[str] | None = None) -> int:
     if argv and argv[0] in EXTRA_COMMANDS:
         module, _ = EXTRA_COMMANDS[argv[0]]
         return import_module(module).main(argv[1:])
+    unknown = _unknown_command(argv)
+    if unknown is not None:
+        print(f"lit-unlearn: error: {unknown}", file=sys.stderr)
+        return 2
     if argv and argv[0] in ("-h", "--help"):
         print("Extra commands (besides the LightningCLI ones below):")
         for name, (_, text) in EXTRA_COMMANDS.items():
@@ -65,6 +70,23 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"lit-unlearn: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+"""LightningCLI's subcommands (``LightningCLI.subcommands()``, named here so that checking one imports nothing)."""
+
+
+def _unknown_command(argv: Sequence[str]) -> str | None:
+    """What to say when ``argv`` names no command, or one that does not exist (LightningCLI's own message lists only
+    its four, not the extra commands)."""
+    commands = [*LIGHTNING_COMMANDS, *EXTRA_COMMANDS]
+    listing = f"the commands are {', '.join(commands)} (`lit-unlearn --help`)"
+    if not argv:
+        return f"no command given: {listing}"
+    if argv[0].startswith("-") or argv[0] in LIGHTNING_COMMANDS:
+        return None
+    close = difflib.get_close_matches(argv[0], commands, n=1)
+    return f"unknown command {argv[0]!r}{f' (did you mean {close[0]}?)' if close else ''}: {listing}"
 
 
 def _missing_config_file(argv: Sequence[str]) -> str | None:

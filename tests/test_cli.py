@@ -299,6 +299,7 @@ def test_a_config_name_without_its_folder_points_at_the_copy_here(
         # summarize reads JSON with torch and transformers (the metrics), not Lightning, which the eval package's
         # mixin and the data package's DataModules imported eagerly (about 13 s for a one-line error).
         (["summarize", "/no/such/eval_items.json"], 2, "['torch', 'transformers']"),
+        (["fitt"], 2, "[]"),  # an unknown command is answered before anything is imported
     ],
 )
 def test_commands_that_need_no_lightning_do_not_import_it(argv: list[str], status: int, loaded: str) -> None:
@@ -345,3 +346,27 @@ def test_every_extra_command_and_public_name_resolves() -> None:
     from lit_unlearn.eval import summarize
 
     assert inspect.isfunction(summarize)  # the function, though its submodule has the same name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "lit-unlearn: error: no command given: the commands are fit, validate, test, predict, quickstart, "),
+        (["fitt", "--config", "x.yaml"], "lit-unlearn: error: unknown command 'fitt' (did you mean fit?): the "),
+        (["sumarize"], "unknown command 'sumarize' (did you mean summarize?): the commands are fit, validate, "),
+        (["zzz"], "lit-unlearn: error: unknown command 'zzz': the commands are fit, validate, test, predict, "),
+    ],
+)
+def test_a_missing_or_unknown_command_lists_every_command(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    # LightningCLI's own "invalid choice" named only fit, validate, test and predict.
+    from lightning.pytorch.cli import LightningCLI
+
+    from lit_unlearn.cli import LIGHTNING_COMMANDS, main
+
+    assert set(LIGHTNING_COMMANDS) == set(LightningCLI.subcommands())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "configs, attack (`lit-unlearn --help`)\n" in err
