@@ -125,7 +125,15 @@ class TOFUEvalMixin:
                 "settings": asdict(settings),
             }
             paths = write_outputs(out_dir, records, summary, metadata)
-            rank_zero_info(f"TOFU evaluation written to {paths['items'].parent}: {_headline(summary)}")
+            # Said when the stage ends (_say_evaluated), after the progress bar's final frame: said now, that frame
+            # printed under it.
+            self._tofu_eval_line = f"TOFU evaluation written to {paths['items'].parent}: {_headline(summary)}"
+
+    def _say_evaluated(self) -> None:
+        line = getattr(self, "_tofu_eval_line", None)
+        if line is not None:
+            rank_zero_info(line)
+            self._tofu_eval_line = None
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -168,3 +176,16 @@ class TOFUEvalMixin:
     def on_test_epoch_end(self) -> None:
         """Aggregate, log ``test/...`` and write the files."""
         self._tofu_eval_epoch_end("test")
+
+    def on_validation_end(self) -> None:
+        """During fit, name the evaluation's folder and headline numbers in one line now (training goes on)."""
+        if self.trainer.state.fn == "fit":
+            self._say_evaluated()
+
+    def teardown(self, stage: str) -> None:
+        """After ``validate`` or ``test``, the same line last: Lightning's module teardown runs after the callbacks',
+        where the progress bar prints its final frame."""
+        self._say_evaluated()
+        parent = getattr(super(), "teardown", None)  # cooperative: the host's LightningModule (or mixin) next
+        if parent is not None:
+            parent(stage)

@@ -112,7 +112,23 @@ class TinyFitModule(TinyEvalModule):
         return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
-def test_evaluation_during_fit_skips_the_sanity_check(tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path) -> None:
+def test_evaluation_during_fit_skips_the_sanity_check(
+    tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from lightning.pytorch import Callback
+
+    said = "TOFU evaluation written to"
+
+    class CallbacksEndFirst(Callback):  # as the progress bar does: the module's one line must come after it
+        def __init__(self) -> None:
+            self.lines_at_end: list[int] = []
+
+        def on_validation_end(self, trainer: Trainer, pl_module: object) -> None:
+            self.lines_at_end.append(caplog.text.count(said))
+
+    order = CallbacksEndFirst()
     settings = EvalSettings(max_new_tokens=3, max_items=2, output_dir=str(tmp_path / "evals"))
     module = TinyFitModule(tiny_model_dir, settings)
     loaders = small_loaders(tofu_dir, module.tokenizer, items=2, batch_size=2)  # built with the evaluation's cap
@@ -127,12 +143,44 @@ def test_evaluation_during_fit_skips_the_sanity_check(tiny_model_dir: Path, tofu
         enable_model_summary=False,
         enable_checkpointing=False,
         logger=False,
+        callbacks=[order],
     )
-    trainer.fit(module, train_dataloaders=loaders["retain"], val_dataloaders=loaders)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(module, train_dataloaders=loaders["retain"], val_dataloaders=loaders)
     written = sorted(p.name for p in (tmp_path / "evals" / "tofu_eval").iterdir())
     assert written == ["val-epoch=1-step=2"]  # neither the sanity check nor epoch 0 wrote anything
+    assert caplog.text.count(f"{said} {tmp_path / 'evals' / 'tofu_eval' / written[0]}: ") == 1
+    assert order.lines_at_end == [0, 0]  # the sanity check's end, then the evaluation's: the line comes after both
     assert module.tofu_eval_summary["num_items/forget"] == 2
     assert "val/model_utility" in trainer.callback_metrics
+
+
+def test_test_says_its_one_line_after_the_callbacks_teardown(
+    tiny_model_dir: Path, tofu_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The progress bar prints its final frame in its teardown: the line comes after it, as the last thing said.
+    import logging
+
+    from lightning.pytorch import Callback
+
+    said = "TOFU evaluation written to"
+    seen: list[int] = []
+
+    class Bar(Callback):
+        def teardown(self, trainer: Trainer, pl_module: object, stage: str) -> None:
+            seen.append(caplog.text.count(said))
+
+    settings = EvalSettings(max_new_tokens=2, max_items=2, output_dir=str(tmp_path / "evals"))
+    module = TinyFitModule(tiny_model_dir, settings)
+    loaders = small_loaders(tofu_dir, module.tokenizer, items=2, batch_size=2)
+    trainer = Trainer(
+        accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+        logger=False, callbacks=[Bar()],
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        trainer.test(module, dataloaders=loaders, verbose=False)
+    assert seen == [0]
+    assert caplog.text.count(said) == 1
 
 
 def test_a_second_evaluation_at_the_same_step_gets_its_own_folder(tmp_path: Path) -> None:
