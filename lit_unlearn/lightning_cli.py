@@ -4,6 +4,7 @@ This module knows nothing of the extra commands (``quickstart``, ``summarize``, 
 console script's dispatcher (``lit_unlearn.cli``) builds on both, so no import ever points back up.
 """
 
+import logging
 import os
 import traceback
 import warnings
@@ -116,6 +117,20 @@ def _raised_in_jsonargparse(err: BaseException) -> bool:
     return bool(frames) and f"{os.sep}jsonargparse{os.sep}" in frames[-1].filename
 
 
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line, printed on every run without a LitLogger: an
+    advert for a hosted service, not about the run, between the start-up lines and any error a user must read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip:")
+
+
+def _drop_lightning_advert() -> None:
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # the logger that emits it
+    if not any(isinstance(f, _NoAdvert) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvert())
+
+
 def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
     """Parse ``args`` and run the LightningCLI subcommand they name.
 
@@ -128,6 +143,7 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
     Returns:
         The CLI object, with ``trainer``, ``model`` and ``datamodule`` attributes.
     """
+    _drop_lightning_advert()
     with warnings.catch_warnings():
         if args is not None:
             # Called from Python (quickstart, tests, benchmarks): the process's own argv belongs to its caller, so

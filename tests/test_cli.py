@@ -252,6 +252,8 @@ def test_test_prints_one_line_of_headline_numbers_unless_asked_for_tables(
     )
     # Lightning's tables (how many depends on the terminal's width: several loaders can share one).
     assert ("test/model_utility" in out) is (verbose is not None)
+    assert "TPU available" in caplog.text  # Lightning's start-up lines are kept, its litlogger advert is not
+    assert "litlogger" not in caplog.text
 
 
 @pytest.mark.parametrize(
