@@ -5,6 +5,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+# Lightning adds a StreamHandler bound to the sys.stderr of the moment it is first imported. The package imports it
+# lazily, so a test under capsys could be that moment; the captured stream closes with the test, and every later
+# Lightning log line would end in "--- Logging error ---". Imported here, it binds the session's stream.
+import lightning.pytorch  # noqa: F401
 import pytest
 import torch
 import yaml
