@@ -6,6 +6,7 @@ console script's dispatcher (``lit_unlearn.cli``) builds on both, so no import e
 
 import logging
 import os
+import sys
 import traceback
 import warnings
 from typing import NoReturn
@@ -22,9 +23,6 @@ import lit_unlearn.modules  # noqa: F401
 from lit_unlearn.cli_errors import condense_parse_error
 from lit_unlearn.models.hub import tokenizer_source
 from lit_unlearn.modules.causal_lm import check_output_dir
-
-MAIN_USAGE = "lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]"
-"""The one-line usage above an error of the main parser (argparse's own lists every Trainer option)."""
 
 
 class LitUnlearnParser(LightningArgumentParser):
@@ -95,12 +93,11 @@ class LitUnlearnCLI(LightningCLI):
                 raise
             self._error(f"{type(cause).__name__}: {cause}")
 
-    def _error(self, message: str) -> None:
-        """An error found after parsing, under the main parser's one-line usage. (Set only now: given at construction,
-        argparse would build every subcommand's program name from it, and jsonargparse's "tip: ... run: <prog> fit
-        --help" would paste the usage into the command it suggests.)"""
-        self.parser.usage = MAIN_USAGE
-        self.parser.error(message)
+    def _error(self, message: str) -> NoReturn:
+        """An error found after parsing (a class that fails to build, a saved model in the way): one line, as the
+        console script reports a bad data file. No usage above it: the command line itself was well formed."""
+        print(f"lit-unlearn: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _first_cause_outside_jsonargparse(err: BaseException) -> BaseException:
@@ -160,7 +157,7 @@ def run_lightning_cli(args: ArgsType = None, run: bool = True) -> LitUnlearnCLI:
             parser_class=LitUnlearnParser,
             save_config_kwargs={"overwrite": True},
             # argparse's generated usage lists every Trainer option: 45 lines above a one-line error. --help still
-            # lists them all. The main parser's errors after parsing (a class that fails to build) take MAIN_USAGE.
+            # lists them all.
             parser_kwargs={
                 # Named, not taken from sys.argv[0] (`__main__.py` under `python -m`, a script's name from Python).
                 "prog": "lit-unlearn",

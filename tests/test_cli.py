@@ -119,11 +119,12 @@ def test_a_class_that_fails_to_build_is_named_in_one_line(
         run_lightning_cli(args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"error: {message}" in err
+    assert f"lit-unlearn: error: {message}" in err
     assert "Does not validate" not in err
-    # The one-line usage above the error (the model may have printed its loading bar before).
-    assert "usage: lit-unlearn {fit,validate,test,predict} --config CONFIG [--section.key=value ...]\n" in err
-    assert len(err.split("usage: ")[-1].splitlines()) < 6
+    # One line, with no usage above it: the command line was well formed (the model may have printed its loading
+    # bar before).
+    assert "usage:" not in err
+    assert len(err.split("lit-unlearn: error: ")[-1].splitlines()) <= 2  # the Hub loader's message has two lines
 
 
 def test_a_malformed_data_line_under_fit_is_one_error_line(
