@@ -30,6 +30,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
 takes seconds that ``lit-unlearn configs`` should not pay), and its line in ``--help``."""
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+"""LightningCLI's subcommands (``LightningCLI.subcommands()``, named here so that checking one imports nothing)."""
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point of ``lit-unlearn``.
 
@@ -70,10 +74,6 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"lit-unlearn: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-"""LightningCLI's subcommands (``LightningCLI.subcommands()``, named here so that checking one imports nothing)."""
 
 
 def _unknown_command(argv: Sequence[str]) -> str | None:

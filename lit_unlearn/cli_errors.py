@@ -1,4 +1,4 @@
-"""One line for a mistyped option of ``lit-unlearn fit/validate/test``, with a "did you mean".
+"""One line for a mistyped option or a bad value of ``lit-unlearn fit/validate/test``, with a "did you mean".
 
 A model and a data module are ``X | None`` in LightningCLI's parser, so jsonargparse reports ``--model.lrr=1e-3`` as
 a Union that "does not validate": ten lines of subtypes and namespaces around the one that matters, "Option 'lrr' is
@@ -62,12 +62,11 @@ def _wrong_value(option: str, block: str) -> str | None:
     given = _GIVEN.search(block)
     if not types or given is None:
         return None
-    names = " or ".join("None" if t == "NoneType" else t for t in types)
-    return f"{option}={given['value'].strip()}: expected {names}"
+    return f"{option}={given['value'].strip()}: expected {' or '.join(map(_type_name, types))}"
 
 
 def _type_name(expected: str) -> str:
-    """``<class 'float'>`` → ``float``, ``<class 'NoneType'>`` → ``None``; any other spelling as it is."""
+    """``<class 'float'>`` or ``float`` → ``float``, ``NoneType`` → ``None``; any other spelling as it is."""
     name = expected.removeprefix("<class '").removesuffix("'>")
     return "None" if name == "NoneType" else name
 

@@ -26,7 +26,7 @@ from lit_unlearn.modules.causal_lm import check_output_dir
 
 
 class LitUnlearnParser(LightningArgumentParser):
-    """Lightning's parser whose errors on a mistyped ``--model.*`` or ``--data.*`` option are one line."""
+    """Lightning's parser whose errors on a mistyped option or a bad value are one line (``condense_parse_error``)."""
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
