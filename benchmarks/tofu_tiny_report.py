@@ -257,7 +257,11 @@ def kl_vs_gd_table(result: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]
                     tally[f"{winner} dominates"] += 1
                     decisive_wrecked += both
                     if not both:
-                        decisive_working.append(f"{winner} in {family} {split} seed {g['spec']['seed']}")
+                        won, lost = (a, b) if winner == "KL" else (b, a)
+                        decisive_working.append(
+                            f"{winner} in {family} {split} seed {g['spec']['seed']} (forget quality {fmt(won[0])} "
+                            f"against {fmt(lost[0])}, model utility {fmt(won[1])} against {fmt(lost[1])})"
+                        )
                 elif a[1] > b[1]:
                     tally["KL more MU, GD more FQ"] += 1
                 elif b[1] > a[1]:
@@ -280,10 +284,12 @@ def _working_pairs(pairs: Sequence[str]) -> str:
     """The decisive KL-vs-GD pairs between runs that did not collapse: named when few, else counted by winner."""
     if not pairs:
         return ""
+    if len(pairs) == 1:
+        return f"; the other is {pairs[0]}"
     if len(pairs) <= 3:
-        return f", which leaves {_and(pairs)}"
+        return f"; the others are {_and(pairs)}"
     wins = Counter(pair.split(" ", 1)[0] for pair in pairs)
-    return f", which leaves {len(pairs)} between working runs (KL {wins['KL']}, GD {wins['GD']})"
+    return f"; the other {len(pairs)}, between working runs: KL {wins['KL']}, GD {wins['GD']}"
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -535,7 +541,7 @@ def verdicts(result: Mapping[str, Any]) -> list[str]:
             f"{kl['KL dominates']}, GD in {kl['GD dominates']}, neither in {neither} ({test})"
             + (
                 f"; {wrecked} of the {decisive} decisive pairs {'is' if wrecked == 1 else 'are'} between two collapsed "
-                "runs, whose utilities near zero decide them" + _working_pairs(kl["decisive, working"])
+                "runs, which says nothing of the trade-off" + _working_pairs(kl["decisive, working"])
                 if wrecked
                 else ""
             )
@@ -759,9 +765,13 @@ def instance_verdict(result: Mapping[str, Any]) -> list[str]:
     else:
         word = "no"
     # The bottom quarter damages retain most, but if it also unlearns most and costs less retain per unit of
-    # forgetting, the ranking tracks how far unlearning went: the headline says so, not the body alone.
-    if word != "no" and f["bottom"] > f["top"] and m["bottom"] / f["bottom"] < m["top"] / f["top"]:
-        word += " on the measure fixed beforehand, but per unit of forgetting (retain / forget NLL) the order reverses"
+    # forgetting, the ranking may track how far unlearning went: the headline says so, not the body alone.
+    per_unit = {k: m[k] / f[k] for k in ("top", "bottom")}
+    if word != "no" and f["bottom"] > f["top"] and per_unit["bottom"] < per_unit["top"]:
+        word += (
+            " on the measure fixed beforehand; per unit of forgetting (retain / forget NLL, not fixed beforehand) the "
+            f"bottom quarter costs less than the top ({fmt(per_unit['bottom'], 2)} against {fmt(per_unit['top'], 2)})"
+        )
     return [
         f"- **Does the ranking predict collateral damage? {word}.** Mean retain answer NLL after unlearning the "
         f"bottom quarter (most negative retaining G-effect) {fmt(m['bottom'])}, a random quarter {fmt(m['random'])}, "
@@ -1077,12 +1087,12 @@ def render_page(result: Mapping[str, Any]) -> str:
         "python benchmarks/tofu_tiny.py report              # this page and its figures, from the JSON only",
         "```",
         "",
-        "The numbers reproduce on the machine kind that made them (the Protocol table's machine row): the models "
-        "train and unlearn in float32 on the CPU's own kernels, and another CPU kind sums in another order. Before "
-        "adding runs, a stage checks that the references it evaluates read exactly as the JSON's and refuses "
-        "otherwise (models rebuilt elsewhere do not); references a cache already holds are read back, not evaluated "
-        "again, so each run also records the machine kind it ran on. `--out` and `--page` elsewhere start a new JSON "
-        "and page.",
+        "The numbers reproduce on the machine kind that made them: the models train and unlearn in float32 on the "
+        "CPU's own kernels, and another CPU kind sums in another order. Before adding runs, a stage checks that the "
+        "references it evaluates read exactly as the JSON's and refuses otherwise (models rebuilt elsewhere do not); "
+        "references a cache already holds are read back, not evaluated again, so each seed run made from now on also "
+        "records the machine kind it ran on (the Protocol table's machine row; the runs here predate that record). "
+        "`--out` and `--page` elsewhere start a new JSON and page.",
         "",
         "### References",
         "",
