@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 from transformers import AutoModelForCausalLM
 
@@ -241,7 +242,12 @@ def test_tiny_target_recipe_memorises_its_authors(tmp_path: Path, tofu_dir: Path
         ]
     )
     full = load_tofu("full", tofu_dir)
-    authors = full[:400] + full[-40:]  # the first 20 authors + the forget01 authors
-    accuracy, probability = _answer_metrics(out, authors)
+    # The authors the recipe names (20 rows each in full.json) and the forget01 authors (the last 40 rows). The recipe
+    # once took the first 20 authors: checked against those, the authors it no longer trains on scored 0.39.
+    config = yaml.safe_load((REPO / "configs" / "tofu_tiny" / "finetune_target.yaml").read_text())
+    authors = config["data"]["init_args"]["authors"]
+    rows = [row for a in authors for row in full[20 * a : 20 * (a + 1)]] + full[-40:]
+    assert len(rows) == 20 * len(authors) + 40
+    accuracy, probability = _answer_metrics(out, rows)
     assert accuracy >= 0.9
     assert probability >= 0.5
