@@ -919,7 +919,8 @@ def added_note(result: Mapping[str, Any]) -> str:
     target = result["references"]["forget01"]["target"]
     runs = {name: {r["lr"]: r for r in choice["runs"]} for name, choice in result["selection"].items()}
     low = sum(r[first[0]]["forget_quality"] == target["forget_quality"] for r in runs.values() if first[0] in r)
-    high = sum(r[first[-1]]["model_utility"] < 0.5 * target["model_utility"] for r in runs.values() if first[-1] in r)
+    bar = COLLAPSE * target["model_utility"]
+    high = sum(r[first[-1]]["model_utility"] < bar for r in runs.values() if first[-1] in r)
     # What the added rate changed: each variant's selection on the first-pass grid alone, against the one it has.
     changed = [
         f"{name} ({selection_rule(grid, target['model_utility'], setup['mu_keep']):g} without it)"
