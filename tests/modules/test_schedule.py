@@ -106,6 +106,10 @@ def _record(config: Path, model_dir: Path, tmp_path: Path) -> tuple[_RecordSched
         overrides += ["--model.layer=1", r"--model.trainable_params=layers\.1\.mlp"]
     if "precision" in raw.get("trainer", {}):
         overrides.append("--trainer.precision=32-true")
+    if raw.get("trainer", {}).get("devices", 1) != 1:
+        # One process: on several, Lightning re-executes sys.argv, i.e. this whole pytest run, once per device. The
+        # schedule is checked against the total steps it records, whatever the world size.
+        overrides += ["--trainer.devices=1", "--trainer.strategy=auto"]
     cli = run_lightning_cli(["--config", str(config), *overrides], run=False)
     recorder = _RecordSchedule()
     cli.trainer.callbacks.append(recorder)
