@@ -922,12 +922,12 @@ def added_note(result: Mapping[str, Any]) -> str:
     bar = COLLAPSE * target["model_utility"]
     high = sum(r[first[-1]]["model_utility"] < bar for r in runs.values() if first[-1] in r)
     # What the added rate changed: each variant's selection on the first-pass grid alone, against the one it has.
-    changed = [
-        f"{name} ({selection_rule(grid, target['model_utility'], setup['mu_keep']):g} without it)"
-        for name, choice in result["selection"].items()
-        for grid in [[(r["lr"], r["forget_quality"], r["model_utility"]) for r in choice["runs"] if r["lr"] in first]]
-        if grid and selection_rule(grid, target["model_utility"], setup["mu_keep"]) != choice["lr"]
-    ]
+    changed = []
+    for name, by_lr in runs.items():
+        grid = [(lr, r["forget_quality"], r["model_utility"]) for lr, r in by_lr.items() if lr in first]
+        without = selection_rule(grid, target["model_utility"], setup["mu_keep"]) if grid else None
+        if without is not None and without != result["selection"][name]["lr"]:
+            changed.append(f"{name} ({without:g} without it)")
     return (
         f". Deviation, declared: the grid fixed before any run was {', '.join(f'{lr:g}' for lr in first)}; "
         f"{', '.join(f'{lr:g}' for lr in added)} was added for every variant after that first pass, before any "
